@@ -27,3 +27,5 @@ def docker_client() -> Iterator[docker.DockerClient]:
         pytest.skip(message)
     yield client
     client.close()
+
+from tests.emulator_fixtures import emulator, short_lease_emulator  # noqa: E402,F401  (fixtures)

@@ -1,0 +1,208 @@
+"""The jupyter-cma server extension: settings, wiring, background tasks.
+
+`CMAApp` holds every setting as a documented trait (`c.CMAApp.<name>` in
+`jupyter_server_config.py`, or `--CMAApp.<name>=…`). Secrets never appear in
+config: each is read from an environment variable or a 0600 file, named by a
+trait. Background tasks start in `_start_jupyter_server_extension` (the
+server's loop is running then) and are cancelled, with a bounded wait, in
+`stop_extension`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Enum, Float, Integer, Unicode, default
+
+from ._version import __version__
+from .anthropic_api import Credentials, SecretFileError, load_secret
+from .sandboxes.probe import probe_tiers
+from .store import Store
+from .web.handlers import handlers
+
+DEFAULT_API_BASE_URL = "https://api.anthropic.com"
+
+
+class CMAApp(ExtensionApp):
+    """Claude Managed Agents with the agent's hands on this Jupyter server."""
+
+    name = "jupyter_cma"
+    load_other_extensions = True
+
+    api_base_url = Unicode(
+        help=f"Base URL of the Managed Agents API (default: $ANTHROPIC_BASE_URL, else {DEFAULT_API_BASE_URL}). "
+        "Point it at `jupyter cma emulator` to run offline."
+    ).tag(config=True)
+
+    @default("api_base_url")
+    def _default_api_base_url(self) -> str:
+        return os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_API_BASE_URL
+
+    environment_id = Unicode(
+        help="Id of the self-hosted environment this server serves, e.g. env_… (default: $ANTHROPIC_ENVIRONMENT_ID)."
+    ).tag(config=True)
+
+    @default("environment_id")
+    def _default_environment_id(self) -> str:
+        return os.environ.get("ANTHROPIC_ENVIRONMENT_ID", "")
+
+    api_key_env = Unicode(
+        "ANTHROPIC_API_KEY",
+        help="Environment variable holding the API key, used for control-plane calls such as creating agents "
+        "and sessions (default ANTHROPIC_API_KEY). The key itself is never a config value.",
+    ).tag(config=True)
+    api_key_file = Unicode(
+        None, allow_none=True, help="File holding the API key, mode 0600 (default: none; takes precedence over api_key_env)."
+    ).tag(config=True)
+    environment_key_env = Unicode(
+        "ANTHROPIC_ENVIRONMENT_KEY",
+        help="Environment variable holding the environment key, the worker's credential for polling the "
+        "environment's work queue (default ANTHROPIC_ENVIRONMENT_KEY).",
+    ).tag(config=True)
+    environment_key_file = Unicode(
+        None, allow_none=True, help="File holding the environment key, mode 0600 (default: none; takes precedence over environment_key_env)."
+    ).tag(config=True)
+    webhook_secret_env = Unicode(
+        "ANTHROPIC_WEBHOOK_SIGNING_KEY",
+        help="Environment variable holding the webhook signing secret in whsec_… form (default ANTHROPIC_WEBHOOK_SIGNING_KEY). "
+        "With a secret, mode 'auto' means webhook mode.",
+    ).tag(config=True)
+    webhook_secret_file = Unicode(
+        None, allow_none=True, help="File holding the webhook signing secret, mode 0600 (default: none; takes precedence over webhook_secret_env)."
+    ).tag(config=True)
+    mode = Enum(
+        ["auto", "webhook", "poll"],
+        default_value="auto",
+        help="How this server learns of work: 'webhook' (Anthropic calls {base_url}cma/webhooks), 'poll' (a long-poll loop, "
+        "for machines without a public URL), or 'auto' (default: webhook when a webhook secret is configured, else poll).",
+    ).tag(config=True)
+    data_dir = Unicode(
+        help="Directory for the database, workspaces and sockets (default: <jupyter data dir>/cma). Created 0700."
+    ).tag(config=True)
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "cma")
+
+    webhook_retention_days = Float(
+        7.0, help="Days to keep received webhook deliveries before pruning them (default 7). Replays older than 5 minutes fail the signature check anyway."
+    ).tag(config=True)
+    tier_probe_interval = Float(
+        60.0, help="Seconds between re-checks of which sandbox tiers this machine can run (default 60)."
+    ).tag(config=True)
+    stop_timeout = Float(
+        10.0, help="Seconds stop_extension waits for background tasks to finish after cancelling them (default 10)."
+    ).tag(config=True)
+    max_webhook_bytes = Integer(
+        256 * 1024, help="Largest webhook body accepted, in bytes (default 262144)."
+    ).tag(config=True)
+
+    # ------------------------------------------------------------------ wiring
+
+    def initialize_settings(self) -> None:
+        data = Path(self.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)
+        self.store = Store(data / "cma.sqlite3")
+        self.credentials, self.setting_errors = self._load_credentials()
+        self.tiers: dict[str, dict[str, Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        for problem in self.setting_errors:
+            self.log.error("jupyter-cma: %s", problem)
+        self.log.info("jupyter-cma %s: mode %s, data in %s", __version__, self.effective_mode, data)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers(status=self.status))
+
+    def _load_credentials(self) -> tuple[Credentials, list[str]]:
+        """Read each secret; a bad secret file is reported and treated as missing (fail closed)."""
+        errors: list[str] = []
+
+        def read(name: str, env_var: str, file: str | None) -> Any:
+            try:
+                return load_secret(env_var, file)
+            except SecretFileError as exc:
+                errors.append(f"{name}: {exc}")
+                return None
+
+        creds = Credentials(
+            api_key=read("api_key", self.api_key_env, self.api_key_file),
+            environment_key=read("environment_key", self.environment_key_env, self.environment_key_file),
+            webhook_secret=read("webhook_secret", self.webhook_secret_env, self.webhook_secret_file),
+        )
+        return creds, errors
+
+    @property
+    def effective_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "webhook" if self.credentials.webhook_secret is not None else "poll"
+
+    def missing_settings(self) -> list[str]:
+        """Names of settings this server needs and lacks (never their values)."""
+        missing = []
+        if not self.environment_id:
+            missing.append("environment_id")
+        if self.credentials.environment_key is None:
+            missing.append("environment_key")
+        if self.credentials.api_key is None:
+            missing.append("api_key")
+        if self.effective_mode == "webhook" and self.credentials.webhook_secret is None:
+            missing.append("webhook_secret")
+        return missing
+
+    def status(self) -> dict[str, Any]:
+        missing = self.missing_settings()
+        return {
+            "version": __version__,
+            "mode": self.effective_mode,
+            "api_base_url": self.api_base_url,
+            "environment_id": self.environment_id or None,
+            "ready": not missing and not self.setting_errors,
+            "missing": missing,
+            "errors": self.setting_errors,
+            "tiers": self.tiers or {"container": {"available": None, "reason": "probing"}, "kernel": {"available": None, "reason": "probing"}},
+        }
+
+    # ------------------------------------------------------------------ background tasks
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))
+        self._spawn(self._every(3600.0, self._prune))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` now and then every `seconds`; a failing run is logged, not fatal."""
+        while True:
+            try:
+                await job()
+            except Exception:
+                self.log.exception("jupyter-cma: background job %s failed", getattr(job, "__name__", job))
+            await asyncio.sleep(seconds)
+
+    async def _probe_tiers(self) -> None:
+        self.tiers = await asyncio.to_thread(probe_tiers)
+
+    async def _prune(self) -> None:
+        removed = self.store.prune_deliveries(time.time() - self.webhook_retention_days * 86400)
+        if removed:
+            self.log.info("jupyter-cma: pruned %d webhook deliveries", removed)
+
+    async def stop_extension(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout)
+            for task in pending:
+                self.log.warning("jupyter-cma: background task %s did not stop within %ss", task, self.stop_timeout)
+        self.store.close()

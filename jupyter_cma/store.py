@@ -1,0 +1,177 @@
+"""SQLite persistence: the only module that writes SQL.
+
+One database file under the data directory, in WAL mode so readers (REST
+handlers, widgets) never block the writer (webhooks, dispatch). The schema is
+versioned with `PRAGMA user_version`; each entry of `MIGRATIONS` moves it up
+by one and runs in its own transaction, so an interrupted upgrade leaves the
+database at the last complete version.
+
+Calls are synchronous and short (single-row writes, indexed reads); on the
+server's event loop they cost well under a millisecond each, which is cheaper
+than hopping to a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 1: webhook deliveries, sessions, session events.
+    """
+    CREATE TABLE webhook_deliveries (
+        webhook_id   TEXT PRIMARY KEY,
+        received_at  REAL NOT NULL,
+        event_type   TEXT NOT NULL,
+        object_id    TEXT,
+        body         TEXT NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_received ON webhook_deliveries (received_at);
+
+    CREATE TABLE sessions (
+        id              TEXT PRIMARY KEY,
+        environment_id  TEXT,
+        agent_id        TEXT,
+        status          TEXT NOT NULL,
+        title           TEXT,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX sessions_status ON sessions (status, updated_at);
+
+    CREATE TABLE session_events (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id    TEXT NOT NULL,
+        event_id      TEXT NOT NULL,
+        type          TEXT NOT NULL,
+        processed_at  TEXT,
+        body          TEXT NOT NULL,
+        UNIQUE (session_id, event_id)
+    );
+    CREATE INDEX session_events_session ON session_events (session_id, seq);
+    """,
+]
+
+
+class Store:
+    """The extension's database. Open one per server process."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so each
+        # migration and each multi-statement write is exactly one transaction.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self.path.chmod(0o600)
+        self.migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ schema
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this jupyter-cma understands "
+                f"({len(MIGRATIONS)}); upgrade jupyter-cma or point data_dir elsewhere"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(script):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def journal_mode(self) -> str:
+        return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # ------------------------------------------------------------------ webhook deliveries
+
+    def record_delivery(self, webhook_id: str, event_type: str, object_id: str | None, body: str) -> bool:
+        """Record a delivery once. False means this webhook-id was seen before (a retry or replay)."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (webhook_id, received_at, event_type, object_id, body) VALUES (?, ?, ?, ?, ?)",
+            (webhook_id, time.time(), event_type, object_id, body),
+        )
+        return cur.rowcount == 1
+
+    def deliveries(self, *, limit: int = 50, before: float | None = None) -> list[dict[str, Any]]:
+        """Newest first; pass the last row's `received_at` as `before` for the next page."""
+        rows = self._db.execute(
+            "SELECT webhook_id, received_at, event_type, object_id, body FROM webhook_deliveries "
+            "WHERE received_at < ? ORDER BY received_at DESC LIMIT ?",
+            (before if before is not None else float("inf"), limit),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def prune_deliveries(self, older_than: float) -> int:
+        """Delete deliveries received before `older_than` (a Unix time); returns how many.
+
+        A webhook-id older than the signature tolerance (±5 min) cannot be
+        replayed anyway, so pruning after days loses no protection.
+        """
+        return self._db.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (older_than,)).rowcount
+
+    # ------------------------------------------------------------------ sessions
+
+    def upsert_session(self, session_id: str, *, status: str, environment_id: str | None = None, agent_id: str | None = None, title: str | None = None) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO sessions (id, environment_id, agent_id, status, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at, "
+            "environment_id=COALESCE(excluded.environment_id, sessions.environment_id), "
+            "agent_id=COALESCE(excluded.agent_id, sessions.agent_id), title=COALESCE(excluded.title, sessions.title)",
+            (session_id, environment_id, agent_id, status, title, now, now),
+        )
+
+    def session(self, session_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        return dict(row) if row else None
+
+    def sessions(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        if status is None:
+            rows = self._db.execute("SELECT * FROM sessions ORDER BY updated_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._db.execute("SELECT * FROM sessions WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status, limit))
+        return [dict(r) for r in rows.fetchall()]
+
+    # ------------------------------------------------------------------ session events
+
+    def add_event(self, session_id: str, event: dict[str, Any]) -> bool:
+        """Store one session event once (by its id). False if it was already stored."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO session_events (session_id, event_id, type, processed_at, body) VALUES (?, ?, ?, ?, ?)",
+            (session_id, event["id"], event["type"], event.get("processed_at"), json.dumps(event)),
+        )
+        return cur.rowcount == 1
+
+    def events(self, session_id: str, *, after_seq: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        """Events in the order they were stored; `seq` is the cursor for the next page."""
+        rows = self._db.execute(
+            "SELECT seq, body FROM session_events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (session_id, after_seq, limit),
+        ).fetchall()
+        return [{"seq": r["seq"], **json.loads(r["body"])} for r in rows]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
