@@ -22,6 +22,7 @@ class EmulatorProcess:
     proc: subprocess.Popen[str]
     info: dict[str, Any]
     stderr_lines: list[str] = field(default_factory=list)
+    environment_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -46,7 +47,13 @@ class EmulatorProcess:
         with self.http() as http:
             env = http.post("/v1/environments", json={"name": name, "config": {"type": "self_hosted"}}).json()
             key = http.post(f"/_emulator/environments/{env['id']}/keys").json()["environment_key"]
+        self.environment_keys[env["id"]] = key
         return env["id"], key
+
+    async def work_items(self, environment_id: str) -> list[Any]:
+        """The environment's work items, listed the way a worker may (with its environment key)."""
+        client = self.client().with_options(api_key=self.environment_keys[environment_id])
+        return [w async for w in client.beta.environments.work.list(environment_id)]
 
     def requests(self) -> list[dict[str, Any]]:
         with self.http() as http:

@@ -135,7 +135,7 @@ class WorkItem:
     queued_mono: float = field(default_factory=time.monotonic)
     delivered_mono: float | None = None  # polled, not yet acked ("pending")
     lease_deadline: float | None = None
-    token: str | None = None
+    tokens: list[str] = field(default_factory=list)
     queued_at: str = field(default_factory=now_iso)
 
     @property
@@ -288,19 +288,20 @@ class Service:
         return key
 
     def _mint_sessions_token(self, item: WorkItem) -> str:
-        if item.token:
-            self.tokens.pop(item.token, None)
+        """A new sessions token per delivery. Earlier ones stay valid until the item
+        stops, so a holder that lost its lease hears 412 from its next heartbeat
+        (the lease protocol's answer), not 401."""
         token = "sk-ant-sesstok-emu-" + secrets.token_urlsafe(24)
         self.tokens[token] = Credential(
             "sessions_token", environment_id=item.environment_id, work_id=item.id, session_id=item.session_id
         )
-        item.token = token
+        item.tokens.append(token)
         return token
 
-    def _revoke_sessions_token(self, item: WorkItem) -> None:
-        if item.token:
-            self.tokens.pop(item.token, None)
-            item.token = None
+    def _revoke_sessions_tokens(self, item: WorkItem) -> None:
+        for token in item.tokens:
+            self.tokens.pop(token, None)
+        item.tokens.clear()
 
     @staticmethod
     def require(cred: Credential, *kinds: str, what: str) -> None:
@@ -570,7 +571,7 @@ class Service:
         item.stopped_at = now_iso()
         item.lease_deadline = None
         item.delivered_mono = None
-        self._revoke_sessions_token(item)
+        self._revoke_sessions_tokens(item)
         rec = self.sessions.get(item.session_id or "")
         if rec is not None and rec.live_work_id == item.id:
             rec.live_work_id = None
@@ -597,7 +598,6 @@ class Service:
         item.delivered_mono = None
         item.queued_mono = time.monotonic()
         item.queued_at = now_iso()
-        self._revoke_sessions_token(item)
         self._wake(item.environment_id)
 
     def list_work(self, environment_id: str, *, limit: int, page: str | None) -> dict[str, Any]:
