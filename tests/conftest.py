@@ -9,6 +9,8 @@ import docker
 import pytest
 import requests
 
+from tests.emulator_fixtures import emulator, short_lease_emulator  # noqa: F401  (fixtures used by many modules)
+
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
@@ -28,4 +30,17 @@ def docker_client() -> Iterator[docker.DockerClient]:
     yield client
     client.close()
 
-from tests.emulator_fixtures import emulator, short_lease_emulator  # noqa: E402,F401  (fixtures)
+
+# In CI every tier and every test must really run: a skip there is a failure.
+_ci_skips: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and os.environ.get("CI") == "true":
+        _ci_skips.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _ci_skips:
+        print(f"\nCI: {len(_ci_skips)} test(s) skipped; in CI that is a failure: " + ", ".join(_ci_skips))
+        session.exitstatus = 1

@@ -247,6 +247,8 @@ class Service:
         self.tokens: dict[str, Credential] = {}
         self.environments: dict[str, dict[str, Any]] = {}
         self.work: dict[str, WorkItem] = {}
+        # Per environment, its queued items in queue order, so a poll never scans finished work.
+        self.queued: dict[str, dict[str, WorkItem]] = {}
         self.queue_changed: dict[str, asyncio.Condition] = {}
         self.workers_seen: dict[str, dict[str, float]] = {}
         self.agents: dict[str, list[dict[str, Any]]] = {}  # id -> versions, oldest first
@@ -365,6 +367,7 @@ class Service:
         }
         self.environments[env["id"]] = env
         self.queue_changed[env["id"]] = asyncio.Condition()
+        self.queued[env["id"]] = {}
         self.workers_seen[env["id"]] = {}
         self._notify("environment.created", env["id"])
         return env
@@ -397,7 +400,11 @@ class Service:
 
     def delete_environment(self, environment_id: str) -> dict[str, Any]:
         self._environment(environment_id)
+        for item in self.work.values():
+            if item.environment_id == environment_id and item.live:
+                self._finish(item)
         del self.environments[environment_id]
+        self.queued.pop(environment_id, None)
         self._notify("environment.deleted", environment_id)
         return {"id": environment_id, "type": "environment_deleted"}
 
@@ -427,6 +434,7 @@ class Service:
     def _enqueue(self, environment_id: str, data: dict[str, Any]) -> WorkItem:
         item = WorkItem(id=new_id("work"), environment_id=environment_id, data=data)
         self.work[item.id] = item
+        self.queued[environment_id][item.id] = item
         self._wake(environment_id)
         return item
 
@@ -454,9 +462,7 @@ class Service:
 
     def _claimable(self, environment_id: str, reclaim_ms: int) -> WorkItem | None:
         now = time.monotonic()
-        for item in self.work.values():
-            if item.environment_id != environment_id or item.state != "queued":
-                continue
+        for item in self.queued[environment_id].values():
             if item.delivered_mono is None or (now - item.delivered_mono) * 1000 >= reclaim_ms:
                 return item
         return None
@@ -500,6 +506,7 @@ class Service:
         if item.state != "queued" or item.delivered_mono is None:
             raise conflict(f"work {work_id} is {item.state} and was not just polled; only a polled, queued item can be acknowledged")
         item.state = "starting"
+        del self.queued[environment_id][item.id]
         item.acknowledged_at = now_iso()
         item.delivered_mono = None
         # An acked item that never heartbeats must not hold its session forever.
@@ -567,6 +574,7 @@ class Service:
         return item.to_json()
 
     def _finish(self, item: WorkItem) -> None:
+        self.queued.get(item.environment_id, {}).pop(item.id, None)
         item.state = "stopped"
         item.stopped_at = now_iso()
         item.lease_deadline = None
@@ -598,6 +606,7 @@ class Service:
         item.delivered_mono = None
         item.queued_mono = time.monotonic()
         item.queued_at = now_iso()
+        self.queued[item.environment_id][item.id] = item
         self._wake(item.environment_id)
 
     def list_work(self, environment_id: str, *, limit: int, page: str | None) -> dict[str, Any]:
@@ -613,7 +622,7 @@ class Service:
 
     def stats(self, environment_id: str) -> dict[str, Any]:
         self._environment(environment_id)
-        queued = [w for w in self.work.values() if w.environment_id == environment_id and w.state == "queued"]
+        queued = list(self.queued[environment_id].values())
         seen = self.workers_seen[environment_id]
         cutoff = time.monotonic() - 30
         oldest = min(queued, key=lambda w: w.queued_mono, default=None)

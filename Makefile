@@ -1,0 +1,14 @@
+# The two commands of the README, plus benchmarks. Each one sets up what it needs.
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/jupyter cma demo
+
+test: setup
+	.venv/bin/pytest
+
+bench: setup
+	.venv/bin/python bench/bench_emulator.py

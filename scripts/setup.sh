@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything `make demo`, `make test` and `make bench` need, on a fresh
+# Debian 12 machine: system packages, the Docker engine, and a virtualenv with
+# jupyter-cma installed in editable mode. Safe to re-run: each step is skipped
+# when already done (the venv is re-installed only when pyproject.toml changes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- system packages (bubblewrap isolates kernel sandboxes) -----------------
+need=()
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing ${need[*]}; run as root or install them with apt" >&2
+    exit 1
+  fi
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  echo "setup: installed ${need[*]}"
+fi
+
+# --- the Docker engine for container sandboxes ---------------------------------
+bash scripts/docker-engine.sh
+
+# --- the virtualenv -------------------------------------------------------------
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [[ ! -f $stamp ]]; then
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import jupyter_cma, anthropic" # fail here, not later, if the install broke
+  rm -f .venv/.installed-*
+  touch "$stamp"
+  echo "setup: installed jupyter-cma into .venv"
+fi
