@@ -226,7 +226,7 @@ class ApiHandler(web.RequestHandler):
     async def get_environment(self, env_id: str) -> Any:
         cred = self.cred()
         self.service.require_environment_access(cred, env_id, what="reading an environment")
-        return self.service._environment(env_id)
+        return self.service.environment(env_id)
 
     async def update_environment(self, env_id: str) -> Any:
         self.api_key("updating environments")
@@ -277,7 +277,7 @@ class ApiHandler(web.RequestHandler):
 
     async def get_work(self, env_id: str, work_id: str) -> Any:
         self.api_key("retrieving a work item")
-        return self.service._work(env_id, work_id).to_json()
+        return self.service.work_item(env_id, work_id).to_json()
 
     async def update_work(self, env_id: str, work_id: str) -> Any:
         self.api_key("updating a work item")

@@ -256,7 +256,6 @@ class Service:
         self.skills: dict[str, dict[str, Any]] = {}
         self.skill_versions: dict[str, list[dict[str, Any]]] = {}  # skill id -> versions
         self.skill_files: dict[str, bytes] = {}  # version id -> zip archive
-        self.request_log: list[dict[str, Any]] = []
         self.api_key = api_key or "sk-ant-api-emu-" + secrets.token_urlsafe(24)
         self.tokens[self.api_key] = Credential("api_key")
         self._reaper: asyncio.Task[None] | None = None
@@ -284,7 +283,7 @@ class Service:
         return cred
 
     def mint_environment_key(self, environment_id: str) -> str:
-        self._environment(environment_id)
+        self.environment(environment_id)
         key = "sk-ant-envkey-emu-" + secrets.token_urlsafe(24)
         self.tokens[key] = Credential("environment_key", environment_id=environment_id)
         return key
@@ -337,7 +336,7 @@ class Service:
 
     # ----------------------------------------------------------------- environments
 
-    def _environment(self, environment_id: str) -> dict[str, Any]:
+    def environment(self, environment_id: str) -> dict[str, Any]:
         env = self.environments.get(environment_id)
         if env is None:
             raise not_found("environment", environment_id, "environment_not_found")
@@ -373,7 +372,7 @@ class Service:
         return env
 
     def update_environment(self, environment_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        env = self._environment(environment_id)
+        env = self.environment(environment_id)
         if env["archived_at"]:
             raise bad_request("environment is archived; create a new one", error_code="environment_archived")
         if "config" in body and body["config"] is not None:
@@ -392,14 +391,14 @@ class Service:
         return env
 
     def archive_environment(self, environment_id: str) -> dict[str, Any]:
-        env = self._environment(environment_id)
+        env = self.environment(environment_id)
         if not env["archived_at"]:
             env["archived_at"] = env["updated_at"] = now_iso()
             self._notify("environment.archived", environment_id)
         return env
 
     def delete_environment(self, environment_id: str) -> dict[str, Any]:
-        self._environment(environment_id)
+        self.environment(environment_id)
         for item in self.work.values():
             if item.environment_id == environment_id and item.live:
                 self._finish(item)
@@ -439,7 +438,7 @@ class Service:
         return item
 
     def enqueue_healthcheck(self, environment_id: str) -> WorkItem:
-        self._environment(environment_id)
+        self.environment(environment_id)
         return self._enqueue(environment_id, {"type": "healthcheck", "id": new_id("hc")})
 
     def _wake(self, environment_id: str) -> None:
@@ -453,8 +452,8 @@ class Service:
 
         asyncio.get_running_loop().create_task(notify())
 
-    def _work(self, environment_id: str, work_id: str) -> WorkItem:
-        self._environment(environment_id)
+    def work_item(self, environment_id: str, work_id: str) -> WorkItem:
+        self.environment(environment_id)
         item = self.work.get(work_id)
         if item is None or item.environment_id != environment_id:
             raise not_found("work", work_id)
@@ -470,7 +469,7 @@ class Service:
     async def poll(
         self, environment_id: str, *, block_ms: int | None, reclaim_ms: int | None, worker_id: str | None
     ) -> dict[str, Any] | None:
-        env = self._environment(environment_id)
+        env = self.environment(environment_id)
         if env["config"]["type"] != "self_hosted":
             raise bad_request("only self-hosted environments have a work queue")
         if block_ms is not None and not 1 <= block_ms <= MAX_BLOCK_MS:
@@ -502,7 +501,7 @@ class Service:
         return item.to_json(secret=secret)
 
     def ack(self, environment_id: str, work_id: str) -> dict[str, Any]:
-        item = self._work(environment_id, work_id)
+        item = self.work_item(environment_id, work_id)
         if item.state != "queued" or item.delivered_mono is None:
             raise conflict(f"work {work_id} is {item.state} and was not just polled; only a polled, queued item can be acknowledged")
         item.state = "starting"
@@ -516,7 +515,7 @@ class Service:
     def heartbeat(
         self, environment_id: str, work_id: str, *, expected: str | None, desired_ttl: int | None
     ) -> dict[str, Any]:
-        item = self._work(environment_id, work_id)
+        item = self.work_item(environment_id, work_id)
         ttl = self.lease_ttl if desired_ttl is None else max(1, min(desired_ttl, MAX_LEASE_TTL))
         if item.state in ("stopping", "stopped"):
             # The server does not compare the value then: it tells the holder to stop.
@@ -562,7 +561,7 @@ class Service:
         }
 
     def stop(self, environment_id: str, work_id: str, *, force: bool) -> dict[str, Any]:
-        item = self._work(environment_id, work_id)
+        item = self.work_item(environment_id, work_id)
         if item.state == "stopped":
             raise conflict(f"work {work_id} is already stopped")
         item.stop_requested_at = item.stop_requested_at or now_iso()
@@ -610,18 +609,18 @@ class Service:
         self._wake(item.environment_id)
 
     def list_work(self, environment_id: str, *, limit: int, page: str | None) -> dict[str, Any]:
-        self._environment(environment_id)
+        self.environment(environment_id)
         items = [w.to_json() for w in self.work.values() if w.environment_id == environment_id]
         data, nxt = _page(items, limit, page)
         return {"data": data, "next_page": nxt}
 
     def update_work(self, environment_id: str, work_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        item = self._work(environment_id, work_id)
+        item = self.work_item(environment_id, work_id)
         item.metadata = self._metadata(body.get("metadata") or {}, item.metadata)
         return item.to_json()
 
     def stats(self, environment_id: str) -> dict[str, Any]:
-        self._environment(environment_id)
+        self.environment(environment_id)
         queued = list(self.queued[environment_id].values())
         seen = self.workers_seen[environment_id]
         cutoff = time.monotonic() - 30
@@ -803,7 +802,7 @@ class Service:
         environment_id = body.get("environment_id")
         if not isinstance(environment_id, str):
             raise bad_request("environment_id is required")
-        env = self._environment(environment_id)
+        env = self.environment(environment_id)
         if env["archived_at"]:
             raise bad_request("environment is archived; sessions need a live environment", error_code="environment_archived")
         agent = self._resolve_agent(body.get("agent"))
@@ -1071,7 +1070,7 @@ class Service:
     # ----------------------------------------------------------------- turns (driving the brain)
 
     def _start_turn(self, rec: SessionRecord) -> None:
-        from .brains import Turn
+        from .brains import Turn  # brains.py imports this module; import at use to avoid a cycle
 
         inputs, rec.inbox = rec.inbox, []
         turn = Turn(self, rec, inputs)
