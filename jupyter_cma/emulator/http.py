@@ -96,6 +96,11 @@ class ApiHandler(web.RequestHandler):
         self._cred: Credential | None = None
         self._stream_queue: asyncio.Queue[dict[str, Any] | None] | None = None
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own errors (405 for PUT, a bug's 500) in the API's error shape too."""
+        kind = "api_error" if status_code >= 500 else "invalid_request_error"
+        self._json(ApiError(status_code, kind, self._reason or "error").body())
+
     def compute_etag(self) -> None:  # responses are live state, never cache them
         return None
 
@@ -248,13 +253,14 @@ class ApiHandler(web.RequestHandler):
         self.service.require_environment_access(cred, env_id, what=what)
         return cred
 
-    def _item_credential(self, env_id: str, work_id: str, what: str, *, api_key_ok: bool = False) -> None:
+    def _item_credential(self, env_id: str, work_id: str, what: str, *, api_key_ok: bool = False) -> Credential:
         cred = self.cred()
         kinds = ("environment_key", "sessions_token", "api_key") if api_key_ok else ("environment_key", "sessions_token")
         self.service.require(cred, *kinds, what=what)
         self.service.require_environment_access(cred, env_id, what=what)
         if cred.kind == "sessions_token" and cred.work_id != work_id:
             raise ApiError(403, "permission_error", f"{what}: this sessions token belongs to another work item")
+        return cred
 
     async def poll(self, env_id: str) -> Any:
         self._env_key(env_id, "polling for work")
@@ -288,15 +294,15 @@ class ApiHandler(web.RequestHandler):
         return self.service.ack(env_id, work_id)
 
     async def heartbeat(self, env_id: str, work_id: str) -> Any:
-        self._item_credential(env_id, work_id, "heartbeating work")
-        return self.service.heartbeat(env_id, work_id, expected=self.q("expected_last_heartbeat"), desired_ttl=self.q_int("desired_ttl_seconds"))
+        cred = self._item_credential(env_id, work_id, "heartbeating work")
+        return self.service.heartbeat(env_id, work_id, expected=self.q("expected_last_heartbeat"), desired_ttl=self.q_int("desired_ttl_seconds"), cred=cred)
 
     async def stop(self, env_id: str, work_id: str) -> Any:
-        self._item_credential(env_id, work_id, "stopping work", api_key_ok=True)
+        cred = self._item_credential(env_id, work_id, "stopping work", api_key_ok=True)
         force = self.body().get("force", False)
         if not isinstance(force, bool):
             raise bad_request("force must be a boolean")
-        return self.service.stop(env_id, work_id, force=force)
+        return self.service.stop(env_id, work_id, force=force, cred=cred)
 
     # -------------------------------------------------------------- agents
 

@@ -20,7 +20,7 @@ import secrets
 import time
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ class Credential:
     environment_id: str | None = None
     work_id: str | None = None
     session_id: str | None = None
+    delivery: int | None = None  # sessions tokens: which poll delivery of the item issued it
 
 
 # --------------------------------------------------------------------------- work items
@@ -136,6 +137,7 @@ class WorkItem:
     delivered_mono: float | None = None  # polled, not yet acked ("pending")
     lease_deadline: float | None = None
     tokens: list[str] = field(default_factory=list)
+    deliveries: int = 0  # how many times poll has handed the item out
     queued_at: str = field(default_factory=now_iso)
 
     @property
@@ -291,10 +293,13 @@ class Service:
     def _mint_sessions_token(self, item: WorkItem) -> str:
         """A new sessions token per delivery. Earlier ones stay valid until the item
         stops, so a holder that lost its lease hears 412 from its next heartbeat
-        (the lease protocol's answer), not 401."""
+        (the lease protocol's answer), not 401; `stale_delivery` keeps such a
+        token from touching the newer holder's lease."""
+        item.deliveries += 1
         token = "sk-ant-sesstok-emu-" + secrets.token_urlsafe(24)
         self.tokens[token] = Credential(
-            "sessions_token", environment_id=item.environment_id, work_id=item.id, session_id=item.session_id
+            "sessions_token", environment_id=item.environment_id, work_id=item.id, session_id=item.session_id,
+            delivery=item.deliveries,
         )
         item.tokens.append(token)
         return token
@@ -347,7 +352,7 @@ class Service:
         if not isinstance(name, str) or not name.strip():
             raise bad_request("name is required: a non-empty string")
         config = body.get("config") or {"type": "self_hosted"}
-        if config.get("type") not in ("self_hosted", "cloud"):
+        if not isinstance(config, dict) or config.get("type") not in ("self_hosted", "cloud"):
             raise bad_request("config.type must be 'self_hosted' or 'cloud'")
         if config["type"] == "cloud":
             config = {"type": "cloud", "networking": config.get("networking") or {"type": "unrestricted"}, "packages": config.get("packages") or {}}
@@ -376,6 +381,8 @@ class Service:
         if env["archived_at"]:
             raise bad_request("environment is archived; create a new one", error_code="environment_archived")
         if "config" in body and body["config"] is not None:
+            if not isinstance(body["config"], dict):
+                raise bad_request("config must be an object with a type")
             if body["config"].get("type") != env["config"]["type"]:
                 raise bad_request("config.type cannot change; create a new environment", error_code="invalid_config_type_change")
             env["config"] = body["config"]
@@ -512,8 +519,13 @@ class Service:
         item.lease_deadline = time.monotonic() + self.lease_ttl
         return item.to_json()
 
+    @staticmethod
+    def stale_delivery(item: WorkItem, cred: Credential) -> bool:
+        """True for a sessions token from an earlier delivery: its holder lost the lease."""
+        return cred.kind == "sessions_token" and cred.delivery != item.deliveries
+
     def heartbeat(
-        self, environment_id: str, work_id: str, *, expected: str | None, desired_ttl: int | None
+        self, environment_id: str, work_id: str, *, expected: str | None, desired_ttl: int | None, cred: Credential
     ) -> dict[str, Any]:
         item = self.work_item(environment_id, work_id)
         ttl = self.lease_ttl if desired_ttl is None else max(1, min(desired_ttl, MAX_LEASE_TTL))
@@ -527,7 +539,7 @@ class Service:
                 "ttl_seconds": int(ttl),
             }
         actual = item.last_heartbeat or NO_HEARTBEAT
-        if item.state == "queued" or expected != actual:
+        if item.state == "queued" or expected != actual or self.stale_delivery(item, cred):
             raise ApiError(
                 412,
                 "invalid_request_error",
@@ -544,9 +556,11 @@ class Service:
                     },
                 },
             )
-        stamp = now_iso()
-        if stamp == item.last_heartbeat:  # keep every lease value unique
-            stamp = stamp[:-1] + "1Z"
+        now = datetime.now(timezone.utc)
+        if item.last_heartbeat is not None:  # every lease value must differ from the last
+            previous = datetime.fromisoformat(item.last_heartbeat.replace("Z", "+00:00"))
+            now = max(now, previous + timedelta(microseconds=1))
+        stamp = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
         item.last_heartbeat = item.latest_heartbeat_at = stamp
         if item.state == "starting":
             item.state = "active"
@@ -560,10 +574,12 @@ class Service:
             "ttl_seconds": int(ttl),
         }
 
-    def stop(self, environment_id: str, work_id: str, *, force: bool) -> dict[str, Any]:
+    def stop(self, environment_id: str, work_id: str, *, force: bool, cred: Credential) -> dict[str, Any]:
         item = self.work_item(environment_id, work_id)
         if item.state == "stopped":
             raise conflict(f"work {work_id} is already stopped")
+        if self.stale_delivery(item, cred):
+            raise conflict(f"work {work_id} was handed out again after this token's lease ended; it is not yours to stop")
         item.stop_requested_at = item.stop_requested_at or now_iso()
         # Nobody holds a queued item, so even a graceful stop ends it at once.
         if force or item.state == "queued":
@@ -599,8 +615,8 @@ class Service:
     def expire_lease(self, item: WorkItem) -> None:
         """Lease lost: the item goes back to the queue; its old holder gets 412."""
         item.state = "queued"
-        item.last_heartbeat = None
-        item.acknowledged_at = None
+        item.last_heartbeat = item.latest_heartbeat_at = None
+        item.acknowledged_at = item.started_at = None
         item.lease_deadline = None
         item.delivered_mono = None
         item.queued_mono = time.monotonic()
@@ -645,8 +661,12 @@ class Service:
         for tool in tools:
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind == TOOLSET_TYPE:
-                default = {"enabled": True, "permission_policy": {"type": "always_allow"}, **(tool.get("default_config") or {})}
-                given = {c.get("name"): c for c in tool.get("configs") or []}
+                default_config = tool.get("default_config") or {}
+                configs_in = tool.get("configs") or []
+                if not isinstance(default_config, dict) or not isinstance(configs_in, list) or not all(isinstance(c, dict) for c in configs_in):
+                    raise bad_request(f"{TOOLSET_TYPE}: configs must be a list of objects and default_config an object")
+                default = {"enabled": True, "permission_policy": {"type": "always_allow"}, **default_config}
+                given = {c.get("name"): c for c in configs_in}
                 unknown = set(given) - set(TOOLSET_NAMES)
                 if unknown:
                     raise bad_request(f"unknown tool names in {TOOLSET_TYPE} configs: {sorted(unknown)}; known: {list(TOOLSET_NAMES)}")
@@ -782,7 +802,10 @@ class Service:
         if isinstance(ref, str):
             agent = self.agent(ref)
         elif isinstance(ref, dict) and isinstance(ref.get("id"), str):
-            agent = dict(self.agent(ref["id"], ref.get("version")))
+            version = ref.get("version")
+            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+                raise bad_request("agent.version must be an integer")
+            agent = dict(self.agent(ref["id"], version))
             if ref.get("type") == "agent_with_overrides":
                 for key in ("model", "system", "skills", "mcp_servers", "tools"):
                     if key in ref:
@@ -956,7 +979,7 @@ class Service:
 
     def emit(self, rec: SessionRecord, event: dict[str, Any]) -> dict[str, Any]:
         """Persist an event, then push it to every live stream of the session."""
-        event = {"id": new_id("sevt"), **event, "processed_at": now_iso()}
+        event = {**event, "id": new_id("sevt"), "processed_at": now_iso()}
         rec.events.append(event)
         rec.events_by_id[event["id"]] = event
         for q in rec.subscribers:
@@ -989,14 +1012,24 @@ class Service:
         if rec is not None:
             rec.subscribers.discard(q)
 
+    @staticmethod
+    def _validate_content(kind: str, content: Any, *, required: bool) -> None:
+        if content is None and not required:
+            return
+        if not isinstance(content, list) or (required and not content):
+            raise bad_request(f"{kind} content must be a {'non-empty ' if required else ''}list of content blocks")
+        for block in content:
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise bad_request(f"{kind} content blocks must be objects with a string type, e.g. {{\"type\": \"text\", \"text\": \"…\"}}")
+            if block["type"] == "text" and not isinstance(block.get("text"), str):
+                raise bad_request(f"{kind}: a text block needs a string text")
+
     def _validate_user_event(self, rec: SessionRecord | None, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
         if kind not in USER_EVENT_TYPES:
             raise bad_request(f"unsupported event type {kind!r}; send one of {list(USER_EVENT_TYPES)}")
         if kind in ("user.message", "system.message"):
-            content = ev.get("content")
-            if not isinstance(content, list) or not content or not all(isinstance(b, dict) and b.get("type") for b in content):
-                raise bad_request(f"{kind} needs content: a non-empty list of content blocks")
+            self._validate_content(kind, ev.get("content"), required=True)
         elif kind == "user.tool_confirmation":
             if ev.get("result") not in ("allow", "deny") or not isinstance(ev.get("tool_use_id"), str):
                 raise bad_request("user.tool_confirmation needs tool_use_id and result 'allow' or 'deny'")
@@ -1008,8 +1041,7 @@ class Service:
                 raise bad_request(f"{kind} needs {key}")
             if rec is not None and rec.events_by_id.get(ref, {}).get("type") != call_type:
                 raise bad_request(f"{key} {ref} names no {call_type} event in this session")
-            if "content" in ev and not isinstance(ev["content"], list):
-                raise bad_request(f"{kind} content must be a list of content blocks")
+            self._validate_content(kind, ev.get("content"), required=False)
         elif kind == "user.define_outcome":
             if not isinstance(ev.get("description"), str) or not isinstance(ev.get("rubric"), dict):
                 raise bad_request("user.define_outcome needs description and rubric")
@@ -1044,6 +1076,9 @@ class Service:
             self._resolve_call(rec, ref, ToolResult(text=text, is_error=bool(ev.get("is_error")), content=content))
             return echoed
         echoed = self.emit(rec, ev)
+        if kind != "user.interrupt":
+            # New input to a dormant session (no live work item) queues work again.
+            self._ensure_work(rec)
         if kind == "user.interrupt":
             if rec.turn and not rec.turn.done():
                 rec.turn.cancel()
@@ -1074,7 +1109,18 @@ class Service:
 
         inputs, rec.inbox = rec.inbox, []
         turn = Turn(self, rec, inputs)
+        # The run starts now, not when the task first runs: an interrupt in the
+        # same request may cancel the task before its body ever executes.
+        self.begin_run(rec)
         rec.turn = asyncio.get_running_loop().create_task(self._run_turn(rec, turn))
+        rec.turn.add_done_callback(lambda task: self._turn_cancelled_early(rec, task))
+
+    def _turn_cancelled_early(self, rec: SessionRecord, task: asyncio.Task[None]) -> None:
+        """A turn cancelled before its body ran never reached its own idle: end it here."""
+        if task.cancelled() and rec.data["status"] == "running":
+            self.go_idle(rec, {"type": "end_turn"})
+            if rec.inbox:
+                self._start_turn(rec)
 
     def begin_run(self, rec: SessionRecord) -> None:
         """The session goes running: a run starts, and a worker is needed."""
@@ -1093,7 +1139,6 @@ class Service:
             self._notify("session.requires_action", rec.id)
 
     async def _run_turn(self, rec: SessionRecord, turn: Any) -> None:
-        self.begin_run(rec)
         stop_reason: dict[str, Any] = {"type": "end_turn"}
         try:
             await self.brain.run_turn(turn)
