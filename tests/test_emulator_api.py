@@ -3,8 +3,8 @@
 Plain httpx, talking the way the `anthropic` SDK does: every credential as
 `Authorization: Bearer`, bodiless POSTs (ack, heartbeat) with
 `content-type: application/json` and an empty body, query arrays with
-brackets. The contract is /work/shared/reference/cma-api-contract.md; section
-numbers in docstrings refer to it.
+brackets. The contract is docs/cma-api-contract.md; section numbers in
+docstrings refer to it.
 
 Every test that touches a work queue uses a fresh environment, so tests never
 share a queue even though they share one emulator process per module.
