@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from typing import Any
@@ -36,6 +37,11 @@ async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def _async(value):
+    """Lets a plain value stand where `wait_until` expects a coroutine."""
+    return value
 
 
 async def events_of(client: anthropic.AsyncAnthropic, session_id: str) -> list[Any]:
@@ -95,10 +101,6 @@ async def test_worker_run_serves_a_scripted_session_end_to_end(emulator, tmp_pat
     assert item.state == "stopped"
 
 
-async def _async(value):
-    return value
-
-
 async def test_poller_drain_claims_every_queued_item(emulator):
     env_id, env_key = emulator.new_environment()
     client = emulator.client()
@@ -129,46 +131,48 @@ async def test_poller_auto_stop_stops_gracefully(emulator):
     assert (await client.beta.environments.work.retrieve(claimed.id, environment_id=env_id)).state == "stopping"
 
 
-async def test_lost_lease_ends_the_run_without_a_stop(short_lease_emulator, tmp_path, caplog):
-    emu = short_lease_emulator
+@contextlib.asynccontextmanager
+async def worker_holding_a_busy_session(emu: EmulatorProcess, workdir):
+    """An SDK worker that has claimed a session whose turn sleeps, and heartbeats its lease.
+
+    Yields (client, environment_id, work item) once the lease is active; cancels the worker after.
+    """
     env_id, env_key = emu.new_environment()
     client = emu.client()
-    _, session = await new_session(client, env_id, first=script_message({"sleep": 60}))
-    worker = EnvironmentWorker(client, environment_id=env_id, environment_key=env_key, workdir=tmp_path)
+    await new_session(client, env_id, first=script_message({"sleep": 60}))
+    worker = EnvironmentWorker(client, environment_id=env_id, environment_key=env_key, workdir=workdir)
     task = asyncio.create_task(worker.run())
     try:
         work = await wait_until(lambda: _active_item(emu, env_id))
-        with emu.http() as http:
-            assert http.post(f"/_emulator/work/{work.id}/expire").status_code == 200
-        # The worker's next heartbeat meets 412 and gives the item up; it then polls again
-        # and re-claims the re-queued item (a fresh lease), which is what a real queue does.
-        await wait_until(lambda: _async(any(r["status"] == 412 for r in work_calls(emu, work.id, "heartbeat"))))
-        await wait_until(lambda: _async(len(work_calls(emu, work.id, "ack")) == 2))
+        yield client, env_id, work
     finally:
         task.cancel()
-    assert work_calls(emu, work.id, "stop") == [], "a lost lease must never be stopped"
-    assert "lease lost: heartbeat precondition failed" in caplog.text
 
 
 async def _active_item(emu: EmulatorProcess, env_id: str):
     return next((w for w in await emu.work_items(env_id) if w.state == "active"), None)
 
 
+async def test_lost_lease_ends_the_run_without_a_stop(short_lease_emulator, tmp_path, caplog):
+    emu = short_lease_emulator
+    async with worker_holding_a_busy_session(emu, tmp_path) as (_, _, work):
+        with emu.http() as http:
+            assert http.post(f"/_emulator/work/{work.id}/expire").status_code == 200
+        # The worker's next heartbeat meets 412 and gives the item up; it then polls again
+        # and re-claims the re-queued item (a fresh lease), which is what a real queue does.
+        await wait_until(lambda: _async(any(r["status"] == 412 for r in work_calls(emu, work.id, "heartbeat"))))
+        await wait_until(lambda: _async(len(work_calls(emu, work.id, "ack")) == 2))
+    assert work_calls(emu, work.id, "stop") == [], "a lost lease must never be stopped"
+    assert "lease lost: heartbeat precondition failed" in caplog.text
+
+
 async def test_heartbeat_answered_stopping_ends_the_run_with_a_force_stop(short_lease_emulator, tmp_path):
     emu = short_lease_emulator
-    env_id, env_key = emu.new_environment()
-    client = emu.client()
-    _, session = await new_session(client, env_id, first=script_message({"sleep": 60}))
-    worker = EnvironmentWorker(client, environment_id=env_id, environment_key=env_key, workdir=tmp_path)
-    task = asyncio.create_task(worker.run())
-    try:
-        work = await wait_until(lambda: _active_item(emu, env_id))
+    async with worker_holding_a_busy_session(emu, tmp_path) as (client, env_id, work):
         # An operator stops the work gracefully with the API key.
         stopped = await client.beta.environments.work.stop(work.id, environment_id=env_id)
         assert stopped.state == "stopping"
         await wait_until(lambda: _async(len(work_calls(emu, work.id, "stop")) == 2))
-    finally:
-        task.cancel()
     operator, worker_stop = work_calls(emu, work.id, "stop")
     assert operator["credential"] == "api_key" and operator["body"] == {}
     assert worker_stop["credential"] == "sessions_token" and worker_stop["body"] == {"force": True}
