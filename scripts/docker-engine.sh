@@ -12,10 +12,12 @@ set -euo pipefail
 LOG=/var/log/jupyter-cma-dockerd.log
 WAIT_SECONDS=60
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "docker-engine.sh: must run as root (installs packages, starts dockerd)" >&2
-  exit 1
-fi
+need_root() {
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "docker-engine.sh: $1 needs root; run: sudo $0" >&2
+    exit 1
+  fi
+}
 
 # --- packages -----------------------------------------------------------
 missing=()
@@ -26,6 +28,7 @@ installed=""
 if ((${#missing[@]})); then
   # De-duplicate (docker.io may be listed twice).
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  need_root "installing ${missing[*]}"
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${missing[@]}" >/dev/null
@@ -38,6 +41,7 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
+need_root "starting dockerd"
 # A stale pidfile from an engine that died would make dockerd refuse to start.
 if [[ -f /var/run/docker.pid ]] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
   rm -f /var/run/docker.pid
