@@ -53,6 +53,39 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX session_events_session ON session_events (session_id, seq);
     """,
+    # 2: session lifecycle (tier, work item, reasons, transitions), agent tiers, recorded cells.
+    """
+    ALTER TABLE sessions ADD COLUMN tier TEXT;
+    ALTER TABLE sessions ADD COLUMN work_id TEXT;
+    ALTER TABLE sessions ADD COLUMN reason TEXT;
+    ALTER TABLE sessions ADD COLUMN cold_start_ms REAL;
+
+    CREATE TABLE session_transitions (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL,
+        at          REAL NOT NULL,
+        from_state  TEXT,
+        to_state    TEXT NOT NULL,
+        reason      TEXT
+    );
+    CREATE INDEX session_transitions_session ON session_transitions (session_id, seq);
+
+    CREATE TABLE agents (
+        id          TEXT PRIMARY KEY,
+        tier        TEXT NOT NULL,
+        name        TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+
+    CREATE TABLE session_cells (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL,
+        cell        TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    CREATE INDEX session_cells_session ON session_cells (session_id, seq);
+    """,
 ]
 
 
@@ -143,16 +176,108 @@ class Store:
             (session_id, environment_id, agent_id, status, title, now, now),
         )
 
+    def transition(self, session_id: str, to_state: str, reason: str, **fields: Any) -> str | None:
+        """Move a session to `to_state`, recording when and why; returns the state it left.
+
+        `fields` may set tier, work_id, environment_id, agent_id, cold_start_ms.
+        The session row is created on its first transition.
+        """
+        allowed = {"tier", "work_id", "environment_id", "agent_id", "cold_start_ms"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown session fields {sorted(unknown)}")
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT status FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            from_state = row["status"] if row else None
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO sessions (id, status, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                    (session_id, to_state, now, now),
+                )
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            self._db.execute(
+                f"UPDATE sessions SET status = ?, reason = ?, updated_at = ?{', ' + sets if sets else ''} WHERE id = ?",
+                (to_state, reason, now, *fields.values(), session_id),
+            )
+            self._db.execute(
+                "INSERT INTO session_transitions (session_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                (session_id, now, from_state, to_state, reason),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return from_state
+
+    def transitions(self, session_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT at, from_state, to_state, reason FROM session_transitions WHERE session_id = ? ORDER BY seq",
+            (session_id,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
     def session(self, session_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
         return dict(row) if row else None
 
-    def sessions(self, *, status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        if status is None:
-            rows = self._db.execute("SELECT * FROM sessions ORDER BY updated_at DESC LIMIT ?", (limit,))
-        else:
-            rows = self._db.execute("SELECT * FROM sessions WHERE status = ? ORDER BY updated_at DESC LIMIT ?", (status, limit))
+    def sessions(
+        self,
+        *,
+        status: str | None = None,
+        statuses: list[str] | None = None,
+        agent_id: str | None = None,
+        tier: str | None = None,
+        limit: int = 100,
+        before: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Sessions, most recently updated first; pass the last row's `updated_at` as `before` for the next page."""
+        wanted = list(statuses or []) + ([status] if status else [])
+        clauses, params = ["updated_at < ?"], [before if before is not None else float("inf")]
+        if wanted:
+            clauses.append(f"status IN ({','.join('?' * len(wanted))})")
+            params += wanted
+        if agent_id:
+            clauses.append("agent_id = ?")
+            params.append(agent_id)
+        if tier:
+            clauses.append("tier = ?")
+            params.append(tier)
+        rows = self._db.execute(
+            f"SELECT * FROM sessions WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC LIMIT ?", (*params, limit)
+        )
         return [dict(r) for r in rows.fetchall()]
+
+    # ------------------------------------------------------------------ agents (the tier of each)
+
+    def set_agent(self, agent_id: str, *, tier: str, name: str | None = None) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO agents (id, tier, name, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET tier = excluded.tier, name = COALESCE(excluded.name, agents.name), updated_at = excluded.updated_at",
+            (agent_id, tier, name, now, now),
+        )
+
+    def agent(self, agent_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        return dict(row) if row else None
+
+    def agents(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._db.execute("SELECT * FROM agents ORDER BY created_at DESC").fetchall()]
+
+    # ------------------------------------------------------------------ recorded cells (notebook export)
+
+    def add_cell(self, session_id: str, cell: dict[str, Any]) -> None:
+        """Record one executed tool call as an nbformat cell (a dict), in execution order."""
+        self._db.execute(
+            "INSERT INTO session_cells (session_id, cell, created_at) VALUES (?, ?, ?)",
+            (session_id, json.dumps(cell), time.time()),
+        )
+
+    def cells(self, session_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT cell FROM session_cells WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
+        return [json.loads(r["cell"]) for r in rows]
 
     # ------------------------------------------------------------------ session events
 

@@ -66,3 +66,25 @@ def test_events_are_stored_once_in_order(tmp_path):
     events = store.events("sesn_1")
     assert [e["id"] for e in events] == ["sevt_0", "sevt_1", "sevt_2"]
     assert [e["id"] for e in store.events("sesn_1", after_seq=events[0]["seq"])] == ["sevt_1", "sevt_2"]
+
+
+def test_transitions_record_when_and_why(tmp_path):
+    store = Store(tmp_path / "db")
+    assert store.transition("sesn_1", "claimed", "work item claimed", work_id="work_1", tier="kernel") is None
+    assert store.transition("sesn_1", "running", "sandbox ready", cold_start_ms=12.5) == "claimed"
+    row = store.session("sesn_1")
+    assert (row["status"], row["work_id"], row["tier"], row["cold_start_ms"], row["reason"]) == ("running", "work_1", "kernel", 12.5, "sandbox ready")
+    assert [(t["from_state"], t["to_state"]) for t in store.transitions("sesn_1")] == [(None, "claimed"), ("claimed", "running")]
+    with pytest.raises(ValueError):
+        store.transition("sesn_1", "idle", "x", password="no")
+    assert [s["id"] for s in store.sessions(statuses=["running", "idle"], tier="kernel")] == ["sesn_1"]
+
+
+def test_agent_tiers_and_cells(tmp_path):
+    store = Store(tmp_path / "db")
+    store.set_agent("agent_1", tier="kernel", name="a")
+    store.set_agent("agent_1", tier="container")
+    assert (store.agent("agent_1")["tier"], store.agent("agent_1")["name"]) == ("container", "a")
+    store.add_cell("sesn_1", {"cell_type": "code", "source": "1+1"})
+    store.add_cell("sesn_1", {"cell_type": "markdown", "source": "x"})
+    assert [c["cell_type"] for c in store.cells("sesn_1")] == ["code", "markdown"]
