@@ -91,3 +91,14 @@ class Credentials:
     api_key: Secret | None
     environment_key: Secret | None
     webhook_secret: Secret | None
+
+
+def item_credential(secret: str | None, environment_key: Secret | None) -> str | None:
+    """The bearer credential for calls made for one work item, as the SDK's worker chooses it:
+    the sessions token inside the item's `secret`, else the environment key. Never log it."""
+    from anthropic.lib.environments._worker import _sessions_token_from_secret  # the SDK's own decoder
+
+    token = _sessions_token_from_secret(secret)
+    if token:
+        return token
+    return environment_key.reveal() if environment_key is not None else None

@@ -19,13 +19,17 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Float, Integer, Unicode, default
+from traitlets import Enum, Float, Integer, Type, Unicode, default
 
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
+from .control.dispatcher import Dispatcher
+from .control.sessions import SessionManager
+from .control.webhooks import WebhookIngest
+from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
 from .store import Store
-from .web.handlers import handlers
+from .web.handlers import ApiContext, handlers
 
 DEFAULT_API_BASE_URL = "https://api.anthropic.com"
 
@@ -103,6 +107,26 @@ class CMAApp(ExtensionApp):
     max_webhook_bytes = Integer(
         256 * 1024, help="Largest webhook body accepted, in bytes (default 262144)."
     ).tag(config=True)
+    safety_drain_interval = Float(
+        15.0, help="Webhook mode: seconds between safety drains of the work queue, so a lost delivery costs seconds (default 15)."
+    ).tag(config=True)
+    reclaim_older_than_ms = Integer(
+        5000, help="Reclaim work items another worker polled but never acknowledged after this many ms (default 5000)."
+    ).tag(config=True)
+    idle_release_seconds = Float(
+        60.0, help="Seconds a session may stay idle (turn ended) before its sandbox is released; the workspace is kept (default 60)."
+    ).tag(config=True)
+    default_tier = Enum(
+        ["auto", "kernel", "container"],
+        default_value="auto",
+        help="Tier for agents that have none stored: 'kernel', 'container', or 'auto' (default): container when a Docker "
+        "engine answers and the container tier is installed, else kernel.",
+    ).tag(config=True)
+    kernel_tier_class = Type(
+        default_value="jupyter_cma.sandboxes.kernel.KernelTier",
+        klass=Tier,
+        help="The kernel (isolate) tier: a dedicated ipykernel per session (default jupyter_cma.sandboxes.kernel.KernelTier).",
+    ).tag(config=True)
 
     # ------------------------------------------------------------------ wiring
 
@@ -114,12 +138,70 @@ class CMAApp(ExtensionApp):
         self.credentials, self.setting_errors = self._load_credentials()
         self.tiers: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.sandbox_tiers: dict[str, Tier] = {
+            "kernel": self.kernel_tier_class(parent=self, kernel_dir=str(data / "kernels"), recorder=self.store.add_cell),
+        }
+        self.client = self._make_client()
+        self.sessions = SessionManager(
+            store=self.store,
+            tiers=self.sandbox_tiers,
+            default_tier=self.resolve_default_tier,
+            workspaces=data / "workspaces",
+            worker=WorkerSettings(client=self.client, environment_key=self.credentials.environment_key, max_idle=self.idle_release_seconds),
+        )
+        self.dispatcher: Dispatcher | None = None
+        if self.environment_id and self.credentials.environment_key is not None:
+            self.dispatcher = Dispatcher(
+                client=self.client,
+                environment_id=self.environment_id,
+                environment_key=self.credentials.environment_key,
+                route=self.sessions.route,
+                reclaim_older_than_ms=self.reclaim_older_than_ms,
+            )
+        self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
+        if self.webhooks.config_error:
+            self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
         for problem in self.setting_errors:
             self.log.error("jupyter-cma: %s", problem)
         self.log.info("jupyter-cma %s: mode %s, data in %s", __version__, self.effective_mode, data)
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend(handlers(status=self.status))
+        self.handlers.extend(handlers(ApiContext(
+            store=self.store,
+            sessions=self.sessions,
+            tiers=self.sandbox_tiers,
+            client=self.client,
+            environment_id=self.environment_id,
+            default_tier=self.resolve_default_tier,
+            status=self.status,
+            webhooks=self.webhooks,
+            max_webhook_bytes=self.max_webhook_bytes,
+        )))
+
+    def _make_client(self) -> Any:
+        from anthropic import AsyncAnthropic
+
+        # Without an API key the client still serves the worker flow (which uses
+        # the environment key or the item's sessions token); control-plane calls
+        # then fail with 401, and the status endpoint lists api_key as missing.
+        key = self.credentials.api_key.reveal() if self.credentials.api_key else "no-api-key-configured"
+        return AsyncAnthropic(api_key=key, base_url=self.api_base_url)
+
+    def resolve_default_tier(self) -> str:
+        if self.default_tier != "auto":
+            return self.default_tier
+        container = self.tiers.get("container", {})
+        if container.get("available") and "container" in self.sandbox_tiers:
+            return "container"
+        return "kernel"
+
+    def _on_webhook_event(self, data: dict[str, Any]) -> None:
+        """React to a verified, new delivery. Only schedules work: the answer must not wait."""
+        event_type = data.get("type")
+        if event_type == "session.status_run_started" and self.dispatcher is not None and self.effective_mode == "webhook":
+            self.dispatcher.request_drain()
+        if isinstance(data.get("id"), str):
+            self.sessions.note_status(data["id"], str(event_type))
 
     def _load_credentials(self) -> tuple[Credentials, list[str]]:
         """Read each secret; a bad secret file is reported and treated as missing (fail closed)."""
@@ -169,13 +251,29 @@ class CMAApp(ExtensionApp):
             "missing": missing,
             "errors": self.setting_errors,
             "tiers": self.tiers or {"container": {"available": None, "reason": "probing"}, "kernel": {"available": None, "reason": "probing"}},
+            "default_tier": self.resolve_default_tier(),
+            "sessions": self.sessions.status(),
+            "dispatch": None if self.dispatcher is None else {"drains": self.dispatcher.drains, "claimed": self.dispatcher.claimed},
+            "webhooks": {"accepted": self.webhooks.accepted, "duplicates": self.webhooks.duplicates, "rejected": self.webhooks.rejected},
         }
 
     # ------------------------------------------------------------------ background tasks
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        released = self.sessions.recover()
+        if released:
+            self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
+        for tier in self.sandbox_tiers.values():
+            await tier.start()
         self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))
         self._spawn(self._every(3600.0, self._prune))
+        if self.dispatcher is None:
+            self.log.warning("jupyter-cma: not serving work: %s missing", ", ".join(self.missing_settings()) or "settings")
+        elif self.effective_mode == "webhook":
+            self.dispatcher.request_drain()  # work queued while this server was down
+            self._spawn(self.dispatcher.safety_drains(self.safety_drain_interval))
+        else:
+            self._spawn(self.dispatcher.poll_forever())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
@@ -205,4 +303,16 @@ class CMAApp(ExtensionApp):
             _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout)
             for task in pending:
                 self.log.warning("jupyter-cma: background task %s did not stop within %ss", task, self.stop_timeout)
+        try:
+            await asyncio.wait_for(self._release_all(), self.stop_timeout)
+        except asyncio.TimeoutError:
+            self.log.warning("jupyter-cma: sandboxes did not all stop within %ss", self.stop_timeout)
         self.store.close()
+
+    async def _release_all(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        await self.sessions.close()
+        for tier in self.sandbox_tiers.values():
+            await tier.close()
+        await self.client.close()

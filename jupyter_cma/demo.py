@@ -1,17 +1,26 @@
-"""`jupyter cma demo`: the README scenario, end to end, offline.
+"""`jupyter cma demo`: the README scenario through the product, offline.
 
-Starts the emulator (a separate process, as the real API would be), creates an
-agent with the standard sandbox toolset and a session with the request
-"write a Python script that prints the squares of 1..10, run it, report the
-result", and serves the session with the SDK's `EnvironmentWorker` in a
-fresh working directory. Real `write` and `bash` tool calls run there; the
-transcript streams live and the run ends with the reported result.
+    emulator ──webhook──▶ Jupyter server with jupyter-cma ──▶ kernel sandbox
+        ▲                          │ (claims the work item, runs the tools)
+        └──────────── tool results ┘
+
+It starts the emulator (in place of Anthropic's API) with webhooks pointed at
+a Jupyter server it also starts, with jupyter-cma configured for the
+emulator's environment. Through jupyter-cma's REST API it creates an agent on
+the kernel tier and a session, then sends the request "write a Python script
+that prints the squares of 1..10, run it, and report the result" as an app
+would. The emulator's demo brain writes `squares.py` and runs it with the
+kernel's `python` tool; the transcript streams live, and the run ends with
+the reported result and the cold start the server measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,99 +28,144 @@ import textwrap
 import time
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Unicode
 from traitlets.config import Application
 
 PROMPT = "Write a Python script that prints the squares of 1..10, run it, and report the result."
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class DemoApp(Application):
-    """Run the README scenario against the built-in emulator and print the transcript."""
+    """Run the README scenario through jupyter-cma against the built-in emulator."""
 
     name = "jupyter-cma-demo"
-    description = "Run the README scenario (squares of 1..10) end to end against the built-in emulator."
+    description = "Run the README scenario (squares of 1..10): emulator → webhook → Jupyter server → kernel sandbox."
 
     prompt = Unicode(PROMPT, help="What to ask the agent (default: the README scenario).").tag(config=True)
+    tier = Unicode("kernel", help="The sandbox tier of the demo agent (default kernel).").tag(config=True)
     timeout = Float(120.0, help="Seconds to wait for the agent's turn to end (default 120).").tag(config=True)
     model_delay = Float(0.2, help="Seconds each emulated model request takes, so the transcript reads like a real run (default 0.2).").tag(config=True)
-    aliases = {"prompt": "DemoApp.prompt", "timeout": "DemoApp.timeout", "model-delay": "DemoApp.model_delay"}
+    aliases = {"prompt": "DemoApp.prompt", "tier": "DemoApp.tier", "timeout": "DemoApp.timeout", "model-delay": "DemoApp.model_delay"}
 
     def start(self) -> None:
-        code = asyncio.run(self._run())
-        self.exit(code)
+        self.exit(asyncio.run(self._run()))
 
     async def _run(self) -> int:
-        from anthropic import AsyncAnthropic
-        from anthropic.lib.environments import EnvironmentWorker
-
+        port = _free_port()
+        token = secrets.token_hex(16)
+        work = tempfile.mkdtemp(prefix="cma-demo-")
         emulator = subprocess.Popen(
-            [sys.executable, "-m", "jupyter_cma", "emulator", "--model-delay", str(self.model_delay)],
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, "-m", "jupyter_cma", "emulator", "--model-delay", str(self.model_delay),
+             "--webhook-url", f"http://127.0.0.1:{port}/cma/webhooks", "--EmulatorApp.webhook_retry_delays=[0.5,1,2,4]"],
+            stdout=subprocess.PIPE, text=True,
         )
-        assert emulator.stdout is not None
+        server: subprocess.Popen[bytes] | None = None
         try:
+            assert emulator.stdout is not None
             info = json.loads(emulator.stdout.readline())
+            server = subprocess.Popen(
+                [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+                 *(["--allow-root"] if os.geteuid() == 0 else []),
+                 f"--CMAApp.data_dir={os.path.join(work, 'cma')}", f"--CMAApp.api_base_url={info['base_url']}",
+                 f"--CMAApp.environment_id={info['environment_id']}", "--CMAApp.idle_release_seconds=5"],
+                env={**os.environ, "ANTHROPIC_API_KEY": info["api_key"], "ANTHROPIC_ENVIRONMENT_KEY": info["environment_key"],
+                     "ANTHROPIC_WEBHOOK_SIGNING_KEY": info["webhook_secret"]},
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "wb"),
+            )
+            api = _Api(f"http://127.0.0.1:{port}/cma/api", token)
+            status = await api.wait_ready(server)
             print(f"emulator  {info['base_url']}  environment {info['environment_id']}")
-            client = AsyncAnthropic(api_key=info["api_key"], base_url=info["base_url"])
-            agent = await client.beta.agents.create(
-                name="squares-demo", model="claude-sonnet-4-5", tools=[{"type": "agent_toolset_20260401"}]
-            )
-            session = await client.beta.sessions.create(agent=agent.id, environment_id=info["environment_id"])
-            workdir = tempfile.mkdtemp(prefix="cma-demo-")
-            print(f"session   {session.id}  sandbox workdir {workdir}\n")
-            worker = EnvironmentWorker(
-                client,
-                environment_id=info["environment_id"],
-                environment_key=info["environment_key"],
-                workdir=workdir,
-                max_idle=1.0,
-            )
-            worker_task = asyncio.create_task(worker.run())
+            print(f"server    http://127.0.0.1:{port}  mode {status['mode']}  (log {work}/server.log)")
+            agent = await api.call("POST", "/agents", {"name": "squares-demo", "tier": self.tier})
+            session = await api.call("POST", "/sessions", {"agent_id": agent["id"], "title": "squares demo"})
+            print(f"session   {session['id']}  agent {agent['id']} on the {agent['tier']} tier\n")
             try:
-                return await asyncio.wait_for(self._converse(client, session.id), self.timeout)
+                return await asyncio.wait_for(self._converse(info, api, session["id"]), self.timeout)
             except asyncio.TimeoutError:
-                print(f"\nno answer within {self.timeout:.0f}s", file=sys.stderr)
+                print(f"\nno answer within {self.timeout:.0f}s; see {work}/server.log", file=sys.stderr)
                 return 1
-            finally:
-                worker_task.cancel()
-                await asyncio.gather(worker_task, return_exceptions=True)
-                await client.close()
         finally:
-            emulator.terminate()
-            emulator.wait(10)
+            for proc in (server, emulator):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(15)
 
-    async def _converse(self, client: Any, session_id: str) -> int:
-        stream = await client.beta.sessions.events.stream(session_id)
-        sent = time.monotonic()
-        await client.beta.sessions.events.send(
-            session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": self.prompt}]}]
-        )
-        first_result: float | None = None
+    async def _converse(self, info: dict[str, Any], api: _Api, session_id: str) -> int:
+        from anthropic import AsyncAnthropic
+
+        # The app side talks to the API directly, as any client of Managed Agents would.
+        client = AsyncAnthropic(api_key=info["api_key"], base_url=info["base_url"])
         answer = ""
-        async with stream:
-            async for event in stream:
-                if event.type == "user.message":
-                    _show("you", event.content[0].text)
-                elif event.type == "agent.message":
-                    answer = event.content[0].text
-                    _show("agent", answer)
-                elif event.type == "agent.tool_use":
-                    _show(f"tool {event.name}", json.dumps(event.input))
-                elif event.type == "user.tool_result":
-                    first_result = first_result or time.monotonic()
-                    text = event.content[0].text if event.content else ""
-                    _show("  result" + (" (error)" if event.is_error else ""), text)
-                elif event.type == "session.status_idle" and event.stop_reason.type != "requires_action":
-                    break
+        async with client:
+            stream = await client.beta.sessions.events.stream(session_id)
+            sent = time.monotonic()
+            await client.beta.sessions.events.send(
+                session_id, events=[{"type": "user.message", "content": [{"type": "text", "text": self.prompt}]}]
+            )
+            first_result = None
+            async with stream:
+                async for event in stream:
+                    if event.type == "user.message":
+                        _show("you", event.content[0].text)
+                    elif event.type == "agent.message":
+                        answer = event.content[0].text
+                        _show("agent", answer)
+                    elif event.type in ("agent.tool_use", "agent.custom_tool_use"):
+                        shown = event.input.get("code") or json.dumps(event.input)
+                        _show(f"tool {event.name}", shown)
+                    elif event.type in ("user.tool_result", "user.custom_tool_result"):
+                        first_result = first_result or time.monotonic()
+                        text = "\n".join(b.text for b in event.content or [] if b.type == "text")
+                        _show("  result" + (" (error)" if event.is_error else ""), text)
+                    elif event.type == "session.status_idle" and event.stop_reason.type != "requires_action":
+                        break
+        row = await api.call("GET", f"/sessions/{session_id}")
+        if row.get("cold_start_ms") is not None:
+            print(f"\ncold start (work item claimed → first tool result, measured by the server): {row['cold_start_ms']:.0f} ms")
         if first_result is not None:
-            print(f"\ncold start (message sent → first tool result): {first_result - sent:.2f}s")
+            print(f"message sent → first tool result (webhook, claim, sandbox, tool): {first_result - sent:.2f} s")
         numbers = [line for line in answer.splitlines() if line.strip().isdigit()]
         if not numbers:
             print("the agent did not report a result", file=sys.stderr)
             return 1
         print(f"result: {' '.join(numbers)}")
         return 0
+
+
+class _Api:
+    """A tiny client for jupyter-cma's REST API (token auth)."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+        self.http = AsyncHTTPClient()
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        request = HTTPRequest(self.base + path, method=method, headers=self.headers, body=None if body is None else json.dumps(body))
+        try:
+            response = await self.http.fetch(request)
+        except HTTPClientError as exc:
+            detail = exc.response.body.decode() if exc.response is not None else str(exc)
+            raise SystemExit(f"jupyter-cma API {method} {path} failed: {exc.code} {detail}") from None
+        return json.loads(response.body)
+
+    async def wait_ready(self, server: subprocess.Popen[bytes]) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit("the Jupyter server exited during start-up; see its log")
+            try:
+                return await self.call("GET", "/status")
+            except (SystemExit, OSError):
+                await asyncio.sleep(0.2)
+        raise SystemExit("the Jupyter server did not answer within 60 s")
 
 
 def _show(who: str, text: str) -> None:

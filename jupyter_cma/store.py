@@ -147,12 +147,12 @@ class Store:
         )
         return cur.rowcount == 1
 
-    def deliveries(self, *, limit: int = 50, before: float | None = None) -> list[dict[str, Any]]:
-        """Newest first; pass the last row's `received_at` as `before` for the next page."""
+    def deliveries(self, *, limit: int = 50, before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first. Each row has a `seq` (unique, increasing); pass the last row's as `before` for the next page."""
         rows = self._db.execute(
-            "SELECT webhook_id, received_at, event_type, object_id, body FROM webhook_deliveries "
-            "WHERE received_at < ? ORDER BY received_at DESC LIMIT ?",
-            (before if before is not None else float("inf"), limit),
+            "SELECT rowid AS seq, webhook_id, received_at, event_type, object_id, body FROM webhook_deliveries "
+            "WHERE rowid < ? ORDER BY rowid DESC LIMIT ?",
+            (before if before is not None else 2**63 - 1, limit),
         ).fetchall()
         return [dict(r) for r in rows]
 
@@ -210,6 +210,14 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         return from_state
+
+    def update_session(self, session_id: str, **fields: Any) -> None:
+        """Set measured or descriptive fields (no state change, so no transition row)."""
+        allowed = {"cold_start_ms", "title"}
+        if not fields or set(fields) - allowed:
+            raise ValueError(f"update_session sets only {sorted(allowed)}")
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._db.execute(f"UPDATE sessions SET {sets} WHERE id = ?", (*fields.values(), session_id))
 
     def transitions(self, session_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(

@@ -66,7 +66,9 @@ async def test_no_auth_warning_with_unauthenticated_access_off(jp_serverapp):
         warnings.simplefilter("error", JupyterServerAuthWarning)
         from jupyter_cma.web.handlers import handlers
 
-        jp_serverapp.web_app.add_handlers(".*$", [(f"/probe{i}", h, kw) for i, (_, h, kw) in enumerate(handlers(status=dict))])
+        (ext,) = jp_serverapp.extension_manager.extension_apps["jupyter_cma"]
+        routes = [(f"/probe{i}", h, kw) for i, (_, h, kw) in enumerate(ext.handlers)]
+        jp_serverapp.web_app.add_handlers(".*$", routes)
 
 
 async def test_webhook_secret_file_must_be_private(jp_configurable_serverapp, tmp_path):

@@ -42,7 +42,7 @@ def test_deliveries_page_newest_first_and_prune(tmp_path):
     for i in range(5):
         store.record_delivery(f"msg_{i}", "session.status_run_started", f"sesn_{i}", "{}")
     first = store.deliveries(limit=2)
-    rest = store.deliveries(limit=10, before=first[-1]["received_at"])
+    rest = store.deliveries(limit=10, before=first[-1]["seq"])
     assert [d["webhook_id"] for d in first + rest] == [f"msg_{i}" for i in reversed(range(5))]
     assert store.prune_deliveries(older_than=first[-1]["received_at"]) == 3
     assert len(store.deliveries()) == 2

@@ -228,8 +228,8 @@ class DemoBrain(ScriptedBrain):
 
     Asked to "write a Python script that prints the squares of 1..10, run it,
     report the result", it writes the script and runs it with whatever the
-    agent has: `write` + `bash`, or `bash` alone, or a custom tool that takes
-    Python `code`. It reports the real output the sandbox returned. Scripts
+    agent has: `write` + `bash`, or `bash` alone, or `write` + a custom tool
+    that takes Python `code` (the kernel tier), or that tool alone. It reports the real output the sandbox returned. Scripts
     (see `ScriptedBrain`) work too; anything else gets a short explanation.
     """
 
@@ -261,6 +261,12 @@ class DemoBrain(ScriptedBrain):
             result = await turn.use_tool("bash", {"command": "python3 squares.py"})
         elif "bash" in builtin:
             result = await turn.use_tool("bash", {"command": f"cat > squares.py <<'EOF'\n{code}EOF\npython3 squares.py"})
+        elif python_tool is not None and "write" in builtin:
+            wrote = await turn.use_tool("write", {"file_path": "squares.py", "content": code})
+            if wrote.is_error:
+                await turn.say(f"Writing the script failed: {wrote.text}")
+                return
+            result = await turn.use_tool(python_tool, {"code": 'exec(open("squares.py").read())'})
         elif python_tool is not None:
             result = await turn.use_tool(python_tool, {"code": code})
         else:

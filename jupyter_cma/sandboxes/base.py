@@ -14,6 +14,8 @@ users swap implementations by configuration.
 from __future__ import annotations
 
 import abc
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,6 +60,15 @@ class Sandbox(abc.ABC):
     def __init__(self, item: ClaimedItem, workspace: Path) -> None:
         self.item = item
         self.workspace = workspace
+        self.first_result_at: float | None = None  # time.monotonic() of the first tool result
+        self.on_first_result: Callable[[float], None] | None = None
+
+    def note_tool_result(self) -> None:
+        """Tiers call this after each tool result; the first one marks the end of the cold start."""
+        if self.first_result_at is None:
+            self.first_result_at = time.monotonic()
+            if self.on_first_result is not None:
+                self.on_first_result(self.first_result_at)
 
     @property
     def session_id(self) -> str:

@@ -1,0 +1,1 @@
+"""The control plane: webhook ingest, dispatch of claimed work, session lifecycle."""

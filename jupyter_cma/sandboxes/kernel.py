@@ -1,0 +1,1221 @@
+"""The kernel tier: each session's tool calls run in a dedicated IPython kernel.
+
+A `KernelSandbox` serves one claimed work item with the SDK's own worker flow
+(`EnvironmentWorker.handle_item`) in this process. The agent gets the SDK's
+file tools (`read`, `write`, `edit`, `glob`, `grep`, confined to the session's
+workspace) and a custom `python` tool that runs code in the session's kernel
+like a notebook cell: variables persist between calls, the kernel's working
+directory is the workspace, rich output (images) comes back as image blocks.
+
+Kernels are ipykernel processes started with jupyter_client's
+`AsyncKernelManager` over the `ipc` transport: the connection file and the
+five unix sockets live in a per-kernel directory under `kernel_dir` (mode
+0700), never on a TCP port. The tier keeps `pool_size` kernels warm so a
+session does not wait for Python to start.
+
+Every kernel directory holds `owner.json` (the server process that started
+it) and `kernel.pid`; the kernel and everything it spawns carry
+`JUPYTER_CMA_KERNEL_DIR=<its directory>` in their environment. When a server
+starts, kernels left in `kernel_dir` by a server process that no longer runs
+are killed (with their children) and their directories removed.
+
+Every python call is recorded as an nbformat code cell and every `write` /
+`edit` as a markdown cell, through a `recorder(session_id, cell)` callback,
+so a session can be exported as a notebook (see `notebook.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from traitlets import Callable as CallableTrait
+from traitlets import Float, Integer, TraitError, Unicode, validate
+
+from .base import ClaimedItem, Sandbox, Tier, WorkerSettings
+
+if TYPE_CHECKING:
+    from anthropic.lib.tools import BetaAsyncFunctionTool
+    from anthropic.lib.tools.agent_toolset import AgentToolContext
+    from jupyter_client.asynchronous import AsyncKernelClient
+    from jupyter_client.manager import AsyncKernelManager
+
+Recorder = Callable[[str, dict[str, Any]], None]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# The SDK's per-call bound (anthropic.lib.tools._beta_session_runner.TOOL_TIMEOUT).
+# A python call must end (including the interrupt grace) before it fires, or
+# the SDK cancels the call and posts a bare "timed out" instead of our error.
+SDK_TOOL_TIMEOUT = 150.0
+INTERRUPT_GRACE = 5.0  # seconds an interrupted call gets to stop before the kernel is replaced
+OUTPUT_LIMIT = 100 * 1024  # characters of text a python result carries (the tail is kept), like the SDK's bash
+RECORD_LIMIT = 1024 * 1024  # characters of one stream output kept in a recorded cell
+IMAGE_LIMIT = 5 * 1024 * 1024  # base64 bytes of one image block (the SDK's read tool cap)
+MAX_IMAGES = 10  # image blocks per python result
+DEATH_POLL = 0.1  # seconds between checks that the kernel process still runs during a call
+# Seconds between handing out a pool kernel and starting its replacement: a kernel start
+# costs about half a second of CPU, which would otherwise compete with the session that
+# just took the kernel (its first requests and tool call).
+REFILL_DELAY = 1.0
+KERNEL_SHUTDOWN_TIMEOUT = 10.0
+ENV_MARKER = "JUPYTER_CMA_KERNEL_DIR"
+# Never handed to kernels: they run model-written code. (A custom `*_env` credential
+# variable of the server should use one of these prefixes too.)
+SCRUBBED_ENV_PREFIXES = ("ANTHROPIC_", "JUPYTER_CMA_", "JUPYTERHUB_", "JPY_")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+FILE_TOOLS = ("read", "write", "edit", "glob", "grep")
+
+KERNEL_DIED = (
+    "the Python kernel died while running this call; its state is lost — "
+    "the next call starts a fresh kernel in the same workspace"
+)
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_KERNEL_DIR_NAME = re.compile(r"^[0-9a-f]{12}$")
+_LIVE_DIRS: set[str] = set()  # kernel directories held by a KernelTier of this process
+
+
+def python_tool_description(execute_timeout: float) -> str:
+    return (
+        "Run Python code in a persistent IPython kernel, like a notebook cell. Variables, imports and "
+        "functions persist between calls. The working directory is the session's workspace: the same "
+        "files the read, write and edit tools see. Returns what the code prints (stdout and stderr), the "
+        "value of the last expression, rich display output (images, e.g. matplotlib figures, come back as "
+        "images) and the traceback if it raises. IPython syntax (%magics, !shell commands) works. A call "
+        f"that runs longer than {execute_timeout:g} s is interrupted (the kernel and its variables are kept). "
+        "If the kernel dies, the next call starts a fresh one: files stay, variables are lost."
+    )
+
+
+PYTHON_INPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "code": {
+            "type": "string",
+            "description": "The Python code to run. The value of the last expression is shown, as in a notebook cell.",
+        }
+    },
+    "required": ["code"],
+}
+
+
+class KernelStartError(RuntimeError):
+    """A kernel could not be started or did not become ready."""
+
+
+# --------------------------------------------------------------------------- one kernel
+
+
+@dataclass
+class Execution:
+    """What one execute request produced, as nbformat v4 outputs."""
+
+    code: str
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"  # ok | error | timeout | lost (timed out, then ignored the interrupt) | died | failed
+    execution_count: int | None = None
+    error: dict[str, Any] | None = None  # the error output when status is "error"
+    detail: str = ""  # why the channels failed (status "failed")
+    _clear_pending: bool = False
+
+    def add(self, msg: dict[str, Any]) -> None:
+        """output_hook for execute_interactive: every IOPub message of this request."""
+        kind = msg["header"]["msg_type"]
+        content = msg["content"]
+        if kind == "clear_output":
+            if content.get("wait"):
+                self._clear_pending = True
+            else:
+                self.outputs.clear()
+            return
+        if kind not in ("stream", "display_data", "execute_result", "error"):
+            return  # status, execute_input, update_display_data, comm messages
+        if self._clear_pending:
+            self.outputs.clear()
+            self._clear_pending = False
+        if kind == "stream":
+            last = self.outputs[-1] if self.outputs else None
+            if last is not None and last["output_type"] == "stream" and last["name"] == content["name"]:
+                last["text"] = _keep_tail(last["text"] + content["text"], RECORD_LIMIT)
+            else:
+                self.outputs.append({"output_type": "stream", "name": content["name"], "text": _keep_tail(content["text"], RECORD_LIMIT)})
+        elif kind == "display_data":
+            self.outputs.append({"output_type": "display_data", "data": dict(content.get("data", {})), "metadata": dict(content.get("metadata", {}))})
+        elif kind == "execute_result":
+            self.outputs.append({
+                "output_type": "execute_result",
+                "execution_count": content.get("execution_count"),
+                "data": dict(content.get("data", {})),
+                "metadata": dict(content.get("metadata", {})),
+            })
+        else:
+            self.error = {
+                "output_type": "error",
+                "ename": str(content.get("ename", "")),
+                "evalue": str(content.get("evalue", "")),
+                "traceback": [str(line) for line in content.get("traceback", [])],
+            }
+            self.outputs.append(self.error)
+
+
+class Kernel:
+    """One ipykernel process over ipc, with its connection file and sockets in `directory`."""
+
+    def __init__(self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient) -> None:
+        self.directory = directory
+        self.manager = manager
+        self.client = client
+        self.started_at = time.time()
+        self.returncode: int | None = None
+        self._shut = False
+
+    @property
+    def id(self) -> str:
+        return self.directory.name
+
+    @property
+    def pid(self) -> int | None:
+        provisioner = self.manager.provisioner
+        return getattr(provisioner, "pid", None)
+
+    @property
+    def connection_file(self) -> Path:
+        return Path(self.manager.connection_file)
+
+    @property
+    def connection_info(self) -> dict[str, Any]:
+        info = dict(self.manager.get_connection_info())
+        info.pop("key", None)
+        info.pop("session", None)
+        return info
+
+    def alive(self) -> bool:
+        """Is the kernel process still running? (A non-blocking waitpid; cheap.)"""
+        if self._shut:
+            return False
+        process = getattr(self.manager.provisioner, "process", None)
+        if process is None:
+            return False
+        code = process.poll()
+        if code is not None:
+            self.returncode = code
+            return False
+        return True
+
+    async def execute(self, code: str, *, timeout: float, silent: bool = False) -> Execution:
+        """Run `code` like a notebook cell; never raises for what the code or the kernel does.
+
+        The result's status says how it ended: "ok"/"error" (the code ran),
+        "timeout" (interrupted after `timeout`, the kernel survived), "lost"
+        (it ignored the interrupt), "died" (the process exited), "failed" (the
+        channels broke). After "lost", "died" or "failed" the kernel is unusable.
+        """
+        ex = Execution(code)
+        task = asyncio.ensure_future(
+            self.client.execute_interactive(
+                code, silent=silent, store_history=not silent, allow_stdin=False, stop_on_error=False, output_hook=ex.add
+            )
+        )
+        try:
+            outcome = await self._race(task, timeout)
+            if outcome == "timeout":
+                with contextlib.suppress(Exception):
+                    await self.manager.interrupt_kernel()
+                outcome = await self._race(task, INTERRUPT_GRACE)
+                ex.status = {"done": "timeout", "timeout": "lost"}.get(outcome, outcome)
+            elif outcome != "done":
+                ex.status = outcome
+        except BaseException:
+            # Cancelled from outside (a stop, or the SDK's own tool timeout): stop the code too,
+            # so the kernel is idle for whoever uses it next.
+            task.cancel()
+            with contextlib.suppress(Exception):
+                if self.alive():
+                    await self.manager.interrupt_kernel()
+            raise
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return ex
+        if task.cancelled() or task.exception() is not None:
+            if ex.status == "running" or ex.status == "timeout":
+                exc = None if task.cancelled() else task.exception()
+                ex.status = "died" if not self.alive() else "failed"
+                ex.detail = f"{type(exc).__name__}: {exc}" if exc else "cancelled"
+            return ex
+        reply = task.result()["content"]
+        ex.execution_count = reply.get("execution_count")
+        if ex.status == "running":
+            ex.status = "ok" if reply.get("status") == "ok" else "error"
+            if ex.status == "error" and ex.error is None:
+                # An error reply without an error output (e.g. an aborted request).
+                ex.error = {"output_type": "error", "ename": str(reply.get("ename", "Error")), "evalue": str(reply.get("evalue", "")), "traceback": list(reply.get("traceback", []))}
+                ex.outputs.append(ex.error)
+        return ex
+
+    async def _race(self, task: asyncio.Future[Any], timeout: float) -> str:
+        """Wait for `task` until `timeout`, watching the process: "done", "died" or "timeout"."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return "timeout"
+            done, _ = await asyncio.wait({task}, timeout=min(DEATH_POLL, remaining))
+            if done:
+                return "done"
+            if not self.alive():
+                # The reply may have been on its way; give the channels a moment before calling it dead.
+                done, _ = await asyncio.wait({task}, timeout=DEATH_POLL)
+                return "done" if done else "died"
+
+    async def shutdown(self) -> None:
+        """Kill the kernel (and its process group) and remove its directory. Idempotent, bounded."""
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            with contextlib.suppress(Exception):
+                self.client.stop_channels()
+            try:
+                await asyncio.wait_for(self.manager.shutdown_kernel(now=True), KERNEL_SHUTDOWN_TIMEOUT)
+            except Exception:
+                _kill_group(self.pid)
+        finally:
+            _LIVE_DIRS.discard(str(self.directory))
+            await asyncio.to_thread(shutil.rmtree, self.directory, True)
+
+
+@functools.cache
+def _manager_class() -> type[AsyncKernelManager]:
+    """AsyncKernelManager running this interpreter's ipykernel, whatever kernelspecs are installed."""
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import AsyncKernelManager
+
+    spec = KernelSpec(
+        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--HistoryManager.enabled=False"],
+        display_name="Python 3 (ipykernel)",
+        language="python",
+        interrupt_mode="signal",
+    )
+
+    class SandboxKernelManager(AsyncKernelManager):
+        @property
+        def kernel_spec(self) -> KernelSpec:  # type: ignore[override]
+            return spec
+
+    return SandboxKernelManager
+
+
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL `pid` and, when it leads one, its process group."""
+    if not pid:
+        return
+    with contextlib.suppress(OSError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- the tier
+
+
+class KernelTier(Tier):
+    """Sandboxes that are dedicated IPython kernels, with a pool of warm kernels."""
+
+    name: ClassVar[str] = "kernel"
+
+    pool_size = Integer(
+        2,
+        config=True,
+        help="Warm kernels kept started and ready, so a session does not wait for Python to start (default 2); "
+        "0 disables the pool and starts each kernel on demand.",
+    )
+    kernel_dir = Unicode(
+        "",
+        config=True,
+        help="Directory for the per-kernel directories (connection file, ipc sockets, pid file); kernels a "
+        "crashed server left there are killed on start. Default: a new temporary directory, removed on close "
+        "(the server sets <data_dir>/kernels). Keep it short: unix socket paths are limited to about 100 bytes.",
+    )
+    startup_timeout = Float(
+        30.0, config=True, help="Seconds a kernel may take from launch to answering kernel_info (default 30)."
+    )
+    execute_timeout = Float(
+        120.0,
+        config=True,
+        help="Seconds one python tool call may run before it is interrupted (default 120). Must stay below the "
+        f"SDK's per-call limit of {SDK_TOOL_TIMEOUT:g} s minus {INTERRUPT_GRACE:g} s for the interrupt.",
+    )
+    recorder = CallableTrait(
+        None,
+        allow_none=True,
+        help="Called as recorder(session_id, cell) with an nbformat v4 cell (a dict) for every python call "
+        "and every write/edit, for notebook export (the server passes Store.add_cell). Default: none.",
+    )
+
+    @validate("execute_timeout")
+    def _check_execute_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0 < value <= SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1:
+            raise TraitError(
+                f"execute_timeout must be between 0 and {SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1:g} s (the SDK cancels "
+                f"a tool call after {SDK_TOOL_TIMEOUT:g} s and an interrupted call needs up to {INTERRUPT_GRACE:g} s "
+                f"to stop); got {value:g}"
+            )
+        return value
+
+    @validate("pool_size")
+    def _check_pool_size(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError("pool_size must be 0 (no pool) or more")
+        return int(proposal["value"])
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool: list[Kernel] = []
+        self._in_use: set[Kernel] = set()
+        self._filling: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[Kernel]] = []
+        self._cleaned: list[dict[str, Any]] = []
+        self._own_tempdir: Path | None = None
+        self._closed = False
+        self._started = False
+        self._refill_handle: asyncio.TimerHandle | None = None
+        self._fill_failures = 0
+        self.last_start_error: str | None = None
+
+    # ------------------------------------------------------------------ directories
+
+    @property
+    def directory(self) -> Path:
+        if not self.kernel_dir:
+            if self._own_tempdir is None:
+                self._own_tempdir = Path(tempfile.mkdtemp(prefix="cma-kernels-"))
+            return self._own_tempdir
+        return Path(self.kernel_dir).expanduser().absolute()
+
+    def _ensure_directory(self) -> Path:
+        path = self.directory
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.chmod(0o700)
+        return path
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Clean up kernels a crashed server left, then fill the pool in the background."""
+        if self._started:
+            return
+        self._started = True
+        directory = await asyncio.to_thread(self._ensure_directory)
+        self._cleaned = await asyncio.to_thread(clean_orphans, directory)
+        if self._cleaned:
+            summary = ", ".join(f"{c['dir']} (killed {c['killed'] or 'nothing'})" for c in self._cleaned)
+            self.log.warning("kernel tier: removed %d kernel director%s left by an earlier server: %s",
+                             len(self._cleaned), "y" if len(self._cleaned) == 1 else "ies", summary)
+        self._refill()
+
+    def cleaned_orphans(self) -> list[dict[str, Any]]:
+        """What start() cleaned: [{"dir": name, "killed": [pids]}] for each leftover kernel directory."""
+        return list(self._cleaned)
+
+    async def close(self) -> None:
+        """Shut down every kernel, pooled and in use; bounded. The tier cannot be used afterwards."""
+        self._closed = True
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+            self._refill_handle = None
+        for task in list(self._filling):
+            task.cancel()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+        self._waiters.clear()
+        if self._filling:
+            await asyncio.wait(list(self._filling), timeout=KERNEL_SHUTDOWN_TIMEOUT)
+        kernels = [*self._pool, *self._in_use]
+        self._pool.clear()
+        self._in_use.clear()
+        if kernels:
+            done, pending = await asyncio.wait([asyncio.ensure_future(k.shutdown()) for k in kernels], timeout=KERNEL_SHUTDOWN_TIMEOUT + 2)
+            for k in kernels:
+                if k.alive():
+                    _kill_group(k.pid)
+            if pending:
+                self.log.warning("kernel tier: %d kernel(s) did not shut down in time; killed them", len(pending))
+        if self._own_tempdir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._own_tempdir, True)
+
+    # ------------------------------------------------------------------ the pool
+
+    def pool_status(self) -> dict[str, Any]:
+        return {
+            "pool_size": self.pool_size,
+            "ready": len(self._pool),
+            "starting": len(self._filling),
+            "in_use": len(self._in_use),
+            "kernel_dir": str(self.directory),
+            "last_start_error": self.last_start_error,
+        }
+
+    @property
+    def pooled(self) -> list[Kernel]:
+        """The warm kernels now in the pool (read-only view)."""
+        return list(self._pool)
+
+    async def wait_pool(self, timeout: float = 60.0) -> bool:
+        """Wait until the pool holds `pool_size` ready kernels; False if that did not happen in time."""
+        deadline = time.monotonic() + timeout
+        while len(self._pool) < self.pool_size:
+            if time.monotonic() > deadline or self._closed:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def _schedule_refill(self, delay: float) -> None:
+        if self._closed:
+            return
+        when = asyncio.get_running_loop().time() + delay
+        if self._refill_handle is not None:
+            if self._refill_handle.when() <= when:
+                return
+            self._refill_handle.cancel()
+        self._refill_handle = asyncio.get_running_loop().call_at(when, self._refill)
+
+    def _refill(self) -> None:
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+            self._refill_handle = None
+        if self._closed or not self._started:
+            return
+        missing = self.pool_size + len(self._waiters) - len(self._pool) - len(self._filling)
+        for _ in range(max(0, missing)):
+            task = asyncio.ensure_future(self._fill_one())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def _fill_one(self) -> None:
+        try:
+            kernel = await self._start_kernel()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fill_failures += 1
+            retry = min(60.0, 2.0**self._fill_failures)
+            self.log.warning("kernel tier: could not start a pool kernel (retrying in %g s): %s", retry, exc)
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(KernelStartError(str(exc)))
+            self._waiters.clear()
+            self._schedule_refill(retry)
+            return
+        self._fill_failures = 0
+        if self._closed:
+            await kernel.shutdown()
+            return
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                self._in_use.add(kernel)
+                waiter.set_result(kernel)
+                return
+        self._pool.append(kernel)
+
+    async def take_kernel(self) -> Kernel:
+        """A ready kernel: from the pool when one is warm, else a new one.
+
+        The pool is refilled REFILL_DELAY seconds later.
+        """
+        if self._closed:
+            raise RuntimeError("the kernel tier is closed")
+        if not self._started:
+            await self.start()
+        try:
+            while self._pool:
+                kernel = self._pool.pop(0)
+                if kernel.alive():
+                    self._in_use.add(kernel)
+                    return kernel
+                self.log.warning("kernel tier: pool kernel %s had exited (code %s); discarded", kernel.id, kernel.returncode)
+                await kernel.shutdown()
+            if self._filling and len(self._waiters) < len(self._filling):
+                # A pool kernel is already starting: take it when ready rather than start one more.
+                waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    return await waiter
+                except KernelStartError:
+                    pass  # that start failed; try one of our own below
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                        await self.release_kernel(waiter.result())
+                    raise
+            kernel = await self._start_kernel()
+            self._in_use.add(kernel)
+            return kernel
+        finally:
+            self._schedule_refill(REFILL_DELAY)
+
+    async def release_kernel(self, kernel: Kernel) -> None:
+        """Shut down a kernel taken with take_kernel (kernels are never reused across sessions)."""
+        self._in_use.discard(kernel)
+        await kernel.shutdown()
+
+    async def _start_kernel(self) -> Kernel:
+        base = await asyncio.to_thread(self._ensure_directory)
+        directory = base / uuid.uuid4().hex[:12]
+        socket_prefix = directory / "k"
+        if len(str(socket_prefix)) + 4 > 100:
+            raise KernelStartError(
+                f"kernel_dir {base} is too long for unix socket paths (about 100 bytes in all); set "
+                "KernelTier.kernel_dir to a shorter path"
+            )
+        directory.mkdir(mode=0o700)
+        _LIVE_DIRS.add(str(directory))
+        _write_json(directory / "owner.json", {"server_pid": os.getpid(), "server_start": _start_time(os.getpid())})
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV_PREFIXES)}
+        env[ENV_MARKER] = str(directory)
+        env["IPYTHONDIR"] = str(directory / "ipython")  # no user profile, startup files or shared history
+        env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+        manager = _manager_class()(
+            transport="ipc",
+            ip=str(socket_prefix),
+            connection_file=str(directory / "kernel.json"),
+            kernel_name="python3",
+            log=self.log,
+        )
+        client: AsyncKernelClient | None = None
+        kernel: Kernel | None = None
+        try:
+            with open(directory / "kernel.log", "ab") as log_file:
+                await manager.start_kernel(env=env, cwd=str(directory), stdout=log_file, stderr=log_file)
+            pid = manager.provisioner.pid if manager.provisioner else None  # type: ignore[attr-defined]
+            (directory / "kernel.pid").write_text(f"{pid}\n")
+            client = manager.client()
+            client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
+            kernel = Kernel(directory, manager, client)
+            await asyncio.wait_for(client.wait_for_ready(timeout=self.startup_timeout), self.startup_timeout + 1)
+        except BaseException as exc:
+            await _finish_shielded(self._discard_failed_start(directory, manager, client))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            tail = _log_tail(directory / "kernel.log")
+            self.last_start_error = f"{type(exc).__name__}: {exc}"
+            raise KernelStartError(f"the Python kernel did not start: {exc}{tail}") from exc
+        self.last_start_error = None
+        return kernel
+
+    async def _discard_failed_start(self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient | None) -> None:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.stop_channels()
+        try:
+            await asyncio.wait_for(manager.shutdown_kernel(now=True), KERNEL_SHUTDOWN_TIMEOUT)
+        except Exception:
+            _kill_group(getattr(manager.provisioner, "pid", None))
+        _LIVE_DIRS.discard(str(directory))
+        await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    # ------------------------------------------------------------------ sandboxes
+
+    def create(self, item: ClaimedItem, workspace: Path) -> KernelSandbox:
+        return KernelSandbox(item, workspace, tier=self, recorder=self.recorder)
+
+    def tools_for_agent(self) -> list[dict[str, Any]]:
+        """The SDK's file tools (no bash, no web tools: the kernel tier runs no shell tool) plus `python`."""
+        return [
+            {
+                "type": "agent_toolset_20260401",
+                "configs": [
+                    {"name": "bash", "enabled": False},
+                    {"name": "web_fetch", "enabled": False},
+                    {"name": "web_search", "enabled": False},
+                ],
+            },
+            {
+                "type": "custom",
+                "name": "python",
+                "description": python_tool_description(self.execute_timeout),
+                "input_schema": json.loads(json.dumps(PYTHON_INPUT_SCHEMA)),
+            },
+        ]
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+
+class KernelSandbox(Sandbox):
+    """Serves one claimed item: the SDK's worker flow in this process, tool calls in a kernel."""
+
+    tier: ClassVar[str] = "kernel"
+
+    def __init__(
+        self,
+        item: ClaimedItem,
+        workspace: Path,
+        *,
+        tier: KernelTier | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        super().__init__(item, Path(workspace))
+        self._tier = tier
+        self._own_tier = tier is None  # a private tier (no pool) for a sandbox made without one
+        self.recorder = recorder
+        self._state = "created"
+        self._kernel: Kernel | None = None
+        self._preparing: asyncio.Task[Kernel] | None = None
+        self._lock = asyncio.Lock()
+        self._calls = 0
+        self._errors = 0
+        self._kernels_started = 0
+        self._kernel_deaths = 0
+        self._kernel_error: str | None = None
+        self._error: str | None = None
+        self._served = False
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"python", "files"})
+
+    @property
+    def kernel(self) -> Kernel | None:
+        return self._kernel
+
+    def status(self) -> dict[str, Any]:
+        kernel = self._kernel
+        return {
+            "tier": self.tier,
+            "state": self._state,
+            "session_id": self.session_id,
+            "work_id": self.item.work_id,
+            "workspace": str(self.workspace),
+            "kernel": None if kernel is None else {"id": kernel.id, "pid": kernel.pid, "alive": kernel.alive()},
+            "calls": self._calls,
+            "errors": self._errors,
+            "kernels_started": self._kernels_started,
+            "kernel_restarts": max(0, self._kernels_started - 1),
+            "restarted": self._kernels_started > 1,
+            "kernel_error": self._kernel_error,
+            "error": self._error,
+        }
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, worker: WorkerSettings) -> None:
+        from anthropic.lib.environments import EnvironmentWorker
+
+        if self._served:
+            raise RuntimeError("a KernelSandbox serves one work item; create a new one")
+        self._served = True
+        self._state = "starting"
+        if self._tier is None:
+            self._tier = KernelTier(pool_size=0)
+        try:
+            await asyncio.to_thread(self.workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
+            # The kernel gets ready while the worker flow connects; the first python call waits for it.
+            self._preparing = asyncio.ensure_future(self._prepare_kernel())
+            key = worker.environment_key.reveal() if worker.environment_key is not None else None
+            flow = EnvironmentWorker(
+                worker.client,
+                environment_key=key,
+                workdir=self.workspace,
+                tools=self._tools_for,
+                max_idle=worker.max_idle,
+            )
+            self._state = "serving"
+            await flow.handle_item(
+                work_id=self.item.work_id,
+                environment_id=self.item.environment_id,
+                session_id=self.item.session_id,
+                environment_key=key,
+                work_secret=self.item.secret,
+            )
+            self._state = "ended"
+        except asyncio.CancelledError:
+            self._state = "stopped"
+            raise
+        except BaseException as exc:
+            self._state = "failed"
+            self._error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            await _finish_shielded(self._release())
+
+    async def _release(self) -> None:
+        preparing, self._preparing = self._preparing, None
+        if preparing is not None and not preparing.done():
+            preparing.cancel()
+            with contextlib.suppress(BaseException):
+                await preparing
+        await self._drop_kernel()
+        if self._own_tier and self._tier is not None:
+            await self._tier.close()
+
+    async def _drop_kernel(self) -> None:
+        kernel, self._kernel = self._kernel, None
+        if kernel is not None and self._tier is not None:
+            await self._tier.release_kernel(kernel)
+
+    async def _prepare_kernel(self) -> Kernel:
+        """Take a kernel and make the workspace its working directory."""
+        assert self._tier is not None
+        kernel = await self._tier.take_kernel()
+        try:
+            path = os.path.abspath(self.workspace)
+            ex = await kernel.execute(f"__import__('os').chdir({path!r})", timeout=self._tier.startup_timeout, silent=True)
+            if ex.status != "ok":
+                raise KernelStartError(f"could not enter the workspace in the kernel ({ex.status}): {_plain_error(ex)}")
+        except BaseException:
+            await _finish_shielded(self._tier.release_kernel(kernel))
+            raise
+        self._kernel = kernel
+        self._kernels_started += 1
+        self._kernel_error = None
+        return kernel
+
+    async def _kernel_for_call(self) -> Kernel:
+        """The session's kernel; a fresh one (same workspace) when there is none or it died."""
+        if self._kernel is not None:
+            if self._kernel.alive():
+                return self._kernel
+            log.warning("kernel %s of session %s exited between calls (code %s)", self._kernel.id, self.session_id, self._kernel.returncode)
+            self._kernel_deaths += 1
+            await self._drop_kernel()
+        if self._preparing is None or self._preparing.done():
+            self._preparing = asyncio.ensure_future(self._prepare_kernel())
+        try:
+            # Shielded: a cancelled call leaves the kernel starting for the next call (or for _release).
+            return await asyncio.shield(self._preparing)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._kernel_error = str(exc)
+            raise _tool_error(f"could not start a Python kernel: {exc}") from exc
+
+    def _tools_for(self, ctx: AgentToolContext) -> list[Any]:
+        from anthropic.lib.tools.agent_toolset import beta_agent_toolset_20260401
+
+        tools: list[Any] = []
+        for tool in beta_agent_toolset_20260401(ctx):
+            if tool.name not in FILE_TOOLS:
+                continue
+            tools.append(self._wrap_file_tool(tool))
+        tools.append(self.python_tool())
+        return tools
+
+    def _wrap_file_tool(self, tool: BetaAsyncFunctionTool[Any]) -> BetaAsyncFunctionTool[Any]:
+        """The SDK's tool as is, plus recording (write/edit) and the first-result mark."""
+        from anthropic.lib.tools import BetaAsyncFunctionTool
+
+        describe = {"write": _describe_write, "edit": _describe_edit}.get(tool.name)
+
+        async def call(**kwargs: Any) -> Any:
+            try:
+                result = await tool.call(kwargs)
+            finally:
+                self._note_result()
+            if describe is not None:
+                self._record(describe(kwargs, str(result)))
+            return result
+
+        return BetaAsyncFunctionTool(call, name=tool.name, description=tool.description, input_schema=tool.input_schema)
+
+    def python_tool(self) -> BetaAsyncFunctionTool[Any]:
+        """The `python` tool bound to this sandbox's kernel."""
+        from anthropic.lib.tools import beta_async_tool
+
+        timeout = self._tier.execute_timeout if self._tier is not None else KernelTier.execute_timeout.default_value
+
+        @beta_async_tool(name="python", description=python_tool_description(timeout), input_schema=PYTHON_INPUT_SCHEMA)
+        async def python(code: str) -> Any:
+            try:
+                return await self.run_python(code)
+            finally:
+                self._note_result()
+
+        return python
+
+    async def run_python(self, code: str) -> Any:
+        """One python call: the tool's result content, or raises the SDK's ToolError (is_error)."""
+        async with self._lock:
+            self._calls += 1
+            began = time.monotonic()
+            kernel = await self._kernel_for_call()
+            assert self._tier is not None
+            # Waiting for a kernel counts against the SDK's own per-call limit too.
+            waited = time.monotonic() - began
+            timeout = max(1.0, min(self._tier.execute_timeout, SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1 - waited))
+            ex = await kernel.execute(code, timeout=timeout)
+            self._record(_code_cell(ex, kernel))
+            if ex.status == "ok":
+                return _tool_content(ex.outputs)
+            self._errors += 1
+            if ex.status == "error":
+                raise _tool_error(_tool_content(ex.outputs, as_blocks=True))
+            if ex.status == "timeout":
+                raise _tool_error(_tool_content(ex.outputs, as_blocks=True, note=(
+                    f"the call timed out after {timeout:g} s and was interrupted; the kernel and its variables are kept"
+                )))
+            # lost / died / failed: this kernel is gone; get the next one ready now.
+            self._kernel_deaths += 1
+            self.log_kernel_end(kernel, ex)
+            await self._drop_kernel()
+            self._preparing = asyncio.ensure_future(self._prepare_kernel())
+            if ex.status == "lost":
+                note = (
+                    f"the call timed out after {timeout:g} s and did not stop when interrupted, so the Python kernel "
+                    "was shut down; its state is lost — the next call starts a fresh kernel in the same workspace"
+                )
+            else:
+                note = KERNEL_DIED
+            raise _tool_error(_tool_content(ex.outputs, as_blocks=True, note=note))
+
+    def log_kernel_end(self, kernel: Kernel, ex: Execution) -> None:
+        log.warning(
+            "kernel %s of session %s ended during a call (%s; exit code %s%s)",
+            kernel.id, self.session_id, ex.status, kernel.returncode, f"; {ex.detail}" if ex.detail else "",
+        )
+
+    # ------------------------------------------------------------------ recording
+
+    def _record(self, cell: dict[str, Any]) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder(self.session_id, cell)
+        except Exception:
+            log.exception("recording a cell of session %s failed", self.session_id)
+
+    def _note_result(self) -> None:
+        note = getattr(self, "note_tool_result", None)  # the cold-start mark, where the Sandbox base has it
+        if note is not None:
+            note()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _finish_shielded(aw: Awaitable[T]) -> T:
+    """Run `aw` to completion even if the calling task is cancelled (again) meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                if task.cancelled():
+                    raise
+                result = task.result()
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+def _tool_error(content: Any) -> Exception:
+    from anthropic.lib.tools import ToolError
+
+    return ToolError(content)
+
+
+def _keep_tail(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    marker = "[output truncated]\n"
+    tail = text[len(text) - limit:]
+    return tail if tail.startswith(marker) else marker + tail
+
+
+def _plain_error(ex: Execution) -> str:
+    if ex.error is None:
+        return ex.detail or ex.status
+    return _ANSI.sub("", f"{ex.error['ename']}: {ex.error['evalue']}")
+
+
+def _text_of(output: dict[str, Any]) -> str | None:
+    kind = output["output_type"]
+    if kind == "stream":
+        return output["text"]
+    if kind == "error":
+        return _ANSI.sub("", "\n".join(output["traceback"])) or f"{output['ename']}: {output['evalue']}"
+    data = output.get("data", {})
+    if "text/plain" in data:
+        return _joined(data["text/plain"])
+    for mime in ("text/markdown", "text/html", "text/latex", "image/svg+xml"):
+        if mime in data:
+            return _joined(data[mime])
+    for mime, value in data.items():
+        if mime.endswith("json"):
+            return json.dumps(value)
+    return None
+
+
+def _joined(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)
+
+
+def _tool_content(outputs: list[dict[str, Any]], *, as_blocks: bool = False, note: str | None = None) -> Any:
+    """Outputs as tool-result content: text (capped, tail kept) and image blocks, in output order.
+
+    Returns a plain string when there is only text (and not `as_blocks`);
+    `note` (why the call ended) goes first.
+    """
+    blocks: list[dict[str, Any]] = []
+    images = 0
+    omitted: list[str] = []
+
+    def add_text(text: str) -> None:
+        if not text:
+            return
+        if blocks and blocks[-1]["type"] == "text":
+            previous = blocks[-1]["text"]
+            blocks[-1]["text"] = previous + ("" if previous.endswith("\n") else "\n") + text
+        else:
+            blocks.append({"type": "text", "text": text})
+
+    for output in outputs:
+        data = output.get("data", {})
+        image = next((m for m in IMAGE_TYPES if m in data), None) if output["output_type"] != "stream" else None
+        if image is not None:
+            payload = "".join(_joined(data[image]).split())
+            if len(payload) > IMAGE_LIMIT:
+                omitted.append(f"[{image} image of {len(payload)} base64 bytes omitted: over the {IMAGE_LIMIT}-byte limit]")
+                add_text(omitted[-1])
+            elif images >= MAX_IMAGES:
+                add_text(f"[{image} image omitted: more than {MAX_IMAGES} images in one call]")
+            else:
+                images += 1
+                blocks.append({"type": "image", "source": {"type": "base64", "media_type": image, "data": payload}})
+            continue
+        text = _text_of(output)
+        if text:
+            add_text(text)
+
+    # Cap the text, keeping the tail (the end of the output and the traceback matter most).
+    budget = OUTPUT_LIMIT
+    kept: list[dict[str, Any]] = []
+    truncated = False
+    for block in reversed(blocks):
+        if block["type"] != "text":
+            kept.append(block)
+            continue
+        if truncated:
+            continue
+        text = block["text"]
+        if len(text) > budget:
+            text = "[output truncated]\n" + text[len(text) - budget:]
+            truncated = True
+        budget -= len(text)
+        kept.append({"type": "text", "text": text})
+    blocks = list(reversed(kept))
+    if note:
+        blocks.insert(0, {"type": "text", "text": note + ("\n\noutput before it stopped:" if blocks else "")})
+    if not as_blocks and all(b["type"] == "text" for b in blocks):
+        return "\n".join(b["text"] for b in blocks)
+    return blocks or [{"type": "text", "text": "(no output)"}]
+
+
+def _code_cell(ex: Execution, kernel: Kernel) -> dict[str, Any]:
+    """The call as an nbformat v4 code cell (no id: build_notebook assigns them)."""
+    metadata: dict[str, Any] = {"cma": {"status": ex.status, "kernel": kernel.id}}
+    outputs = [dict(o) for o in ex.outputs]
+    if ex.status in ("timeout", "lost", "died", "failed"):
+        reason = {
+            "timeout": "the call timed out and was interrupted",
+            "lost": "the call timed out and ignored the interrupt; the kernel was shut down",
+            "died": "the kernel died during this call; the next call ran in a fresh kernel",
+            "failed": "the connection to the kernel failed; the next call ran in a fresh kernel",
+        }[ex.status]
+        if ex.status != "timeout" or ex.error is None:
+            outputs.append({"output_type": "error", "ename": "KernelDied" if ex.status in ("died", "failed", "lost") else "Timeout", "evalue": reason, "traceback": [reason]})
+    if ex.status != "ok":
+        metadata["tags"] = ["raises-exception"]  # nbclient keeps going past it when the notebook is re-run
+    return {
+        "cell_type": "code",
+        "execution_count": ex.execution_count,
+        "metadata": metadata,
+        "source": ex.code,
+        "outputs": outputs,
+    }
+
+
+def _fence(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _preview(text: str, *, lines: int = 20, chars: int = 2000) -> str:
+    cut = text.split("\n")
+    out = "\n".join(cut[:lines])
+    if len(out) > chars:
+        out = out[:chars]
+    if out != text:
+        out += "\n…"
+    return out
+
+
+def _block(text: str) -> str:
+    preview = _preview(text)
+    fence = _fence(preview)
+    return f"{fence}\n{preview}\n{fence}"
+
+
+def _describe_write(args: dict[str, Any], result: str) -> dict[str, Any]:
+    path = str(args.get("file_path", ""))
+    content = str(args.get("content", ""))
+    lines = content.count("\n") + (0 if content.endswith("\n") or not content else 1)
+    source = f"**write** `{path}` ({len(content.encode())} bytes, {lines} line{'s' if lines != 1 else ''})\n\n{_block(content)}"
+    return {"cell_type": "markdown", "metadata": {"cma": {"tool": "write", "file_path": path}}, "source": source}
+
+
+def _describe_edit(args: dict[str, Any], result: str) -> dict[str, Any]:
+    path = str(args.get("file_path", ""))
+    old, new = str(args.get("old_string", "")), str(args.get("new_string", ""))
+    every = " (every occurrence)" if args.get("replace_all") else ""
+    source = f"**edit** `{path}`{every}: {result}\n\nreplaced\n\n{_block(old)}\n\nwith\n\n{_block(new)}"
+    return {"cell_type": "markdown", "metadata": {"cma": {"tool": "edit", "file_path": path}}, "source": source}
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    if not text:
+        return ""
+    return "; kernel log: " + " | ".join(text.splitlines()[-lines:])
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value) + "\n")
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (index 0 is the state), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _alive(pid: int) -> bool:
+    if Path("/proc").is_dir():
+        fields = _proc_stat(pid)
+        return fields is not None and fields[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _marked_processes() -> dict[str, set[int]]:
+    """Kernel directory → pids of this user's processes whose environment names it (kernels and their children)."""
+    found: dict[str, set[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    needle = f"{ENV_MARKER}=".encode()
+    me = os.getpid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone, or another user's
+        if needle not in environ:
+            continue
+        for var in environ.split(b"\0"):
+            if var.startswith(needle):
+                found.setdefault(var[len(needle):].decode(errors="replace"), set()).add(int(entry.name))
+    return found
+
+
+def _is_our_kernel(pid: int, directory: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    text = [a.decode(errors="replace") for a in argv]
+    return any("ipykernel_launcher" in a for a in text) and any(a.startswith(str(directory)) for a in text)
+
+
+def clean_orphans(kernel_dir: Path, *, wait: float = 5.0) -> list[dict[str, Any]]:
+    """Kill kernels (and their children) left in `kernel_dir` by a server process that is gone; remove their dirs.
+
+    A directory is left over when the server process named in its owner.json
+    no longer runs (same pid and start time), or it is this process but no
+    live tier here holds it. Directories of another live server are kept.
+    """
+    if not kernel_dir.is_dir():
+        return []
+    marked: dict[str, set[int]] | None = None
+    cleaned: list[dict[str, Any]] = []
+    me = os.getpid()
+    for directory in sorted(kernel_dir.iterdir()):
+        if not _KERNEL_DIR_NAME.match(directory.name) or not directory.is_dir() or str(directory) in _LIVE_DIRS:
+            continue
+        owner: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            owner = json.loads((directory / "owner.json").read_text())
+        server = owner.get("server_pid")
+        if isinstance(server, int) and server != me and _alive(server) and _start_time(server) == owner.get("server_start"):
+            continue  # another server that still runs owns it
+        if marked is None:
+            marked = _marked_processes()
+        victims: set[int] = set(marked.get(str(directory), set()))
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((directory / "kernel.pid").read_text().strip())
+            if _alive(pid) and _is_our_kernel(pid, directory):
+                victims.add(pid)
+        for pid in sorted(victims):
+            _kill_group(pid)
+        deadline = time.monotonic() + wait
+        while any(_alive(p) for p in victims) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shutil.rmtree(directory, ignore_errors=True)
+        cleaned.append({"dir": directory.name, "killed": sorted(victims)})
+    return cleaned
+
+
+def kernel_processes(kernel_dir: Path) -> dict[str, set[int]]:
+    """Live processes that belong to kernels under `kernel_dir` (by their environment marker)."""
+    prefix = str(kernel_dir.absolute()) + os.sep
+    return {d: pids for d, pids in _marked_processes().items() if d.startswith(prefix) and any(_alive(p) for p in pids)}
+
