@@ -12,3 +12,5 @@ test: setup
 
 bench: setup
 	.venv/bin/python bench/bench_emulator.py
+	.venv/bin/python bench/bench_webhooks.py
+	.venv/bin/python bench/bench_kernel.py
