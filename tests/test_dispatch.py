@@ -224,3 +224,16 @@ async def test_exported_notebook_reruns_to_the_same_outputs(harness, tmp_path):
     rerun = nbformat.reads(nbformat.writes(nb), as_version=4)
     await NotebookClient(rerun, resources={"metadata": {"path": str(tmp_path)}}).async_execute()
     assert [[o.get("text") for o in c.outputs] for c in rerun.cells if c.cell_type == "code"] == recorded == [["42\n"], ["43\n"]]
+
+
+async def test_a_session_archived_upstream_is_reaped_at_once(harness):
+    h = await harness.start()
+    agent = await h.agent()
+    sid = await h.session(agent, script(python("print('working')"), {"sleep": 60}))
+    await wait_until(lambda: len(h.ext.store.cells(sid)) == 1, 60, what="the first call")
+    client = h.emulator.client()
+    async with client:
+        await client.beta.sessions.archive(sid)
+    await wait_until(lambda: h.state(sid) == "stopped", 30, what="the sandbox to be reaped")
+    assert "ended upstream" in h.ext.store.session(sid)["reason"]
+    assert sid not in h.ext.sessions.live

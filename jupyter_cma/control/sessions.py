@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVING_STATES = ("claimed", "starting", "running", "idle", "resumed")
+ENDED_EVENTS = ("session.status_terminated", "session.archived", "session.deleted")
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -194,7 +195,10 @@ class SessionManager:
         """Reflect the API's view of a session we serve (webhook mode)."""
         if session_id not in self.live:
             return
-        if event_type == "session.status_idled":
+        if event_type in ENDED_EVENTS:
+            # Reap at once: the worker would notice on its stream, but nothing is left to serve.
+            asyncio.ensure_future(self.stop(session_id, f"the session ended upstream ({event_type})"))
+        elif event_type == "session.status_idled":
             self.store.transition(session_id, "idle", "the session went idle (webhook)")
         elif event_type == "session.status_run_started":
             self.store.transition(session_id, "running", "the session started a run (webhook)")
