@@ -16,8 +16,8 @@ Each configuration serves N fresh sessions one after another: WITH the warm
 pool (pool_size 2, pool refilled before each session) and WITHOUT
 (pool_size 0: every kernel starts on demand). A third configuration is the
 floor any sandbox pays: the same SDK worker flow (`EnvironmentWorker.
-handle_item`) against the same emulator, with a `python` tool answered
-in-process at once (no kernel). Memory is the resident set (RSS, and PSS,
+handle_item`) against the same emulator with the same file tools, and a
+`python` tool answered in-process at once (no kernel). Memory is the resident set (RSS, and PSS,
 which splits shared pages between processes) of each idle pooled kernel.
 
 Target (issue: kernel tier): warm-pool p50 ≤ 50 ms.
@@ -39,10 +39,11 @@ from typing import Any
 from anthropic import AsyncAnthropic
 from anthropic.lib.environments import EnvironmentWorker
 from anthropic.lib.tools import beta_async_tool
+from anthropic.lib.tools.agent_toolset import beta_agent_toolset_20260401
 
 from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.sandboxes.base import ClaimedItem, WorkerSettings
-from jupyter_cma.sandboxes.kernel import KernelTier
+from jupyter_cma.sandboxes.kernel import FILE_TOOLS, KernelTier
 
 SESSIONS = 10
 TARGET_MS = 50.0
@@ -70,9 +71,14 @@ async def instant_python(code: str) -> str:
     return "2"
 
 
+def file_tools_and_instant_python(ctx: Any) -> list[Any]:
+    """The kernel tier's tool set with the python tool answered in-process."""
+    return [t for t in beta_agent_toolset_20260401(ctx) if t.name in FILE_TOOLS] + [instant_python]
+
+
 async def serve_without_kernel(client: AsyncAnthropic, claimed: ClaimedItem, env_key: str, workspace: Path) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
-    worker = EnvironmentWorker(client, environment_key=env_key, workdir=workspace, tools=[instant_python], max_idle=0.1)
+    worker = EnvironmentWorker(client, environment_key=env_key, workdir=workspace, tools=file_tools_and_instant_python, max_idle=0.1)
     await worker.handle_item(
         work_id=claimed.work_id, environment_id=claimed.environment_id, session_id=claimed.session_id, work_secret=claimed.secret
     )

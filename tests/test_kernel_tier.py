@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import base64
 import json
-import os
 import signal
 import stat
 import struct
@@ -24,7 +24,7 @@ from traitlets import TraitError
 
 from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.sandboxes.base import ClaimedItem, WorkerSettings
-from jupyter_cma.sandboxes.kernel import KERNEL_DIED, SDK_TOOL_TIMEOUT, KernelSandbox, KernelTier, kernel_processes
+from jupyter_cma.sandboxes.kernel import KERNEL_DIED, SDK_TOOL_TIMEOUT, STOPPED, KernelSandbox, KernelTier, kernel_processes
 from jupyter_cma.sandboxes.notebook import build_notebook
 
 # --------------------------------------------------------------------------- helpers
@@ -67,10 +67,14 @@ async def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-async def turn_ended(client, session_id: str) -> list[Any] | None:
+def end_turns(events: list[Any]) -> int:
+    return sum(1 for e in events if e.type == "session.status_idle" and e.stop_reason.type == "end_turn")
+
+
+async def turn_ended(client, session_id: str, after: int = 0) -> list[Any] | None:
+    """The session's events once its last event is an end_turn idle (the `after`+1-th one)."""
     events = [e async for e in client.beta.sessions.events.list(session_id, limit=1000)]
-    last = events[-1] if events else None
-    if last is not None and last.type == "session.status_idle" and last.stop_reason.type == "end_turn":
+    if events and end_turns(events) > after and events[-1].type == "session.status_idle" and events[-1].stop_reason.type == "end_turn":
         return events
     return None
 
@@ -131,9 +135,10 @@ class Session:
 
     async def serve_turn(self, sandbox: KernelSandbox) -> tuple[list[Any], int | None]:
         """Serve until the turn ends and serve() returns on its own; the events and the kernel pid it had."""
+        before = end_turns([e async for e in self.client.beta.sessions.events.list(self.id, limit=1000)])
         task = asyncio.ensure_future(sandbox.serve(self.worker()))
         try:
-            events = await wait_until(lambda: turn_ended(self.client, self.id))
+            events = await wait_until(lambda: turn_ended(self.client, self.id, before))
             pid = sandbox.kernel.pid if sandbox.kernel is not None else None
             await asyncio.wait_for(asyncio.shield(task), 30)  # max_idle after the end of the turn
         finally:
@@ -282,13 +287,15 @@ async def test_python_errors_timeouts_and_long_output(emulator, tmp_path):
             py("import time; print('started', flush=True); time.sleep(30)"),
             py("kept"),
             py("print('x' * 300_000)"),
+            py("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(30)"),
+            py("'kept' in globals()"),
         )
         sandbox = tier.create(await session.claim(), tmp_path / "ws")
         events, _ = await session.serve_turn(sandbox)
     finally:
         await tier.close()
         await session.close()
-    ok, error, timeout, after, long = results(events)
+    ok, error, timeout, after, long, stubborn, fresh = results(events)
     assert not ok.is_error
     assert error.is_error
     assert "ZeroDivisionError" in text(error) and "----> 2     return 1 / 0" in text(error)
@@ -299,7 +306,10 @@ async def test_python_errors_timeouts_and_long_output(emulator, tmp_path):
     assert not after.is_error and text(after) == "5"  # the kernel survived the interrupt
     assert not long.is_error
     assert text(long).startswith("[output truncated]\n") and len(text(long)) <= 100 * 1024 + 100
-    assert sandbox.status()["restarted"] is False
+    # Code that ignores the interrupt loses its kernel; the next call gets a fresh one.
+    assert stubborn.is_error and "did not stop when interrupted" in text(stubborn)
+    assert not fresh.is_error and text(fresh) == "False"
+    assert sandbox.status()["restarted"] is True and sandbox.status()["kernel_deaths"] == 1
 
 
 async def test_a_kernel_crash_is_an_error_and_the_next_call_gets_a_fresh_kernel(emulator, tmp_path):
@@ -323,7 +333,7 @@ async def test_a_kernel_crash_is_an_error_and_the_next_call_gets_a_fresh_kernel(
     _, before, crash, after = results(events)
     assert crash.is_error and text(crash) == KERNEL_DIED
     assert not after.is_error
-    content, has_y, pid = eval(text(after))  # noqa: S307 - a tuple repr we produced
+    content, has_y, pid = ast.literal_eval(text(after))
     assert content == "still here" and has_y is False
     assert pid != int(text(before))
     status = sandbox.status()
@@ -344,7 +354,7 @@ async def test_a_resumed_session_finds_its_files_with_a_fresh_kernel(emulator, t
         first = tier.create(await session.claim(), workspace)
         events, first_pid = await session.serve_turn(first)
         (made,) = results(events)
-        assert not first_pid is None and not pid_alive(first_pid)
+        assert first_pid is not None and not pid_alive(first_pid)  # the first sandbox released its kernel
 
         # The session sleeps; new input queues a new item, served by a new sandbox on the same workspace.
         await session.send(py("import os\n(open('notes.txt').read(), 'state' in globals(), os.getpid())"))
@@ -354,8 +364,35 @@ async def test_a_resumed_session_finds_its_files_with_a_fresh_kernel(emulator, t
         await tier.close()
         await session.close()
     resumed = results(events)[-1]
-    content, has_state, pid = eval(text(resumed))  # noqa: S307 - a tuple repr we produced
+    content, has_state, pid = ast.literal_eval(text(resumed))
     assert content == "on disk" and has_state is False and pid != int(text(made))
+
+
+async def test_a_stop_ends_a_running_call_and_releases_the_kernel(emulator, tmp_path):
+    tier = KernelTier(pool_size=0, kernel_dir=str(tmp_path / "kernels"))
+    await tier.start()
+    session = Session(emulator, tier)
+    try:
+        await session.create(py("print('started', flush=True)\nimport time\ntime.sleep(120)"))
+        sandbox = tier.create(await session.claim(), tmp_path / "ws")
+        task = asyncio.ensure_future(sandbox.serve(session.worker()))
+        await wait_until(lambda: _async(sandbox.kernel is not None and sandbox.status()["calls"] == 1))
+        pid = sandbox.kernel.pid
+        await asyncio.sleep(0.5)  # the call is running
+        task.cancel()  # what the control plane does to stop a session
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)  # the SDK shields running tool calls: the stop must end the call itself
+        events = [e async for e in session.client.beta.sessions.events.list(session.id, limit=1000)]
+    finally:
+        await tier.close()
+        await session.close()
+    assert sandbox.status()["state"] == "stopped" and not pid_alive(pid)
+    (result,) = results(events)
+    assert result.is_error and text(result).startswith(STOPPED) and "started" in text(result)
+
+
+async def _async(value):
+    return value
 
 
 # --------------------------------------------------------------------------- orphans

@@ -81,6 +81,8 @@ SCRUBBED_ENV_PREFIXES = ("ANTHROPIC_", "JUPYTER_CMA_", "JUPYTERHUB_", "JPY_")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 FILE_TOOLS = ("read", "write", "edit", "glob", "grep")
 
+STOP_TIMEOUT = 30.0  # seconds a stop waits for the worker flow to post its last result and end
+STOPPED = "the session's sandbox was stopped while this call ran; its Python kernel was shut down"
 KERNEL_DIED = (
     "the Python kernel died while running this call; its state is lost — "
     "the next call starts a fresh kernel in the same workspace"
@@ -207,8 +209,6 @@ class Kernel:
 
     def alive(self) -> bool:
         """Is the kernel process still running? (A non-blocking waitpid; cheap.)"""
-        if self._shut:
-            return False
         process = getattr(self.manager.provisioner, "process", None)
         if process is None:
             return False
@@ -474,7 +474,7 @@ class KernelTier(Tier):
             "ready": len(self._pool),
             "starting": len(self._filling),
             "in_use": len(self._in_use),
-            "kernel_dir": str(self.directory),
+            "kernel_dir": self.kernel_dir or (str(self._own_tempdir) if self._own_tempdir else None),
             "last_start_error": self.last_start_error,
         }
 
@@ -616,11 +616,17 @@ class KernelTier(Tier):
             client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
             kernel = Kernel(directory, manager, client)
             await asyncio.wait_for(client.wait_for_ready(timeout=self.startup_timeout), self.startup_timeout + 1)
+            # The first execution in a fresh kernel costs several ms more than later ones: pay it here, not in a session.
+            warm = await kernel.execute("pass", timeout=self.startup_timeout, silent=True)
+            if warm.status != "ok":
+                raise KernelStartError(f"the kernel failed its first execution ({warm.status}): {_plain_error(warm)}")
         except BaseException as exc:
-            await _finish_shielded(self._discard_failed_start(directory, manager, client))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            if isinstance(exc, GeneratorExit):
+                raise  # the coroutine is being closed without a loop: nothing can be awaited
             tail = _log_tail(directory / "kernel.log")
+            await _finish_shielded(self._discard_failed_start(directory, manager, client))
+            if not isinstance(exc, Exception):
+                raise
             self.last_start_error = f"{type(exc).__name__}: {exc}"
             raise KernelStartError(f"the Python kernel did not start: {exc}{tail}") from exc
         self.last_start_error = None
@@ -693,6 +699,8 @@ class KernelSandbox(Sandbox):
         self._kernel_error: str | None = None
         self._error: str | None = None
         self._served = False
+        self._stopping = False
+        self._flow: asyncio.Future[None] | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -715,6 +723,7 @@ class KernelSandbox(Sandbox):
             "errors": self._errors,
             "kernels_started": self._kernels_started,
             "kernel_restarts": max(0, self._kernels_started - 1),
+            "kernel_deaths": self._kernel_deaths,
             "restarted": self._kernels_started > 1,
             "kernel_error": self._kernel_error,
             "error": self._error,
@@ -744,16 +753,19 @@ class KernelSandbox(Sandbox):
                 max_idle=worker.max_idle,
             )
             self._state = "serving"
-            await flow.handle_item(
+            self._flow = asyncio.ensure_future(flow.handle_item(
                 work_id=self.item.work_id,
                 environment_id=self.item.environment_id,
                 session_id=self.item.session_id,
                 environment_key=key,
                 work_secret=self.item.secret,
-            )
+            ))
+            # Shielded so a cancel of serve() lands here at once; _stop_flow then ends the flow.
+            await asyncio.shield(self._flow)
             self._state = "ended"
         except asyncio.CancelledError:
             self._state = "stopped"
+            await _finish_shielded(self._stop_flow())
             raise
         except BaseException as exc:
             self._state = "failed"
@@ -762,12 +774,31 @@ class KernelSandbox(Sandbox):
         finally:
             await _finish_shielded(self._release())
 
+    async def _stop_flow(self) -> None:
+        """serve() was cancelled: end the worker flow promptly.
+
+        The SDK shields a running tool call from cancellation (so its result is
+        still posted), which would hold a stop for up to execute_timeout; ending
+        the kernel makes the call return at once.
+        """
+        self._stopping = True
+        if self._kernel is not None:
+            await self._kernel.shutdown()
+        if self._flow is not None and not self._flow.done():
+            self._flow.cancel()
+            _, pending = await asyncio.wait([self._flow], timeout=STOP_TIMEOUT)
+            if pending:
+                log.warning("session %s: the worker flow did not end within %g s of the stop", self.session_id, STOP_TIMEOUT)
+        if self._flow is not None and self._flow.done() and not self._flow.cancelled() and self._flow.exception() is not None:
+            log.warning("session %s: the worker flow ended with %r after the stop", self.session_id, self._flow.exception())
+
     async def _release(self) -> None:
         preparing, self._preparing = self._preparing, None
-        if preparing is not None and not preparing.done():
-            preparing.cancel()
+        if preparing is not None:
+            if not preparing.done():
+                preparing.cancel()
             with contextlib.suppress(BaseException):
-                await preparing
+                await preparing  # (also retrieves a failed start's exception, already reported)
         await self._drop_kernel()
         if self._own_tier and self._tier is not None:
             await self._tier.close()
@@ -796,6 +827,8 @@ class KernelSandbox(Sandbox):
 
     async def _kernel_for_call(self) -> Kernel:
         """The session's kernel; a fresh one (same workspace) when there is none or it died."""
+        if self._stopping:
+            raise _tool_error(STOPPED)
         if self._kernel is not None:
             if self._kernel.alive():
                 return self._kernel
@@ -811,6 +844,7 @@ class KernelSandbox(Sandbox):
             raise
         except Exception as exc:
             self._kernel_error = str(exc)
+            log.warning("session %s: could not start a Python kernel: %s", self.session_id, exc)
             raise _tool_error(f"could not start a Python kernel: {exc}") from exc
 
     def _tools_for(self, ctx: AgentToolContext) -> list[Any]:
@@ -867,19 +901,23 @@ class KernelSandbox(Sandbox):
             waited = time.monotonic() - began
             timeout = max(1.0, min(self._tier.execute_timeout, SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1 - waited))
             ex = await kernel.execute(code, timeout=timeout)
+            if self._stopping and ex.status not in ("ok", "error"):
+                ex.status = "stopped"
             self._record(_code_cell(ex, kernel))
+            if ex.status == "stopped":
+                raise _tool_error(_tool_content(ex.outputs, note=STOPPED))
             if ex.status == "ok":
                 return _tool_content(ex.outputs)
             self._errors += 1
             if ex.status == "error":
-                raise _tool_error(_tool_content(ex.outputs, as_blocks=True))
+                raise _tool_error(_tool_content(ex.outputs))
             if ex.status == "timeout":
-                raise _tool_error(_tool_content(ex.outputs, as_blocks=True, note=(
+                raise _tool_error(_tool_content(ex.outputs, note=(
                     f"the call timed out after {timeout:g} s and was interrupted; the kernel and its variables are kept"
                 )))
             # lost / died / failed: this kernel is gone; get the next one ready now.
             self._kernel_deaths += 1
-            self.log_kernel_end(kernel, ex)
+            self._log_kernel_end(kernel, ex)
             await self._drop_kernel()
             self._preparing = asyncio.ensure_future(self._prepare_kernel())
             if ex.status == "lost":
@@ -889,9 +927,9 @@ class KernelSandbox(Sandbox):
                 )
             else:
                 note = KERNEL_DIED
-            raise _tool_error(_tool_content(ex.outputs, as_blocks=True, note=note))
+            raise _tool_error(_tool_content(ex.outputs, note=note))
 
-    def log_kernel_end(self, kernel: Kernel, ex: Execution) -> None:
+    def _log_kernel_end(self, kernel: Kernel, ex: Execution) -> None:
         log.warning(
             "kernel %s of session %s ended during a call (%s; exit code %s%s)",
             kernel.id, self.session_id, ex.status, kernel.returncode, f"; {ex.detail}" if ex.detail else "",
@@ -986,7 +1024,6 @@ def _tool_content(outputs: list[dict[str, Any]], *, as_blocks: bool = False, not
     """
     blocks: list[dict[str, Any]] = []
     images = 0
-    omitted: list[str] = []
 
     def add_text(text: str) -> None:
         if not text:
@@ -1003,8 +1040,7 @@ def _tool_content(outputs: list[dict[str, Any]], *, as_blocks: bool = False, not
         if image is not None:
             payload = "".join(_joined(data[image]).split())
             if len(payload) > IMAGE_LIMIT:
-                omitted.append(f"[{image} image of {len(payload)} base64 bytes omitted: over the {IMAGE_LIMIT}-byte limit]")
-                add_text(omitted[-1])
+                add_text(f"[{image} image of {len(payload)} base64 bytes omitted: over the {IMAGE_LIMIT}-byte limit]")
             elif images >= MAX_IMAGES:
                 add_text(f"[{image} image omitted: more than {MAX_IMAGES} images in one call]")
             else:
@@ -1043,15 +1079,17 @@ def _code_cell(ex: Execution, kernel: Kernel) -> dict[str, Any]:
     """The call as an nbformat v4 code cell (no id: build_notebook assigns them)."""
     metadata: dict[str, Any] = {"cma": {"status": ex.status, "kernel": kernel.id}}
     outputs = [dict(o) for o in ex.outputs]
-    if ex.status in ("timeout", "lost", "died", "failed"):
+    if ex.status in ("timeout", "lost", "died", "failed", "stopped"):
         reason = {
+            "stopped": "the sandbox was stopped during this call",
             "timeout": "the call timed out and was interrupted",
             "lost": "the call timed out and ignored the interrupt; the kernel was shut down",
             "died": "the kernel died during this call; the next call ran in a fresh kernel",
             "failed": "the connection to the kernel failed; the next call ran in a fresh kernel",
         }[ex.status]
         if ex.status != "timeout" or ex.error is None:
-            outputs.append({"output_type": "error", "ename": "KernelDied" if ex.status in ("died", "failed", "lost") else "Timeout", "evalue": reason, "traceback": [reason]})
+            ename = {"timeout": "Timeout", "stopped": "Stopped"}.get(ex.status, "KernelDied")
+            outputs.append({"output_type": "error", "ename": ename, "evalue": reason, "traceback": [reason]})
     if ex.status != "ok":
         metadata["tags"] = ["raises-exception"]  # nbclient keeps going past it when the notebook is re-run
     return {
@@ -1182,12 +1220,12 @@ def clean_orphans(kernel_dir: Path, *, wait: float = 5.0) -> list[dict[str, Any]
     A directory is left over when the server process named in its owner.json
     no longer runs (same pid and start time), or it is this process but no
     live tier here holds it. Directories of another live server are kept.
+    Waits at most `wait` seconds in all for the killed processes to exit.
     """
     if not kernel_dir.is_dir():
         return []
-    marked: dict[str, set[int]] | None = None
-    cleaned: list[dict[str, Any]] = []
     me = os.getpid()
+    leftover: list[Path] = []
     for directory in sorted(kernel_dir.iterdir()):
         if not _KERNEL_DIR_NAME.match(directory.name) or not directory.is_dir() or str(directory) in _LIVE_DIRS:
             continue
@@ -1197,21 +1235,27 @@ def clean_orphans(kernel_dir: Path, *, wait: float = 5.0) -> list[dict[str, Any]
         server = owner.get("server_pid")
         if isinstance(server, int) and server != me and _alive(server) and _start_time(server) == owner.get("server_start"):
             continue  # another server that still runs owns it
-        if marked is None:
-            marked = _marked_processes()
-        victims: set[int] = set(marked.get(str(directory), set()))
+        leftover.append(directory)
+    if not leftover:
+        return []
+    marked = _marked_processes()
+    victims: dict[Path, set[int]] = {}
+    for directory in leftover:
+        pids = set(marked.get(str(directory), set()))
         with contextlib.suppress(OSError, ValueError):
             pid = int((directory / "kernel.pid").read_text().strip())
             if _alive(pid) and _is_our_kernel(pid, directory):
-                victims.add(pid)
-        for pid in sorted(victims):
+                pids.add(pid)
+        for pid in sorted(pids):
             _kill_group(pid)
-        deadline = time.monotonic() + wait
-        while any(_alive(p) for p in victims) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        victims[directory] = pids
+    everyone = set().union(*victims.values())
+    deadline = time.monotonic() + wait
+    while any(_alive(p) for p in everyone) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for directory in leftover:
         shutil.rmtree(directory, ignore_errors=True)
-        cleaned.append({"dir": directory.name, "killed": sorted(victims)})
-    return cleaned
+    return [{"dir": d.name, "killed": sorted(victims[d])} for d in leftover]
 
 
 def kernel_processes(kernel_dir: Path) -> dict[str, set[int]]:
