@@ -21,6 +21,7 @@ from anthropic.lib.tools import beta_async_tool
 from anthropic.lib.tools.agent_toolset import beta_agent_toolset_20260401
 
 from tests.emulator_fixtures import EmulatorProcess, start_emulator
+from tests.helpers import wait_until
 
 TOOLSET = [{"type": "agent_toolset_20260401"}]
 
@@ -29,19 +30,7 @@ def script_message(*steps: dict[str, Any]) -> dict[str, Any]:
     return {"type": "user.message", "content": [{"type": "text", "text": json.dumps({"cma_script": list(steps)})}]}
 
 
-async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
-
-async def _async(value):
-    """Lets a plain value stand where `wait_until` expects a coroutine."""
-    return value
 
 
 async def events_of(client: anthropic.AsyncAnthropic, session_id: str) -> list[Any]:
@@ -80,7 +69,7 @@ async def test_worker_run_serves_a_scripted_session_end_to_end(emulator, tmp_pat
     try:
         events = await wait_until(lambda: turn_ended(client, session.id))
         (work,) = await emulator.work_items(env_id)
-        await wait_until(lambda: _async(len(work_calls(emulator, work.id, "stop")) == 1))
+        await wait_until(lambda: len(work_calls(emulator, work.id, "stop")) == 1)
     finally:
         task.cancel()
     # A real bash call ran in the workdir and its result was posted back.
@@ -160,8 +149,8 @@ async def test_lost_lease_ends_the_run_without_a_stop(short_lease_emulator, tmp_
             assert http.post(f"/_emulator/work/{work.id}/expire").status_code == 200
         # The worker's next heartbeat meets 412 and gives the item up; it then polls again
         # and re-claims the re-queued item (a fresh lease), which is what a real queue does.
-        await wait_until(lambda: _async(any(r["status"] == 412 for r in work_calls(emu, work.id, "heartbeat"))))
-        await wait_until(lambda: _async(len(work_calls(emu, work.id, "ack")) == 2))
+        await wait_until(lambda: any(r["status"] == 412 for r in work_calls(emu, work.id, "heartbeat")))
+        await wait_until(lambda: len(work_calls(emu, work.id, "ack")) == 2)
     assert work_calls(emu, work.id, "stop") == [], "a lost lease must never be stopped"
     assert "lease lost: heartbeat precondition failed" in caplog.text
 
@@ -172,7 +161,7 @@ async def test_heartbeat_answered_stopping_ends_the_run_with_a_force_stop(short_
         # An operator stops the work gracefully with the API key.
         stopped = await client.beta.environments.work.stop(work.id, environment_id=env_id)
         assert stopped.state == "stopping"
-        await wait_until(lambda: _async(len(work_calls(emu, work.id, "stop")) == 2))
+        await wait_until(lambda: len(work_calls(emu, work.id, "stop")) == 2)
     operator, worker_stop = work_calls(emu, work.id, "stop")
     assert operator["credential"] == "api_key" and operator["body"] == {}
     assert worker_stop["credential"] == "sessions_token" and worker_stop["body"] == {"force": True}
@@ -251,7 +240,7 @@ async def test_healthcheck_items_are_stopped_without_a_session_fetch(emulator, t
     worker = EnvironmentWorker(client, environment_id=env_id, environment_key=env_key, workdir=tmp_path)
     task = asyncio.create_task(worker.run())
     try:
-        await wait_until(lambda: _async(len(work_calls(emulator, hc["id"], "stop")) == 1))
+        await wait_until(lambda: len(work_calls(emulator, hc["id"], "stop")) == 1)
     finally:
         task.cancel()
     assert (await client.beta.environments.work.retrieve(hc["id"], environment_id=env_id)).state == "stopped"

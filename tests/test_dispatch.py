@@ -18,6 +18,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.emulator_fixtures import EmulatorProcess, start_emulator
+from tests.helpers import wait_until
 
 
 def script(*steps: dict[str, Any]) -> str:
@@ -28,16 +29,6 @@ def python(code: str) -> dict[str, Any]:
     return {"tool": "python", "input": {"code": code}}
 
 
-async def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.sandboxes.base import ClaimedItem, WorkerSettings
 from jupyter_cma.sandboxes.kernel import KERNEL_DIED, SDK_TOOL_TIMEOUT, STOPPED, KernelSandbox, KernelTier, kernel_processes
 from jupyter_cma.sandboxes.notebook import build_notebook
+from tests.helpers import wait_until
 
 # --------------------------------------------------------------------------- helpers
 
@@ -57,14 +58,6 @@ def py(code: str) -> dict[str, Any]:
     return {"tool": "python", "input": {"code": code}}
 
 
-async def wait_until(predicate, timeout: float = 60.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def end_turns(events: list[Any]) -> int:
