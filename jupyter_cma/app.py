@@ -136,7 +136,7 @@ class CMAApp(ExtensionApp):
         data.chmod(0o700)
         self.store = Store(data / "cma.sqlite3")
         self.credentials, self.setting_errors = self._load_credentials()
-        self.tiers: dict[str, dict[str, Any]] = {}
+        self.tier_probe: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(parent=self, kernel_dir=str(data / "kernels"), recorder=self.store.add_cell),
@@ -190,7 +190,7 @@ class CMAApp(ExtensionApp):
     def resolve_default_tier(self) -> str:
         if self.default_tier != "auto":
             return self.default_tier
-        container = self.tiers.get("container", {})
+        container = self.tier_probe.get("container", {})
         if container.get("available") and "container" in self.sandbox_tiers:
             return "container"
         return "kernel"
@@ -250,7 +250,7 @@ class CMAApp(ExtensionApp):
             "ready": not missing and not self.setting_errors,
             "missing": missing,
             "errors": self.setting_errors,
-            "tiers": self.tiers or {"container": {"available": None, "reason": "probing"}, "kernel": {"available": None, "reason": "probing"}},
+            "tiers": self.tier_probe or {"container": {"available": None, "reason": "probing"}, "kernel": {"available": None, "reason": "probing"}},
             "default_tier": self.resolve_default_tier(),
             "sessions": self.sessions.status(),
             "dispatch": None if self.dispatcher is None else {"drains": self.dispatcher.drains, "claimed": self.dispatcher.claimed},
@@ -288,7 +288,7 @@ class CMAApp(ExtensionApp):
             await asyncio.sleep(seconds)
 
     async def _probe_tiers(self) -> None:
-        self.tiers = await asyncio.to_thread(probe_tiers)
+        self.tier_probe = await asyncio.to_thread(probe_tiers)
 
     async def _prune(self) -> None:
         removed = self.store.prune_deliveries(time.time() - self.webhook_retention_days * 86400)
