@@ -128,7 +128,7 @@ class DemoApp(Application):
                         break
         row = await api.call("GET", f"/sessions/{session_id}")
         if row.get("cold_start_ms") is not None:
-            print(f"\ncold start (work item claimed → first tool result, measured by the server): {row['cold_start_ms']:.0f} ms")
+            print(f"\ncold start (work item claimed → first tool result ready, measured by the server): {row['cold_start_ms']:.0f} ms")
         if first_result is not None:
             print(f"message sent → first tool result (webhook, claim, sandbox, tool): {first_result - sent:.2f} s")
         numbers = [line for line in answer.splitlines() if line.strip().isdigit()]
