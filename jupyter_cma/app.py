@@ -19,13 +19,15 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Enum, Float, Integer, Type, Unicode, default
+from traitlets import Enum, Float, Integer, List, Type, Unicode, default
 
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
 from .control.dispatcher import Dispatcher
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
+from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
+from .egress.secrets import SecretStore, SecretStoreError
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
 from .store import Store
@@ -128,6 +130,14 @@ class CMAApp(ExtensionApp):
         help="The kernel (isolate) tier: a dedicated ipykernel per session (default jupyter_cma.sandboxes.kernel.KernelTier).",
     ).tag(config=True)
 
+    egress_middleware = List(
+        Unicode(),
+        default_value=[],
+        help="Egress middleware: dotted names of Python callables `hook(request, decision) -> Decision | None`, "
+        "consulted in order after the egress policy decided a request (see jupyter_cma.egress.policy). "
+        "One that cannot be imported makes every egress decision a deny, and is listed in status errors.",
+    ).tag(config=True)
+
     # ------------------------------------------------------------------ wiring
 
     def initialize_settings(self) -> None:
@@ -158,6 +168,9 @@ class CMAApp(ExtensionApp):
                 route=self.sessions.route,
                 reclaim_older_than_ms=self.reclaim_older_than_ms,
             )
+        self.egress_secrets = SecretStore(data / "secrets")
+        self.egress_policies = PolicyStore(self.store)
+        self.egress_resolver = self._make_egress_resolver()
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
@@ -176,7 +189,23 @@ class CMAApp(ExtensionApp):
             status=self.status,
             webhooks=self.webhooks,
             max_webhook_bytes=self.max_webhook_bytes,
+            policies=self.egress_policies,
+            egress=self.egress_resolver,
+            secrets=self.egress_secrets,
         )))
+
+    def _make_egress_resolver(self) -> PolicyResolver:
+        """The egress policy resolver; a middleware that cannot load makes it deny everything (fail closed)."""
+        try:
+            middleware = load_middleware(self.egress_middleware)
+            setup_error = None
+        except PolicyError as exc:
+            middleware, setup_error = [], str(exc)
+            self.setting_errors.append(f"egress_middleware: {exc}")
+        resolver = PolicyResolver(self.egress_policies, api_base_url=self.api_base_url, middleware=middleware, setup_error=setup_error)
+        if resolver.setup_error and setup_error is None:
+            self.setting_errors.append(f"egress: {resolver.setup_error}")
+        return resolver
 
     def _make_client(self) -> Any:
         from anthropic import AsyncAnthropic
@@ -255,6 +284,23 @@ class CMAApp(ExtensionApp):
             "sessions": self.sessions.status(),
             "dispatch": None if self.dispatcher is None else {"drains": self.dispatcher.drains, "claimed": self.dispatcher.claimed},
             "webhooks": {"accepted": self.webhooks.accepted, "duplicates": self.webhooks.duplicates, "rejected": self.webhooks.rejected},
+            "egress": self._egress_status(),
+        }
+
+    def _egress_status(self) -> dict[str, Any]:
+        policies = self.egress_policies.list()
+        secrets_error = None
+        try:
+            secrets: int | None = len(self.egress_secrets.list())
+        except SecretStoreError as exc:  # a broken secrets file must not break the status page
+            secrets, secrets_error = None, str(exc)
+        return {
+            "policies": len(policies),
+            "corrupt_policies": [p.id for p in policies if isinstance(p, CorruptPolicy)],
+            "secrets": secrets,
+            "secrets_error": secrets_error,
+            "middleware": list(self.egress_middleware),
+            "enforced": False,  # the egress proxy that enforces policies comes in a later release
         }
 
     # ------------------------------------------------------------------ background tasks

@@ -86,7 +86,34 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX session_cells_session ON session_cells (session_id, seq);
     """,
+    # 3: egress policies (one per environment/agent/session scope key; any number of
+    # metadata-matched ones, whose scope_key is NULL) and a revision bumped by every
+    # policy write, so resolution can cache until something changed.
+    """
+    CREATE TABLE egress_policies (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        scope_key   TEXT UNIQUE,
+        document    TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+
+    CREATE TABLE egress_revision (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        revision  INTEGER NOT NULL
+    );
+    INSERT INTO egress_revision (id, revision) VALUES (1, 0);
+    """,
 ]
+
+
+class Conflict(ValueError):
+    """A write that would break a uniqueness rule; `field` names the column."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} is already taken")
+        self.field = field
 
 
 class Store:
@@ -286,6 +313,60 @@ class Store:
     def cells(self, session_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT cell FROM session_cells WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
         return [json.loads(r["cell"]) for r in rows]
+
+    # ------------------------------------------------------------------ egress policies
+
+    def egress_revision(self) -> int:
+        """Bumped by every policy write (in the same transaction): a cheap "did anything change?"."""
+        return int(self._db.execute("SELECT revision FROM egress_revision WHERE id = 1").fetchone()[0])
+
+    def egress_policies(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT id, name, scope_key, document, created_at, updated_at FROM egress_policies ORDER BY created_at, id")
+        return [dict(r) for r in rows.fetchall()]
+
+    def egress_policy(self, policy_id: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT id, name, scope_key, document, created_at, updated_at FROM egress_policies WHERE id = ?", (policy_id,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def insert_egress_policy(self, policy_id: str, *, name: str, scope_key: str | None, document: str) -> None:
+        """Add a policy; Conflict("name") or Conflict("scope_key") if another one has it."""
+        now = time.time()
+        self._policy_write(
+            "INSERT INTO egress_policies (id, name, scope_key, document, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (policy_id, name, scope_key, document, now, now),
+        )
+
+    def update_egress_policy(self, policy_id: str, *, name: str, scope_key: str | None, document: str) -> bool:
+        """Replace a policy's document; False if there is no such policy."""
+        return self._policy_write(
+            "UPDATE egress_policies SET name = ?, scope_key = ?, document = ?, updated_at = ? WHERE id = ?",
+            (name, scope_key, document, time.time(), policy_id),
+        ) == 1
+
+    def delete_egress_policy(self, policy_id: str) -> bool:
+        return self._policy_write("DELETE FROM egress_policies WHERE id = ?", (policy_id,)) == 1
+
+    def _policy_write(self, sql: str, params: tuple[Any, ...]) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            count = self._db.execute(sql, params).rowcount
+            if count:
+                self._db.execute("UPDATE egress_revision SET revision = revision + 1 WHERE id = 1")
+            self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._db.execute("ROLLBACK")
+            message = str(exc)
+            if "egress_policies.name" in message:
+                raise Conflict("name") from None
+            if "egress_policies.scope_key" in message:
+                raise Conflict("scope_key") from None
+            raise
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return int(count)
 
     # ------------------------------------------------------------------ session events
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
     from ..control.sessions import SessionManager
     from ..control.webhooks import WebhookIngest
+    from ..egress.policy import PolicyResolver, PolicyStore
+    from ..egress.secrets import SecretStore
     from ..sandboxes.base import Tier
     from ..store import Store
 
@@ -51,6 +53,9 @@ class ApiContext:
     status: Callable[[], dict[str, Any]]
     webhooks: WebhookIngest
     max_webhook_bytes: int
+    policies: PolicyStore
+    egress: PolicyResolver
+    secrets: SecretStore
 
 
 class CMAHandler(ExtensionHandlerMixin, APIHandler):
@@ -324,6 +329,243 @@ class WebhookDeliveriesHandler(CMAHandler):
         self.finish({"data": data, "next_before": rows[-1]["seq"] if rows else None})
 
 
+# ---------------------------------------------------------------------- egress policies and secrets
+
+
+def _policy_problem(exc: Exception) -> tornado.web.HTTPError:
+    return tornado.web.HTTPError(400, f"the policy is not valid: {exc}")
+
+
+class EgressHandler(CMAHandler):
+    """Base of the egress policy handlers (no routes of its own)."""
+
+    def _warnings(self, policy: Any) -> list[str]:
+        notes = policy.warnings()
+        for rule in policy.inject:
+            name = rule.injection.secret_name
+            if _secret_set(self.ctx, name) is False:
+                notes.append(f"secret {name} is not set yet; set it with PUT cma/api/egress/secrets/{name}")
+        return notes
+
+
+def _secret_set(ctx: ApiContext, name: str) -> bool | None:
+    """Whether a secret exists; None when the secrets file cannot be read (the status says why)."""
+    from ..egress.secrets import SecretStoreError
+
+    try:
+        return name in ctx.secrets
+    except SecretStoreError:
+        return None
+
+
+class EgressPoliciesHandler(EgressHandler):
+    """`GET cma/api/egress/policies` (most specific scope first; corrupt ones show their error) and `POST` to create one."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish({"data": [r.to_json() for r in self.ctx.policies.list()]})
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from ..egress.policy import PolicyConflict, PolicyError
+
+        body = self.json_body()
+        try:
+            record = self.ctx.policies.create(body)
+        except PolicyError as exc:
+            raise _policy_problem(exc) from None
+        except PolicyConflict as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
+        self.log.info("jupyter-cma: egress policy %s (%s) created", record.id, record.policy.name)
+        self.set_status(201)
+        self.finish({**record.to_json(), "warnings": self._warnings(record.policy)})
+
+
+class EgressPolicyValidateHandler(EgressHandler):
+    """`POST cma/api/egress/policies/validate`: check a document without storing it."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from ..egress.policy import PolicyError
+
+        body = self.json_body()
+        try:
+            policy = self.ctx.policies.validate(body)
+        except PolicyError as exc:
+            self.finish({"valid": False, "errors": exc.problems, "warnings": [], "policy": None})
+            return
+        self.finish({"valid": True, "policy": policy.to_document(), "warnings": self._warnings(policy), "errors": []})
+
+
+class EgressPolicyHandler(EgressHandler):
+    """`GET`, `PUT` (replace the whole document) and `DELETE cma/api/egress/policies/{id}`."""
+
+    def _record(self, policy_id: str) -> Any:
+        record = self.ctx.policies.get(policy_id)
+        if record is None:
+            raise tornado.web.HTTPError(404, f"no egress policy {policy_id}; list them with GET cma/api/egress/policies")
+        return record
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, policy_id: str) -> None:
+        self.finish(self._record(policy_id).to_json())
+
+    @tornado.web.authenticated
+    @authorized
+    async def put(self, policy_id: str) -> None:
+        from ..egress.policy import PolicyConflict, PolicyError
+
+        body = self.json_body()
+        if body.get("id", policy_id) != policy_id:
+            raise tornado.web.HTTPError(400, f"the body's id {body.get('id')!r} is not {policy_id}; drop it or send it to its own URL")
+        self._record(policy_id)
+        try:
+            record = self.ctx.policies.update(policy_id, body)
+        except PolicyError as exc:
+            raise _policy_problem(exc) from None
+        except PolicyConflict as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
+        if record is None:
+            raise tornado.web.HTTPError(404, f"no egress policy {policy_id}")
+        self.log.info("jupyter-cma: egress policy %s (%s) updated", record.id, record.policy.name)
+        self.finish({**record.to_json(), "warnings": self._warnings(record.policy)})
+
+    @tornado.web.authenticated
+    @authorized
+    async def delete(self, policy_id: str) -> None:
+        if not self.ctx.policies.delete(policy_id):
+            raise tornado.web.HTTPError(404, f"no egress policy {policy_id}; list them with GET cma/api/egress/policies")
+        self.log.info("jupyter-cma: egress policy %s deleted", policy_id)
+        self.finish({"id": policy_id, "deleted": True})
+
+
+class EgressDecideHandler(CMAHandler):
+    """`POST cma/api/egress/decide`: explain what the proxy would do with one request of one session.
+
+    Body: `{"session_id"?, "agent_id"?, "metadata"?: {…}, "method"?: "GET", "url": "https://…", "websocket"?: false}`.
+    A CONNECT is `{"method": "CONNECT", "url": "https://host:port"}`.
+    """
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from urllib.parse import urlsplit
+
+        from ..egress.policy import DEFAULT_PORTS
+
+        body = self.json_body()
+        ids = {}
+        for key in ("session_id", "agent_id"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, str) or not re.fullmatch(ID_PATTERN, value)):
+                raise tornado.web.HTTPError(400, f"{key} must be an id (letters, digits, '_' and '-')")
+            ids[key] = value
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise tornado.web.HTTPError(400, "metadata must be an object of string values, like the session's metadata")
+        method = body.get("method", "GET")
+        if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z][A-Za-z-]{0,31}", method):
+            raise tornado.web.HTTPError(400, "method must be an HTTP method such as GET, POST or CONNECT")
+        method = method.upper()
+        websocket = body.get("websocket", False)
+        if not isinstance(websocket, bool):
+            raise tornado.web.HTTPError(400, "websocket must be true or false")
+        url = body.get("url")
+        if not isinstance(url, str) or not url:
+            raise tornado.web.HTTPError(400, "url is required: the request's URL, such as https://pypi.org/simple/ (https://host:port for a CONNECT)")
+        if "\\" in url or any(c.isspace() for c in url):
+            raise tornado.web.HTTPError(400, "the url contains a backslash or whitespace; such requests are refused, send a plain URL")
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https", "ws", "wss") or not parts.netloc:
+            raise tornado.web.HTTPError(400, "url must be an absolute http, https, ws or wss URL, such as https://pypi.org/simple/")
+        if "@" in parts.netloc:
+            raise tornado.web.HTTPError(400, "the url has userinfo ('user@host'); such requests are refused, send the URL without it")
+        try:
+            port = parts.port
+        except ValueError:
+            raise tornado.web.HTTPError(400, "the url's port must be a number 1-65535") from None
+        host = parts.netloc.rsplit(":", 1)[0] if parts.port is not None or parts.netloc.endswith(":") else parts.netloc
+        path = None if method == "CONNECT" else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        context = self.ctx.egress.context_for(ids["session_id"], agent_id=ids["agent_id"], metadata=metadata)
+        effective = self.ctx.egress.resolve(context)
+        decision = effective.decide(method, parts.scheme, host, port, path, websocket=websocket)
+        answer = decision.to_json()
+        for injection in answer["injections"]:
+            injection["secret_set"] = _secret_set(self.ctx, injection["secret"])
+        self.finish({
+            "decision": answer,
+            "request": {"method": method, "scheme": parts.scheme.lower(), "host": host, "port": port or DEFAULT_PORTS.get(parts.scheme.lower()),
+                        "path": path, "websocket": websocket},
+            "context": context.to_json(),
+            "resolution": effective.describe(),
+        })
+
+
+class EgressSecretsHandler(CMAHandler):
+    """`GET cma/api/egress/secrets`: names, times and fingerprints — never values."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from ..egress.secrets import SecretStoreError
+
+        try:
+            secrets = self.ctx.secrets.list()
+        except SecretStoreError as exc:
+            raise tornado.web.HTTPError(500, str(exc)) from None
+        self.finish({"data": [s.to_json() for s in secrets]})
+
+
+class EgressSecretHandler(CMAHandler):
+    """`PUT cma/api/egress/secrets/{name}` `{"value"}` (the answer never echoes it) and `DELETE`."""
+
+    def _name(self, name: str) -> str:
+        from ..egress.secrets import SecretValueError, check_name
+
+        try:
+            return check_name(name)
+        except SecretValueError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+
+    @tornado.web.authenticated
+    @authorized
+    async def put(self, name: str) -> None:
+        from ..egress.secrets import SecretStoreError, SecretValueError
+
+        name = self._name(name)
+        body = self.json_body()
+        if set(body) != {"value"}:
+            raise tornado.web.HTTPError(400, "send {\"value\": \"…\"} and nothing else")
+        try:
+            info, created = self.ctx.secrets.set(name, body["value"])
+        except SecretValueError as exc:
+            raise tornado.web.HTTPError(400, str(exc)) from None
+        except SecretStoreError as exc:
+            raise tornado.web.HTTPError(500, str(exc)) from None
+        self.log.info("jupyter-cma: egress secret %s %s", name, "created" if created else "replaced")
+        self.set_status(201 if created else 200)
+        self.finish(info.to_json())
+
+    @tornado.web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        from ..egress.secrets import SecretStoreError
+
+        name = self._name(name)
+        try:
+            deleted = self.ctx.secrets.delete(name)
+        except SecretStoreError as exc:
+            raise tornado.web.HTTPError(500, str(exc)) from None
+        if not deleted:
+            raise tornado.web.HTTPError(404, f"no secret {name}; list them with GET cma/api/egress/secrets")
+        self.log.info("jupyter-cma: egress secret %s deleted", name)
+        self.finish({"name": name, "deleted": True})
+
+
 def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
     """The extension's routes, relative to the server's base_url."""
     api = r"/cma/api"
@@ -339,5 +581,11 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{api}/sessions/{sid}/stop", SessionStopHandler, kw),
         (rf"{api}/sessions/{sid}/notebook", SessionNotebookHandler, kw),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, kw),
+        (rf"{api}/egress/policies", EgressPoliciesHandler, kw),
+        (rf"{api}/egress/policies/validate", EgressPolicyValidateHandler, kw),
+        (rf"{api}/egress/policies/(?P<policy_id>{ID_PATTERN})", EgressPolicyHandler, kw),
+        (rf"{api}/egress/decide", EgressDecideHandler, kw),
+        (rf"{api}/egress/secrets", EgressSecretsHandler, kw),
+        (rf"{api}/egress/secrets/(?P<name>[^/]{{1,200}})", EgressSecretHandler, kw),
         (r"/cma/webhooks", WebhookHandler, {"ingest": ctx.webhooks, "max_bytes": ctx.max_webhook_bytes}),
     ]
