@@ -149,7 +149,9 @@ class CMAApp(ExtensionApp):
         self.tier_probe: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.sandbox_tiers: dict[str, Tier] = {
-            "kernel": self.kernel_tier_class(parent=self, kernel_dir=str(data / "kernels"), recorder=self.store.add_cell),
+            "kernel": self.kernel_tier_class(
+                parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell
+            ),
         }
         self.client = self._make_client()
         self.sessions = SessionManager(
@@ -334,7 +336,12 @@ class CMAApp(ExtensionApp):
             await asyncio.sleep(seconds)
 
     async def _probe_tiers(self) -> None:
-        self.tier_probe = await asyncio.to_thread(probe_tiers)
+        probe = await asyncio.to_thread(probe_tiers)
+        # What the machine could do is the probe's; what kernels actually get is the tier's own view.
+        isolation = getattr(self.sandbox_tiers["kernel"], "isolation_status", None)
+        if isolation is not None:
+            probe["kernel"].update(isolation())
+        self.tier_probe = probe
 
     async def _prune(self) -> None:
         removed = self.store.prune_deliveries(time.time() - self.webhook_retention_days * 86400)

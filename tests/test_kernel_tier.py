@@ -6,6 +6,7 @@ import ast
 import asyncio
 import base64
 import json
+import os
 import signal
 import stat
 import struct
@@ -24,6 +25,7 @@ from traitlets import TraitError
 
 from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.sandboxes.base import ClaimedItem, WorkerSettings
+from jupyter_cma.sandboxes.isolation import probe_bubblewrap
 from jupyter_cma.sandboxes.kernel import KERNEL_DIED, SDK_TOOL_TIMEOUT, STOPPED, KernelSandbox, KernelTier, kernel_processes
 from jupyter_cma.sandboxes.notebook import build_notebook
 from tests.helpers import wait_until
@@ -56,6 +58,10 @@ def script(*steps: dict[str, Any]) -> dict[str, Any]:
 
 def py(code: str) -> dict[str, Any]:
     return {"tool": "python", "input": {"code": code}}
+
+
+# Which kernel process runs the code. Not os.getpid(): in a PID namespace every sandboxed kernel is pid 2.
+KERNEL_IDENTITY = "os.environ['JUPYTER_CMA_KERNEL_DIR']"
 
 
 
@@ -139,6 +145,15 @@ class Session:
                 task.cancel()
                 await asyncio.wait([task], timeout=30)
         return events, pid
+
+
+def require_bwrap() -> None:
+    """Skip without a working bubblewrap; in CI (CI=true) that is a failure."""
+    problem = probe_bubblewrap("bwrap")
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"bubblewrap is required in CI: {problem}", pytrace=False)
+        pytest.skip(problem)
 
 
 def recorder(into: list[tuple[str, dict[str, Any]]]):
@@ -314,9 +329,9 @@ async def test_a_kernel_crash_is_an_error_and_the_next_call_gets_a_fresh_kernel(
     try:
         await session.create(
             {"tool": "write", "input": {"file_path": "keep.txt", "content": "still here"}},
-            py("y = 1\nimport os\nos.getpid()"),
+            py(f"y = 1\nimport os\n{KERNEL_IDENTITY}"),
             py("import os; os._exit(1)"),
-            py("import os\n(open('keep.txt').read(), 'y' in globals(), os.getpid())"),
+            py(f"import os\n(open('keep.txt').read(), 'y' in globals(), {KERNEL_IDENTITY})"),
         )
         sandbox = tier.create(await session.claim(), tmp_path / "ws")
         events, _ = await session.serve_turn(sandbox)
@@ -326,9 +341,9 @@ async def test_a_kernel_crash_is_an_error_and_the_next_call_gets_a_fresh_kernel(
     _, before, crash, after = results(events)
     assert crash.is_error and text(crash) == KERNEL_DIED
     assert not after.is_error
-    content, has_y, pid = ast.literal_eval(text(after))
+    content, has_y, identity = ast.literal_eval(text(after))
     assert content == "still here" and has_y is False
-    assert pid != int(text(before))
+    assert identity != ast.literal_eval(text(before))
     status = sandbox.status()
     assert status["restarted"] is True and status["kernels_started"] == 2
     crash_cell = cells[2][1]
@@ -342,7 +357,7 @@ async def test_a_resumed_session_finds_its_files_with_a_fresh_kernel(emulator, t
     session = Session(emulator, tier)
     try:
         await session.create(
-            py("state = 'in memory'\nopen('notes.txt', 'w').write('on disk')\nimport os\nos.getpid()"),
+            py(f"state = 'in memory'\nopen('notes.txt', 'w').write('on disk')\nimport os\n{KERNEL_IDENTITY}"),
         )
         first = tier.create(await session.claim(), workspace)
         events, first_pid = await session.serve_turn(first)
@@ -350,15 +365,15 @@ async def test_a_resumed_session_finds_its_files_with_a_fresh_kernel(emulator, t
         assert first_pid is not None and not pid_alive(first_pid)  # the first sandbox released its kernel
 
         # The session sleeps; new input queues a new item, served by a new sandbox on the same workspace.
-        await session.send(py("import os\n(open('notes.txt').read(), 'state' in globals(), os.getpid())"))
+        await session.send(py(f"import os\n(open('notes.txt').read(), 'state' in globals(), {KERNEL_IDENTITY})"))
         second = tier.create(await session.claim(), workspace)
         events, _ = await session.serve_turn(second)
     finally:
         await tier.close()
         await session.close()
     resumed = results(events)[-1]
-    content, has_state, pid = ast.literal_eval(text(resumed))
-    assert content == "on disk" and has_state is False and pid != int(text(made))
+    content, has_state, identity = ast.literal_eval(text(resumed))
+    assert content == "on disk" and has_state is False and identity != ast.literal_eval(text(made))
 
 
 async def test_a_stop_ends_a_running_call_and_releases_the_kernel(emulator, tmp_path):
@@ -395,28 +410,45 @@ import asyncio, sys
 from jupyter_cma.sandboxes.kernel import KernelTier
 
 async def main():
-    tier = KernelTier(pool_size=0, kernel_dir=sys.argv[1])
+    tier = KernelTier(pool_size=0, kernel_dir=sys.argv[1], isolation=sys.argv[2])
     await tier.start()
     kernel = await tier.take_kernel()
     ex = await kernel.execute("import subprocess\\nchild = subprocess.Popen(['sleep', '300'])\\nchild.pid", timeout=30)
-    print(kernel.pid, ex.outputs[-1]["data"]["text/plain"], kernel.directory, flush=True)
+    assert ex.status == "ok", ex.outputs
+    print(kernel.pid, kernel.isolation, kernel.directory, flush=True)
     await asyncio.Event().wait()
 
 asyncio.run(main())
 """
 
 
-async def test_kernels_left_by_a_crashed_server_are_killed_on_start(tmp_path):
+def host_pid_of(kernel_dir: Path, directory: Path, argv0: str) -> int:
+    """The host pid of the kernel's process running `argv0` (found by the kernel's environment marker)."""
+    for pid in kernel_processes(kernel_dir).get(str(directory), ()):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() == argv0:
+                return pid
+        except OSError:
+            continue
+    raise AssertionError(f"no {argv0} process of {directory}")
+
+
+@pytest.mark.parametrize("isolation", ["none", "bubblewrap"])
+async def test_kernels_left_by_a_crashed_server_are_killed_on_start(tmp_path, isolation):
+    if isolation == "bubblewrap":
+        require_bwrap()
     kernel_dir = tmp_path / "kernels"
-    server = subprocess.Popen([sys.executable, "-c", CRASHING_SERVER, str(kernel_dir)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-c", CRASHING_SERVER, str(kernel_dir), isolation], stdout=subprocess.PIPE, text=True)
     try:
         line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 60)
-        kernel_pid, child_pid, directory = line.split()
-        kernel_pid, child_pid, directory = int(kernel_pid), int(child_pid), Path(directory)
+        kernel_pid, mode, directory = line.split()
+        kernel_pid, directory = int(kernel_pid), Path(directory)
+        assert mode == isolation
+        child_pid = host_pid_of(kernel_dir, directory, "sleep")  # (inside a PID namespace the kernel sees another pid)
         assert pid_alive(kernel_pid) and pid_alive(child_pid)
 
         # While that server runs, its kernels are its own: another tier on the same directory leaves them.
-        bystander = KernelTier(pool_size=0, kernel_dir=str(kernel_dir))
+        bystander = KernelTier(pool_size=0, kernel_dir=str(kernel_dir), isolation=isolation)
         await bystander.start()
         assert bystander.cleaned_orphans() == [] and pid_alive(kernel_pid) and directory.exists()
         await bystander.close()
@@ -424,17 +456,19 @@ async def test_kernels_left_by_a_crashed_server_are_killed_on_start(tmp_path):
         server.send_signal(signal.SIGKILL)
         server.wait()
 
-    tier = KernelTier(pool_size=0, kernel_dir=str(kernel_dir))
+    tier = KernelTier(pool_size=0, kernel_dir=str(kernel_dir), isolation=isolation)
     try:
         await tier.start()
         (cleaned,) = tier.cleaned_orphans()
     finally:
         await tier.close()
     assert cleaned["dir"] == directory.name
-    # The kernel may have noticed its parent's death and exited by itself; its child cannot have.
-    assert child_pid in cleaned["killed"]
+    if isolation == "none":
+        # The kernel may have noticed its parent's death and exited by itself; its child cannot have.
+        assert child_pid in cleaned["killed"]
+    # (A sandboxed kernel dies with its server, children and all: --die-with-parent and its PID namespace.)
     assert not pid_alive(kernel_pid) and not pid_alive(child_pid)
-    assert not directory.exists()
+    assert not directory.exists() and list(kernel_dir.iterdir()) == []
     assert not kernel_processes(kernel_dir)
 
 

@@ -56,6 +56,8 @@ async def test_tiers_are_probed_in_the_background(jp_serverapp, jp_fetch):
         await asyncio.sleep(0.1)
     assert isinstance(tiers["container"]["available"], bool)
     assert "available" in tiers["kernel"]
+    # What kernels actually get, from the tier itself (not just whether bwrap exists).
+    assert tiers["kernel"]["isolation"] in ("bubblewrap", "none") and tiers["kernel"]["setting"] == "auto"
 
 
 async def test_no_auth_warning_with_unauthenticated_access_off(jp_serverapp):

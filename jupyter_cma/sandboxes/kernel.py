@@ -13,9 +13,22 @@ five unix sockets live in a per-kernel directory under `kernel_dir` (mode
 0700), never on a TCP port. The tier keeps `pool_size` kernels warm so a
 session does not wait for Python to start.
 
+Where bubblewrap works (`KernelTier.isolation`), each kernel runs in its own
+sandbox: its own network namespace (nothing reachable but a loopback port
+bridged to its egress socket `<kernel dir>/egress.sock`), its own PID
+namespace, a read-only view of the host with the server's data directory
+hidden, and write access to its own directory and its workspace only (see
+`isolation.py`). A pooled kernel is started before its session is known: its
+working directory is an empty directory bound into the sandbox, and taking
+the kernel for a session moves the session's files into that directory and
+renames it to the session's workspace path (`isolation.adopt_workspace`), so
+the workspace stays one real directory at one path, seen by the file tools
+(in this process) and the kernel alike.
+
 Every kernel directory holds `owner.json` (the server process that started
 it) and `kernel.pid`; the kernel and everything it spawns carry
-`JUPYTER_CMA_KERNEL_DIR=<its directory>` in their environment. When a server
+`JUPYTER_CMA_KERNEL_DIR=<its directory>` in their environment. A sandboxed
+kernel dies with the server (`--die-with-parent`); besides, when a server
 starts, kernels left in `kernel_dir` by a server process that no longer runs
 are killed (with their children) and their directories removed.
 
@@ -44,9 +57,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets import Callable as CallableTrait
-from traitlets import Float, Integer, TraitError, Unicode, validate
 
+from . import isolation as iso
 from .base import ClaimedItem, Sandbox, Tier, WorkerSettings
 
 if TYPE_CHECKING:
@@ -90,6 +104,9 @@ KERNEL_DIED = (
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _KERNEL_DIR_NAME = re.compile(r"^[0-9a-f]{12}$")
+_COMPANION_NAME = re.compile(r"^([0-9a-f]{12})" + re.escape(iso.COMPANION_SUFFIX) + "$")
+KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--HistoryManager.enabled=False"]
+EGRESS_HOOK_TIMEOUT = 5.0
 _LIVE_DIRS: set[str] = set()  # kernel directories held by a KernelTier of this process
 
 
@@ -177,15 +194,44 @@ class Execution:
 
 
 class Kernel:
-    """One ipykernel process over ipc, with its connection file and sockets in `directory`."""
+    """One ipykernel process over ipc, with its connection file and sockets in `directory`.
 
-    def __init__(self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient) -> None:
+    A sandboxed kernel (`isolation == "bubblewrap"`) also has a host-only
+    `companion` directory (`<directory>.ws`: its workspace mount, links and
+    adoption marker), works in `workdir` (the path of its workspace inside the
+    sandbox) and reaches the network only through `egress_socket`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manager: AsyncKernelManager,
+        client: AsyncKernelClient,
+        *,
+        isolation: str = "none",
+        companion: Path | None = None,
+        workspace: Path | None = None,
+    ) -> None:
         self.directory = directory
         self.manager = manager
         self.client = client
+        self.isolation = isolation
+        self.companion = companion
+        self.workspace = workspace  # the session workspace its working directory is, once known
+        self.egress_session: str | None = None  # the session egress_hook was told this kernel serves
         self.started_at = time.time()
         self.returncode: int | None = None
         self._shut = False
+
+    @property
+    def workdir(self) -> str | None:
+        """The kernel's working directory as the kernel sees it (None: not sandboxed, it enters the workspace itself)."""
+        return None if self.companion is None else str(iso.companion_paths(self.companion)[0])
+
+    @property
+    def egress_socket(self) -> Path | None:
+        """The host Unix socket the sandbox's proxy port (127.0.0.1:3128 inside) is bridged to."""
+        return None if self.companion is None else self.directory / iso.EGRESS_SOCKET
 
     @property
     def id(self) -> str:
@@ -300,26 +346,43 @@ class Kernel:
                 _kill_group(self.pid)
         finally:
             _LIVE_DIRS.discard(str(self.directory))
-            await asyncio.to_thread(shutil.rmtree, self.directory, True)
+            await asyncio.to_thread(_remove_kernel_dirs, self.directory, self.companion)
+
+
+def _remove_kernel_dirs(directory: Path, companion: Path | None) -> None:
+    """The companion first (putting back a half-moved workspace), so it never outlives the kernel directory."""
+    if companion is not None:
+        try:
+            iso.release_companion(companion)
+        except OSError as exc:  # the files stay in the companion; nothing is deleted
+            log.error("could not put back the workspace files left in %s: %s", companion, exc)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @functools.cache
 def _manager_class() -> type[AsyncKernelManager]:
-    """AsyncKernelManager running this interpreter's ipykernel, whatever kernelspecs are installed."""
+    """AsyncKernelManager running this interpreter's ipykernel, whatever kernelspecs are installed.
+
+    Its `kernel_argv` (set per instance before start_kernel) is the command:
+    the plain kernel, or the kernel inside its sandbox.
+    """
     from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import AsyncKernelManager
 
-    spec = KernelSpec(
-        argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--HistoryManager.enabled=False"],
-        display_name="Python 3 (ipykernel)",
-        language="python",
-        interrupt_mode="signal",
-    )
-
     class SandboxKernelManager(AsyncKernelManager):
+        kernel_argv: list[str] = KERNEL_ARGV
+        _cma_spec: KernelSpec | None = None
+
         @property
         def kernel_spec(self) -> KernelSpec:  # type: ignore[override]
-            return spec
+            if self._cma_spec is None or self._cma_spec.argv != self.kernel_argv:
+                self._cma_spec = KernelSpec(
+                    argv=list(self.kernel_argv),
+                    display_name="Python 3 (ipykernel)",
+                    language="python",
+                    interrupt_mode="signal",
+                )
+            return self._cma_spec
 
     return SandboxKernelManager
 
@@ -372,6 +435,67 @@ class KernelTier(Tier):
         help="Called as recorder(session_id, cell) with an nbformat v4 cell (a dict) for every python call "
         "and every write/edit, for notebook export (the server passes Store.add_cell). Default: none.",
     )
+    isolation = Enum(
+        ["auto", "bubblewrap", "none"],
+        "auto",
+        config=True,
+        help="How kernels are isolated. 'bubblewrap': each kernel in its own bubblewrap sandbox (own network "
+        "namespace with only a loopback port bridged to its egress socket, own PID namespace, read-only view of "
+        "the host, writable workspace and kernel directory only); kernels are refused when bwrap does not work. "
+        "'auto' (default): bubblewrap when a probe at start shows it works, else no isolation with a logged "
+        "warning (unless require_isolation). 'none': plain kernel processes with the server's network and file "
+        "access — for debugging only.",
+    )
+    require_isolation = Bool(
+        False,
+        config=True,
+        help="Refuse to start kernels unless they run isolated (bubblewrap): with this set, a machine where bwrap "
+        "is missing or cannot create namespaces, or isolation='none', gets no kernels and a clear error instead "
+        "of unisolated ones (default False).",
+    )
+    bwrap = Unicode(
+        "bwrap", config=True, help="The bubblewrap executable: a name looked up on PATH, or a path (default 'bwrap')."
+    )
+    data_dir = Unicode(
+        config=True,
+        help="The server's data directory (database, workspaces, kernels). Sandboxed kernels do not see it: they "
+        "see their own directory and their own workspace, <data_dir>/workspaces/<session id>, only. Default: the "
+        "data_dir of the application this tier belongs to (the server's), else none.",
+    )
+    hidden_paths = List(
+        Unicode(),
+        config=True,
+        help="Host paths sandboxed kernels must not see, in addition to data_dir and kernel_dir: each directory is "
+        "replaced by an empty read-only tmpfs, each file by /dev/null. Default: /run (system sockets such as "
+        "the Docker API's) and the Jupyter runtime directory (server tokens, connection files). Add secret files "
+        "that live elsewhere.",
+    )
+    ca_bundle = Unicode(
+        "",
+        config=True,
+        help="A CA bundle (PEM) sandboxed kernels trust for TLS through the egress proxy: SSL_CERT_FILE, "
+        "REQUESTS_CA_BUNDLE, PIP_CERT, NODE_EXTRA_CA_CERTS and CURL_CA_BUNDLE point at it (bound read-only into "
+        "the sandbox). Default: none (the tier sets none of them; unsandboxed kernels never get them).",
+    )
+    egress_hook = CallableTrait(
+        None,
+        allow_none=True,
+        help="Called as egress_hook(event, session_id=…, kernel_id=…, socket_path=…) with event 'attach' when a "
+        "sandboxed kernel starts serving a session and 'detach' when it is released; may return an awaitable. "
+        "socket_path (<kernel dir>/egress.sock) is where the sandbox's proxy port leads: the egress proxy listens "
+        "there while attached, and the socket a request arrives on identifies the session. Default: none.",
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        value = getattr(self.parent, "data_dir", None)
+        return value if isinstance(value, str) else ""
+
+    @default("hidden_paths")
+    def _default_hidden_paths(self) -> list[str]:
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        return ["/run", jupyter_runtime_dir()]
 
     @validate("execute_timeout")
     def _check_execute_timeout(self, proposal: Any) -> float:
@@ -403,6 +527,10 @@ class KernelTier(Tier):
         self._refill_handle: asyncio.TimerHandle | None = None
         self._fill_failures = 0
         self.last_start_error: str | None = None
+        self._isolation: str | None = None  # "bubblewrap" or "none", once start() has probed
+        self._isolation_reason: str | None = None
+        self._isolation_error: str | None = None  # kernels are refused with this
+        self._warned_cross_device = False
 
     # ------------------------------------------------------------------ directories
 
@@ -422,11 +550,59 @@ class KernelTier(Tier):
 
     # ------------------------------------------------------------------ lifecycle
 
+    # ------------------------------------------------------------------ isolation
+
+    @property
+    def effective_isolation(self) -> str | None:
+        """"bubblewrap" or "none" (what kernels get); None until start() has probed."""
+        return self._isolation
+
+    def isolation_status(self) -> dict[str, Any]:
+        """For the status API: the isolation kernels get, the setting, and why not / why refused."""
+        return {
+            "isolation": self._isolation or "none",
+            "setting": self.isolation,
+            "required": self.require_isolation,
+            "reason": self._isolation_reason,
+            "error": self._isolation_error,
+        }
+
+    async def _resolve_isolation(self) -> None:
+        if self.isolation == "none":
+            mode, reason = "none", "KernelTier.isolation is 'none'"
+        else:
+            problem = await asyncio.to_thread(iso.probe_bubblewrap, self.bwrap)
+            mode, reason = ("bubblewrap", None) if problem is None else ("none", problem)
+        self._isolation, self._isolation_reason, self._isolation_error = mode, reason, None
+        if mode == "bubblewrap":
+            return
+        if self.require_isolation or self.isolation == "bubblewrap":
+            why = "KernelTier.require_isolation is set" if self.require_isolation else "KernelTier.isolation is 'bubblewrap'"
+            self._isolation_error = f"kernels are refused: {why}, but they cannot be isolated ({reason})"
+            self.log.error("kernel tier: %s", self._isolation_error)
+        elif self.isolation == "auto":
+            self.log.warning(
+                "kernel tier: kernels run WITHOUT isolation (no network or file-system sandbox): %s", reason
+            )
+
+    def _hidden(self, base: Path) -> list[Path]:
+        paths = [base, *(Path(p) for p in self.hidden_paths if p)]
+        if self.data_dir:
+            paths.append(Path(self.data_dir))
+        return paths
+
+    def _workspaces_dir(self) -> Path | None:
+        """Where session workspaces live (the server's convention: <data_dir>/workspaces)."""
+        return Path(os.path.realpath(Path(self.data_dir) / "workspaces")) if self.data_dir else None
+
+    # ------------------------------------------------------------------ lifecycle
+
     async def start(self) -> None:
-        """Clean up kernels a crashed server left, then fill the pool in the background."""
+        """Probe isolation, clean up kernels a crashed server left, then fill the pool in the background."""
         if self._started:
             return
         self._started = True
+        await self._resolve_isolation()
         directory = await asyncio.to_thread(self._ensure_directory)
         self._cleaned = await asyncio.to_thread(clean_orphans, directory)
         if self._cleaned:
@@ -476,6 +652,7 @@ class KernelTier(Tier):
             "in_use": len(self._in_use),
             "kernel_dir": self.kernel_dir or (str(self._own_tempdir) if self._own_tempdir else None),
             "last_start_error": self.last_start_error,
+            **self.isolation_status(),
         }
 
     @property
@@ -506,7 +683,7 @@ class KernelTier(Tier):
         if self._refill_handle is not None:
             self._refill_handle.cancel()
             self._refill_handle = None
-        if self._closed or not self._started:
+        if self._closed or not self._started or self._isolation_error:
             return
         missing = self.pool_size + len(self._waiters) - len(self._pool) - len(self._filling)
         for _ in range(max(0, missing)):
@@ -541,47 +718,108 @@ class KernelTier(Tier):
                 return
         self._pool.append(kernel)
 
-    async def take_kernel(self) -> Kernel:
+    async def take_kernel(self, workspace: Path | None = None) -> Kernel:
         """A ready kernel: from the pool when one is warm, else a new one.
 
+        With `workspace`, a sandboxed kernel's working directory becomes that
+        workspace (a pool kernel's mount is adopted as the workspace; a new
+        kernel is started with the workspace bound). Kernels that are not
+        sandboxed enter the workspace themselves (KernelSandbox does that).
         The pool is refilled REFILL_DELAY seconds later.
         """
         if self._closed:
             raise RuntimeError("the kernel tier is closed")
         if not self._started:
             await self.start()
+        if self._isolation_error:
+            raise KernelStartError(self._isolation_error)
         try:
             while self._pool:
                 kernel = self._pool.pop(0)
                 if kernel.alive():
                     self._in_use.add(kernel)
-                    return kernel
+                    try:
+                        handed = await self._hand_over(kernel, workspace)
+                    except BaseException:
+                        await _finish_shielded(self.release_kernel(kernel))
+                        raise
+                    if handed:
+                        return kernel
+                    self._in_use.discard(kernel)
+                    self._pool.insert(0, kernel)  # still good for a workspace on its own file system
+                    break
                 self.log.warning("kernel tier: pool kernel %s had exited (code %s); discarded", kernel.id, kernel.returncode)
                 await kernel.shutdown()
-            if self._filling and len(self._waiters) < len(self._filling):
-                # A pool kernel is already starting: take it when ready rather than start one more.
-                waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
-                self._waiters.append(waiter)
-                try:
-                    return await waiter
-                except KernelStartError:
-                    pass  # that start failed; try one of our own below
-                except asyncio.CancelledError:
-                    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                        await self.release_kernel(waiter.result())
-                    raise
-            kernel = await self._start_kernel()
+            else:
+                if self._filling and len(self._waiters) < len(self._filling):
+                    # A pool kernel is already starting: take it when ready rather than start one more.
+                    waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        kernel = await waiter
+                    except KernelStartError:
+                        pass  # that start failed; try one of our own below
+                    except asyncio.CancelledError:
+                        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                            await self.release_kernel(waiter.result())
+                        raise
+                    else:
+                        try:
+                            handed = await self._hand_over(kernel, workspace)
+                        except BaseException:
+                            await _finish_shielded(self.release_kernel(kernel))
+                            raise
+                        if handed:
+                            return kernel
+                        self._in_use.discard(kernel)
+                        self._pool.append(kernel)
+            kernel = await self._start_kernel(workspace)
             self._in_use.add(kernel)
             return kernel
         finally:
             self._schedule_refill(REFILL_DELAY)
+
+    async def _hand_over(self, kernel: Kernel, workspace: Path | None) -> bool:
+        """Make `workspace` a pooled sandboxed kernel's working directory; False when it cannot be moved there.
+
+        False (the kernel is untouched) when the workspace is on another file
+        system than kernel_dir: the caller starts a kernel with it bound instead.
+        """
+        if workspace is None or kernel.companion is None or kernel.workspace is not None:
+            return True
+        try:
+            # Never abandoned half-way (a cancel waits for it): the files are either moved or not.
+            await _finish_shielded(asyncio.to_thread(
+                iso.adopt_workspace, kernel.companion, Path(os.path.abspath(workspace)), link=self._links(workspace)
+            ))
+        except iso.CrossDevice as exc:
+            if not self._warned_cross_device:
+                self._warned_cross_device = True
+                self.log.warning(
+                    "kernel tier: workspaces cannot be moved into pooled kernels (%s); such sessions get a kernel "
+                    "started on demand. Put kernel_dir on the same file system as the workspaces to use the pool.", exc
+                )
+            return False
+        except OSError as exc:
+            await _finish_shielded(kernel.shutdown())
+            raise KernelStartError(f"could not give the kernel its workspace: {exc}") from exc
+        kernel.workspace = Path(workspace)
+        return True
+
+    def _links(self, workspace: Path) -> bool:
+        """Can the kernel reach `workspace` under its own path (it is directly in the workspaces directory)?"""
+        root = self._workspaces_dir()
+        return root is not None and Path(os.path.realpath(Path(workspace).parent)) == root
 
     async def release_kernel(self, kernel: Kernel) -> None:
         """Shut down a kernel taken with take_kernel (kernels are never reused across sessions)."""
         self._in_use.discard(kernel)
         await kernel.shutdown()
 
-    async def _start_kernel(self) -> Kernel:
+    async def _start_kernel(self, workspace: Path | None = None) -> Kernel:
+        if self._isolation_error:
+            raise KernelStartError(self._isolation_error)
+        isolated = self._isolation == "bubblewrap"
         base = await asyncio.to_thread(self._ensure_directory)
         directory = base / uuid.uuid4().hex[:12]
         socket_prefix = directory / "k"
@@ -590,14 +828,31 @@ class KernelTier(Tier):
                 f"kernel_dir {base} is too long for unix socket paths (about 100 bytes in all); set "
                 "KernelTier.kernel_dir to a shorter path"
             )
+        if isolated and self.ca_bundle and not os.path.isfile(self.ca_bundle):
+            raise KernelStartError(f"KernelTier.ca_bundle {self.ca_bundle} is not a file")
         directory.mkdir(mode=0o700)
         _LIVE_DIRS.add(str(directory))
         _write_json(directory / "owner.json", {"server_pid": os.getpid(), "server_start": _start_time(os.getpid())})
+        (directory / "kernel.pid").write_text("")  # filled in once the process runs (read-only inside the sandbox)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV_PREFIXES)}
         env[ENV_MARKER] = str(directory)
         env["IPYTHONDIR"] = str(directory / "ipython")  # no user profile, startup files or shared history
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+        argv = KERNEL_ARGV
+        companion: Path | None = None
+        if isolated:
+            companion = directory.with_name(directory.name + iso.COMPANION_SUFFIX)
+            try:
+                argv = self._sandbox_argv(directory, companion, workspace, env)
+            except OSError as exc:
+                _LIVE_DIRS.discard(str(directory))
+                await asyncio.to_thread(_remove_kernel_dirs, directory, companion)
+                raise KernelStartError(f"could not prepare the kernel's sandbox: {exc}") from exc
+            env.update(iso.proxy_environment(self.ca_bundle or None))
+            env["TMPDIR"] = "/tmp"  # a private tmpfs; the rest of the host is read-only
+            env["XDG_CACHE_HOME"] = "/tmp/.cache"
+            env["MPLCONFIGDIR"] = "/tmp/.matplotlib"
         manager = _manager_class()(
             transport="ipc",
             ip=str(socket_prefix),
@@ -605,6 +860,7 @@ class KernelTier(Tier):
             kernel_name="python3",
             log=self.log,
         )
+        manager.kernel_argv = argv
         client: AsyncKernelClient | None = None
         kernel: Kernel | None = None
         try:
@@ -614,7 +870,10 @@ class KernelTier(Tier):
             (directory / "kernel.pid").write_text(f"{pid}\n")
             client = manager.client()
             client.start_channels(shell=True, iopub=True, stdin=False, hb=False, control=False)
-            kernel = Kernel(directory, manager, client)
+            kernel = Kernel(
+                directory, manager, client, isolation="bubblewrap" if isolated else "none", companion=companion,
+                workspace=Path(workspace) if isolated and workspace is not None else None,
+            )
             await asyncio.wait_for(client.wait_for_ready(timeout=self.startup_timeout), self.startup_timeout + 1)
             # The first execution in a fresh kernel costs several ms more than later ones: pay it here, not in a session.
             warm = await kernel.execute("pass", timeout=self.startup_timeout, silent=True)
@@ -624,7 +883,7 @@ class KernelTier(Tier):
             if isinstance(exc, GeneratorExit):
                 raise  # the coroutine is being closed without a loop: nothing can be awaited
             tail = _log_tail(directory / "kernel.log")
-            await _finish_shielded(self._discard_failed_start(directory, manager, client))
+            await _finish_shielded(self._discard_failed_start(directory, manager, client, companion))
             if not isinstance(exc, Exception):
                 raise
             self.last_start_error = f"{type(exc).__name__}: {exc}"
@@ -632,7 +891,9 @@ class KernelTier(Tier):
         self.last_start_error = None
         return kernel
 
-    async def _discard_failed_start(self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient | None) -> None:
+    async def _discard_failed_start(
+        self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient | None, companion: Path | None = None
+    ) -> None:
         if client is not None:
             with contextlib.suppress(Exception):
                 client.stop_channels()
@@ -641,7 +902,57 @@ class KernelTier(Tier):
         except Exception:
             _kill_group(getattr(manager.provisioner, "pid", None))
         _LIVE_DIRS.discard(str(directory))
-        await asyncio.to_thread(shutil.rmtree, directory, True)
+        await asyncio.to_thread(_remove_kernel_dirs, directory, companion)
+
+    def _sandbox_argv(self, directory: Path, companion: Path, workspace: Path | None, env: dict[str, str]) -> list[str]:
+        """Lay out the kernel's companion directory and return the sandboxed kernel's argv.
+
+        Without `workspace` (a pool kernel) the mount is an empty directory,
+        adopted as the session's workspace when the kernel is taken; with it,
+        the workspace itself is bound and linked at once.
+        """
+        mount, links, _ = iso.companion_paths(companion)
+        companion.mkdir(mode=0o700)
+        links.mkdir(mode=0o700)
+        if workspace is None:
+            mount.mkdir(mode=0o700)
+            source = mount
+        else:
+            source = Path(os.path.abspath(workspace))
+            source.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.symlink(source, mount)
+            if self._links(source):
+                iso.link_workspace(links, source, mount)
+        return iso.bwrap_argv(
+            bwrap=shutil.which(self.bwrap) or self.bwrap,
+            command=KERNEL_ARGV,
+            kernel_dir=directory,
+            mount_source=source,
+            mount_point=mount,
+            hidden=self._hidden(directory.parent),
+            links=links,
+            workspaces_dir=self._workspaces_dir(),
+            ca_bundle=self.ca_bundle or None,
+            read_only_files=[directory / "owner.json", directory / "kernel.pid"],
+            needed=iso.python_paths(env),
+        )
+
+    async def _egress_event(self, event: str, kernel: Kernel, session_id: str) -> None:
+        """Tell egress_hook (when set) that a sandboxed kernel's socket now serves / no longer serves a session."""
+        if self.egress_hook is None or kernel.egress_socket is None:
+            return
+        if event == "detach":
+            if kernel.egress_session is None:
+                return  # never attached
+            kernel.egress_session = None
+        else:
+            kernel.egress_session = session_id
+        try:
+            outcome = self.egress_hook(event, session_id=session_id, kernel_id=kernel.id, socket_path=str(kernel.egress_socket))
+            if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                await asyncio.wait_for(outcome, EGRESS_HOOK_TIMEOUT)
+        except Exception:
+            self.log.exception("kernel tier: egress_hook(%r) failed for kernel %s of session %s", event, kernel.id, session_id)
 
     # ------------------------------------------------------------------ sandboxes
 
@@ -710,6 +1021,13 @@ class KernelSandbox(Sandbox):
     def kernel(self) -> Kernel | None:
         return self._kernel
 
+    @property
+    def isolation(self) -> str:
+        """"bubblewrap" or "none": how this sandbox's kernel runs (or will, before it has one)."""
+        if self._kernel is not None:
+            return self._kernel.isolation
+        return (self._tier.effective_isolation if self._tier is not None else None) or "none"
+
     def status(self) -> dict[str, Any]:
         kernel = self._kernel
         return {
@@ -718,6 +1036,8 @@ class KernelSandbox(Sandbox):
             "session_id": self.session_id,
             "work_id": self.item.work_id,
             "workspace": str(self.workspace),
+            "isolation": self.isolation,
+            "egress_socket": None if kernel is None or kernel.egress_socket is None else str(kernel.egress_socket),
             "kernel": None if kernel is None else {"id": kernel.id, "pid": kernel.pid, "alive": kernel.alive()},
             "calls": self._calls,
             "errors": self._errors,
@@ -806,19 +1126,26 @@ class KernelSandbox(Sandbox):
     async def _drop_kernel(self) -> None:
         kernel, self._kernel = self._kernel, None
         if kernel is not None and self._tier is not None:
-            await self._tier.release_kernel(kernel)
+            await self._release_kernel(kernel)
+
+    async def _release_kernel(self, kernel: Kernel) -> None:
+        assert self._tier is not None
+        await self._tier._egress_event("detach", kernel, self.session_id)
+        await self._tier.release_kernel(kernel)
 
     async def _prepare_kernel(self) -> Kernel:
-        """Take a kernel and make the workspace its working directory."""
+        """Take a kernel whose working directory is the workspace (a sandboxed one is given it; others enter it)."""
         assert self._tier is not None
-        kernel = await self._tier.take_kernel()
+        kernel = await self._tier.take_kernel(self.workspace)
         try:
-            path = os.path.abspath(self.workspace)
-            ex = await kernel.execute(f"__import__('os').chdir({path!r})", timeout=self._tier.startup_timeout, silent=True)
-            if ex.status != "ok":
-                raise KernelStartError(f"could not enter the workspace in the kernel ({ex.status}): {_plain_error(ex)}")
+            if kernel.workdir is None:
+                path = os.path.abspath(self.workspace)
+                ex = await kernel.execute(f"__import__('os').chdir({path!r})", timeout=self._tier.startup_timeout, silent=True)
+                if ex.status != "ok":
+                    raise KernelStartError(f"could not enter the workspace in the kernel ({ex.status}): {_plain_error(ex)}")
+            await self._tier._egress_event("attach", kernel, self.session_id)
         except BaseException:
-            await _finish_shielded(self._tier.release_kernel(kernel))
+            await _finish_shielded(self._release_kernel(kernel))
             raise
         self._kernel = kernel
         self._kernels_started += 1
@@ -1221,12 +1548,21 @@ def clean_orphans(kernel_dir: Path, *, wait: float = 5.0) -> list[dict[str, Any]
     no longer runs (same pid and start time), or it is this process but no
     live tier here holds it. Directories of another live server are kept.
     Waits at most `wait` seconds in all for the killed processes to exit.
+    A sandboxed kernel's companion directory (`<dir>.ws`) goes with it, after
+    a workspace whose move into the kernel was interrupted is put back.
     """
     if not kernel_dir.is_dir():
         return []
     me = os.getpid()
     leftover: list[Path] = []
-    for directory in sorted(kernel_dir.iterdir()):
+    entries = sorted(kernel_dir.iterdir())
+    for entry in entries:
+        # A companion whose kernel directory is gone (a crash between removing the two) is left over too.
+        match = _COMPANION_NAME.match(entry.name)
+        if match and not (kernel_dir / match.group(1)).exists() and str(kernel_dir / match.group(1)) not in _LIVE_DIRS:
+            with contextlib.suppress(OSError):
+                iso.release_companion(entry)
+    for directory in entries:
         if not _KERNEL_DIR_NAME.match(directory.name) or not directory.is_dir() or str(directory) in _LIVE_DIRS:
             continue
         owner: dict[str, Any] = {}
@@ -1254,7 +1590,8 @@ def clean_orphans(kernel_dir: Path, *, wait: float = 5.0) -> list[dict[str, Any]
     while any(_alive(p) for p in everyone) and time.monotonic() < deadline:
         time.sleep(0.02)
     for directory in leftover:
-        shutil.rmtree(directory, ignore_errors=True)
+        companion = directory.with_name(directory.name + iso.COMPANION_SUFFIX)
+        _remove_kernel_dirs(directory, companion if os.path.lexists(companion) else None)
     return [{"dir": d.name, "killed": sorted(victims[d])} for d in leftover]
 
 
