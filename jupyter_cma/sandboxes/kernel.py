@@ -738,12 +738,7 @@ class KernelTier(Tier):
                 kernel = self._pool.pop(0)
                 if kernel.alive():
                     self._in_use.add(kernel)
-                    try:
-                        handed = await self._hand_over(kernel, workspace)
-                    except BaseException:
-                        await _finish_shielded(self.release_kernel(kernel))
-                        raise
-                    if handed:
+                    if await self._hand_over_or_release(kernel, workspace):
                         return kernel
                     self._in_use.discard(kernel)
                     self._pool.insert(0, kernel)  # still good for a workspace on its own file system
@@ -764,12 +759,7 @@ class KernelTier(Tier):
                             await self.release_kernel(waiter.result())
                         raise
                     else:
-                        try:
-                            handed = await self._hand_over(kernel, workspace)
-                        except BaseException:
-                            await _finish_shielded(self.release_kernel(kernel))
-                            raise
-                        if handed:
+                        if await self._hand_over_or_release(kernel, workspace):
                             return kernel
                         self._in_use.discard(kernel)
                         self._pool.append(kernel)
@@ -810,6 +800,15 @@ class KernelTier(Tier):
         """Can the kernel reach `workspace` under its own path (it is directly in the workspaces directory)?"""
         root = self._workspaces_dir()
         return root is not None and Path(os.path.realpath(Path(workspace).parent)) == root
+
+    async def _hand_over_or_release(self, kernel: Kernel, workspace: Path) -> bool:
+        """Hand the session's workspace over to a ready kernel; False if it cannot move there
+        (the kernel stays good for another workspace). A failure releases the kernel."""
+        try:
+            return await self._hand_over(kernel, workspace)
+        except BaseException:
+            await _finish_shielded(self.release_kernel(kernel))
+            raise
 
     async def release_kernel(self, kernel: Kernel) -> None:
         """Shut down a kernel taken with take_kernel (kernels are never reused across sessions)."""
