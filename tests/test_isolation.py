@@ -542,3 +542,17 @@ print(json.dumps({{
     assert facts["data_dir"] == ["kernels", "workspaces"]  # the mount points of its own directories only
     assert facts["database"] == "ENOENT" and facts["jupyter_server"] == "ECONNREFUSED"
     assert (data / "cma.sqlite3").exists()
+
+
+def test_the_probe_works_for_a_python_installed_under_tmp(tmp_path):
+    """Kernels get a private /tmp; a server whose venv lives under /tmp must still probe (and run) isolated."""
+    assert str(tmp_path).startswith("/tmp/")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    repo = Path(__file__).resolve().parents[1]
+    code = "from jupyter_cma.sandboxes.isolation import probe_bubblewrap; print(probe_bubblewrap('bwrap'))"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert out.stdout.strip() == "None", out.stdout

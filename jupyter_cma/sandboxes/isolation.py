@@ -66,7 +66,9 @@ def probe_bubblewrap(bwrap: str, timeout: float = 10.0) -> str | None:
     path = shutil.which(bwrap)
     if path is None:
         return f"bubblewrap ({bwrap}) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    argv = [path, *_NAMESPACES, *_BASE_MOUNTS, "--", sys.executable, "-I", "-S", "-c", ""]
+    # The same re-binds as a kernel gets, so a Python installed under /tmp (a venv in a checkout there) probes right.
+    rebinds = _rebind_args([Path("/tmp")], [], python_paths(dict(os.environ)))
+    argv = [path, *_NAMESPACES, *_BASE_MOUNTS, *rebinds, "--", sys.executable, "-I", "-S", "-c", ""]
     try:
         result = subprocess.run(argv, capture_output=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
