@@ -24,6 +24,7 @@ from traitlets import Enum, Float, Integer, List, Type, Unicode, default
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
 from .control.dispatcher import Dispatcher
+from .egress.log import EgressLog
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
 from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
@@ -97,6 +98,9 @@ class CMAApp(ExtensionApp):
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "cma")
 
+    egress_log_retention_days = Float(
+        30.0, help="Days to keep egress log records before pruning them (default 30). Export them (JSON lines) to keep them longer."
+    ).tag(config=True)
     webhook_retention_days = Float(
         7.0, help="Days to keep received webhook deliveries before pruning them (default 7). Replays older than 5 minutes fail the signature check anyway."
     ).tag(config=True)
@@ -173,6 +177,7 @@ class CMAApp(ExtensionApp):
         self.egress_secrets = SecretStore(data / "secrets")
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
+        self.egress_log = EgressLog(self.store)
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
@@ -194,6 +199,7 @@ class CMAApp(ExtensionApp):
             policies=self.egress_policies,
             egress=self.egress_resolver,
             secrets=self.egress_secrets,
+            egress_log=self.egress_log,
         )))
 
     def _make_egress_resolver(self) -> PolicyResolver:
@@ -347,6 +353,9 @@ class CMAApp(ExtensionApp):
         removed = self.store.prune_deliveries(time.time() - self.webhook_retention_days * 86400)
         if removed:
             self.log.info("jupyter-cma: pruned %d webhook deliveries", removed)
+        removed = self.egress_log.prune(self.egress_log_retention_days)
+        if removed:
+            self.log.info("jupyter-cma: pruned %d egress log records", removed)
 
     async def stop_extension(self) -> None:
         tasks, self._tasks = self._tasks, []

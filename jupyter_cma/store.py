@@ -105,7 +105,36 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO egress_revision (id, revision) VALUES (1, 0);
     """,
+    # 4: the egress log: one row per request a sandbox made and the decision taken on it.
+    """
+    CREATE TABLE egress_log (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           REAL NOT NULL,
+        session_id   TEXT,
+        agent_id     TEXT,
+        method       TEXT NOT NULL,
+        scheme       TEXT NOT NULL,
+        host         TEXT NOT NULL,
+        port         INTEGER,
+        path         TEXT,
+        status       INTEGER,
+        bytes_up     INTEGER NOT NULL DEFAULT 0,
+        bytes_down   INTEGER NOT NULL DEFAULT 0,
+        duration_ms  REAL,
+        decision     TEXT NOT NULL,
+        rule         TEXT
+    );
+    CREATE INDEX egress_log_at ON egress_log (at);
+    CREATE INDEX egress_log_session ON egress_log (session_id, id);
+    CREATE INDEX egress_log_host ON egress_log (host, id);
+    """,
 ]
+
+
+EGRESS_COLUMNS = (
+    "at", "session_id", "agent_id", "method", "scheme", "host", "port", "path",
+    "status", "bytes_up", "bytes_down", "duration_ms", "decision", "rule",
+)
 
 
 class Conflict(ValueError):
@@ -182,6 +211,53 @@ class Store:
             (before if before is not None else 2**63 - 1, limit),
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ the egress log
+
+    def log_egress(self, row: dict[str, Any]) -> int:
+        """Append one egress record (keys: EGRESS_COLUMNS); returns its id."""
+        unknown = set(row) - set(EGRESS_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown egress log fields {sorted(unknown)}")
+        cols = [c for c in EGRESS_COLUMNS if c in row]
+        cur = self._db.execute(
+            f"INSERT INTO egress_log ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            tuple(row[c] for c in cols),
+        )
+        return int(cur.lastrowid or 0)
+
+    def egress_log(
+        self,
+        *,
+        session_id: str | None = None,
+        agent_id: str | None = None,
+        host: str | None = None,
+        decision: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Egress records, newest first; pass the last row's `id` as `before` for the next page."""
+        clauses, params = ["id < ?"], [before if before is not None else 2**63 - 1]
+        for column, value in (("session_id", session_id), ("agent_id", agent_id), ("host", host), ("decision", decision)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            clauses.append("at >= ?")
+            params.append(since)
+        if until is not None:
+            clauses.append("at < ?")
+            params.append(until)
+        rows = self._db.execute(
+            f"SELECT * FROM egress_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def prune_egress(self, older_than: float) -> int:
+        """Delete egress records made before `older_than` (a Unix time); returns how many."""
+        return self._db.execute("DELETE FROM egress_log WHERE at < ?", (older_than,)).rowcount
 
     def prune_deliveries(self, older_than: float) -> int:
         """Delete deliveries received before `older_than` (a Unix time); returns how many.

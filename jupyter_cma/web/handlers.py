@@ -28,6 +28,8 @@ from .webhooks import WebhookHandler
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
+    from ..egress.log import EgressLog
+
     from ..control.sessions import SessionManager
     from ..control.webhooks import WebhookIngest
     from ..egress.policy import PolicyResolver, PolicyStore
@@ -56,6 +58,7 @@ class ApiContext:
     policies: PolicyStore
     egress: PolicyResolver
     secrets: SecretStore
+    egress_log: EgressLog
 
 
 class CMAHandler(ExtensionHandlerMixin, APIHandler):
@@ -566,6 +569,58 @@ class EgressSecretHandler(CMAHandler):
         self.finish({"name": name, "deleted": True})
 
 
+class EgressLogHandler(CMAHandler):
+    """`GET cma/api/egress/log`: egress records, newest first, filtered; `?format=jsonl` exports them all.
+
+    Filters: session_id, agent_id, host, decision (allowed|denied|injected), since/until (Unix times);
+    JSON pages by `before` (the previous page's `next_before`); JSON lines stream every match.
+    """
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from ..egress.log import DECISIONS
+
+        filters: dict[str, Any] = {}
+        for name in ("session_id", "agent_id"):
+            value = self.get_argument(name, None)
+            if value is not None:
+                if not re.fullmatch(ID_PATTERN, value):
+                    raise tornado.web.HTTPError(400, f"{name} is not a valid id")
+                filters[name] = value
+        host = self.get_argument("host", None)
+        if host is not None:
+            filters["host"] = host.lower()
+        decision = self.get_argument("decision", None)
+        if decision is not None:
+            if decision not in DECISIONS:
+                raise tornado.web.HTTPError(400, f"decision must be one of {list(DECISIONS)}")
+            filters["decision"] = decision
+        for name in ("since", "until"):
+            value = self.float_arg(name)
+            if value is not None:
+                filters[name] = value
+        if self.get_argument("format", "json") == "jsonl":
+            self.set_header("Content-Disposition", 'attachment; filename="egress-log.jsonl"')
+            self.set_header("Content-Type", "application/x-ndjson")
+            for n, line in enumerate(self.ctx.egress_log.export_jsonl(**filters), start=1):
+                self.write(line)
+                if n % 500 == 0:
+                    await self.flush()
+            # APIHandler.finish would relabel the body as JSON: finish as the plain handler does.
+            tornado.web.RequestHandler.finish(self)
+            return
+        if self.get_argument("format", "json") != "json":
+            raise tornado.web.HTTPError(400, "format must be json or jsonl")
+        before = self.get_argument("before", None)
+        rows = self.ctx.egress_log.query(
+            limit=self.int_arg("limit", 100, 1, 1000),
+            before=None if before is None else self.int_arg("before", 0, 1, 2**63 - 1),
+            **filters,
+        )
+        self.finish({"data": rows, "next_before": rows[-1]["id"] if rows else None})
+
+
 def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
     """The extension's routes, relative to the server's base_url."""
     api = r"/cma/api"
@@ -581,6 +636,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{api}/sessions/{sid}/stop", SessionStopHandler, kw),
         (rf"{api}/sessions/{sid}/notebook", SessionNotebookHandler, kw),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, kw),
+        (rf"{api}/egress/log", EgressLogHandler, kw),
         (rf"{api}/egress/policies", EgressPoliciesHandler, kw),
         (rf"{api}/egress/policies/validate", EgressPolicyValidateHandler, kw),
         (rf"{api}/egress/policies/(?P<policy_id>{ID_PATTERN})", EgressPolicyHandler, kw),
