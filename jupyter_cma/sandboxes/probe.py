@@ -7,29 +7,19 @@ it is done off the event loop and cached by the caller.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 from typing import Any
+
+from .isolation import probe_bubblewrap
 
 
 def probe_kernel_tier() -> dict[str, Any]:
     """The kernel (isolate) tier needs ipykernel; bubblewrap adds network isolation."""
     if importlib.util.find_spec("ipykernel") is None:
         return {"available": False, "reason": "ipykernel is not installed: pip install ipykernel"}
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return {"available": True, "isolation": "none", "reason": "bubblewrap (bwrap) is not installed; kernels would run without network isolation"}
-    try:
-        result = subprocess.run(
-            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--die-with-parent", "true"],
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return {"available": True, "isolation": "none", "reason": f"bubblewrap failed to start: {exc}"}
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip()[:200]
-        return {"available": True, "isolation": "none", "reason": f"bubblewrap cannot create namespaces here: {detail}"}
+    # The same probe the kernel tier runs before it isolates kernels: one definition of "bubblewrap works here".
+    problem = probe_bubblewrap("bwrap")
+    if problem is not None:
+        return {"available": True, "isolation": "none", "reason": f"{problem}; kernels would run without isolation"}
     return {"available": True, "isolation": "bubblewrap"}
 
 
