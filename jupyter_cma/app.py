@@ -25,6 +25,7 @@ from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
 from .control.dispatcher import Dispatcher
 from .egress.log import EgressLog
+from .egress.proxy import EgressProxy
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
 from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
@@ -154,7 +155,8 @@ class CMAApp(ExtensionApp):
         self._tasks: list[asyncio.Task[None]] = []
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
-                parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell
+                parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell,
+                egress_hook=self._egress_hook,
             ),
         }
         self.client = self._make_client()
@@ -178,6 +180,8 @@ class CMAApp(ExtensionApp):
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
         self.egress_log = EgressLog(self.store)
+        self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
+                                        middleware=list(self.egress_middleware), egress_log=self.egress_log)
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
@@ -308,8 +312,18 @@ class CMAApp(ExtensionApp):
             "secrets": secrets,
             "secrets_error": secrets_error,
             "middleware": list(self.egress_middleware),
-            "enforced": False,  # the egress proxy that enforces policies comes in a later release
+            "enforced": self.egress_proxy.running,
+            "proxy": self.egress_proxy.status(),
         }
+
+    def _egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str) -> None:
+        """A sandbox's egress socket starts or stops serving a session (called by the tiers)."""
+        if event == "attach":
+            row = self.store.session(session_id) or {}
+            self.egress_proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
+                                     metadata=row.get("metadata") or {})
+        else:
+            self.egress_proxy.detach(kernel_id)
 
     # ------------------------------------------------------------------ background tasks
 
@@ -317,6 +331,10 @@ class CMAApp(ExtensionApp):
         released = self.sessions.recover()
         if released:
             self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
+        if await self.egress_proxy.start():
+            kernel_tier = self.sandbox_tiers["kernel"]
+            if not getattr(kernel_tier, "ca_bundle", "x"):  # an operator's own bundle wins
+                kernel_tier.ca_bundle = str(self.egress_proxy.ca_bundle)
         for tier in self.sandbox_tiers.values():
             await tier.start()
         self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))
@@ -377,4 +395,5 @@ class CMAApp(ExtensionApp):
         await self.sessions.close()
         for tier in self.sandbox_tiers.values():
             await tier.close()
+        await self.egress_proxy.stop()
         await self.client.close()

@@ -128,6 +128,10 @@ MIGRATIONS: list[str] = [
     CREATE INDEX egress_log_session ON egress_log (session_id, id);
     CREATE INDEX egress_log_host ON egress_log (host, id);
     """,
+    # 5: a session's metadata (JSON), which egress policies may match on.
+    """
+    ALTER TABLE sessions ADD COLUMN metadata TEXT;
+    """,
 ]
 
 
@@ -161,6 +165,24 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self.path.chmod(0o600)
         self.migrate()
+
+    @classmethod
+    def read_only(cls, path: str | Path) -> Store:
+        """A second, read-only view of an existing database (the egress engine reads policies with it).
+
+        It never migrates: the server that owns the file does. A database of
+        another schema version is refused, so the reader never misreads it.
+        """
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout=5000")
+        if self.schema_version != len(MIGRATIONS):
+            version = self.schema_version
+            self._db.close()
+            raise RuntimeError(f"{self.path} has schema version {version}; this jupyter-cma reads version {len(MIGRATIONS)}")
+        return self
 
     def close(self) -> None:
         self._db.close()
@@ -225,6 +247,19 @@ class Store:
             tuple(row[c] for c in cols),
         )
         return int(cur.lastrowid or 0)
+
+    def log_egress_many(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Append egress records in one transaction; returns their ids."""
+        ids = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                ids.append(self.log_egress(row))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return ids
 
     def egress_log(
         self,
@@ -316,9 +351,11 @@ class Store:
 
     def update_session(self, session_id: str, **fields: Any) -> None:
         """Set measured or descriptive fields (no state change, so no transition row)."""
-        allowed = {"cold_start_ms", "title"}
+        allowed = {"cold_start_ms", "title", "metadata"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"update_session sets only {sorted(allowed)}")
+        if "metadata" in fields:
+            fields["metadata"] = json.dumps(fields["metadata"] or {}, sort_keys=True)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE sessions SET {sets} WHERE id = ?", (*fields.values(), session_id))
 
@@ -331,7 +368,7 @@ class Store:
 
     def session(self, session_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM sessions WHERE id = ?", (session_id,)).fetchone()
-        return dict(row) if row else None
+        return _session_row(row) if row else None
 
     def sessions(
         self,
@@ -358,7 +395,7 @@ class Store:
         rows = self._db.execute(
             f"SELECT * FROM sessions WHERE {' AND '.join(clauses)} ORDER BY updated_at DESC LIMIT ?", (*params, limit)
         )
-        return [dict(r) for r in rows.fetchall()]
+        return [_session_row(r) for r in rows.fetchall()]
 
     # ------------------------------------------------------------------ agents (the tier of each)
 
@@ -461,6 +498,15 @@ class Store:
             (session_id, after_seq, limit),
         ).fetchall()
         return [{"seq": r["seq"], **json.loads(r["body"])} for r in rows]
+
+
+def _session_row(row: sqlite3.Row) -> dict[str, Any]:
+    session = dict(row)
+    try:
+        session["metadata"] = json.loads(session.get("metadata") or "{}")
+    except ValueError:
+        session["metadata"] = {}
+    return session
 
 
 def _statements(script: str) -> list[str]:

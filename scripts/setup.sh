@@ -36,3 +36,13 @@ if [[ ! -f $stamp ]]; then
   touch "$stamp"
   echo "setup: installed jupyter-cma into .venv"
 fi
+
+# --- the egress proxy's engine (mitmproxy in an environment of its own) --------
+engine_stamp=".venv/.egress-engine-$(grep -o 'ENGINE_REQUIREMENTS = .*' jupyter_cma/egress/proxy.py | sha256sum | cut -c1-16)"
+if [[ ! -f $engine_stamp ]]; then
+  .venv/bin/jupyter-cma install-egress-engine 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/share/jupyter-cma/egress-engine/bin/python -c "import mitmproxy" # fail here if the install broke
+  rm -f .venv/.egress-engine-*
+  touch "$engine_stamp"
+  echo "setup: installed the egress engine"
+fi

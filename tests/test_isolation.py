@@ -520,6 +520,7 @@ def connect(port):
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
 print(json.dumps({{
     "data_dir": sorted(os.listdir({str(data)!r})),
+    "egress": sorted(os.listdir({str(data / "egress")!r})),
     "database": attempt(read, {str(data / "cma.sqlite3")!r}),
     "jupyter_server": attempt(connect, {jp_http_port}),
 }}))'''
@@ -539,7 +540,9 @@ print(json.dumps({{
     events = await h.turn_ends(sid)
     (report,) = [e for e in events if e.type == "user.custom_tool_result"]
     facts = json.loads("".join(b.text for b in report.content))
-    assert facts["data_dir"] == ["kernels", "workspaces"]  # the mount points of its own directories only
+    # Only the mount points of its own directories, and of the CA bundle: the proxy's CA key stays hidden.
+    assert facts["data_dir"] == ["egress", "kernels", "workspaces"]
+    assert facts["egress"] == ["ca-bundle.pem"] and (data / "egress" / "mitmproxy" / "mitmproxy-ca.pem").exists()
     assert facts["database"] == "ENOENT" and facts["jupyter_server"] == "ECONNREFUSED"
     assert (data / "cma.sqlite3").exists()
 

@@ -101,7 +101,7 @@ class SessionManager:
         if current is not None:
             await self._end(session_id, current, "its work item was superseded (lease lost); a newer item takes over")
         previous = self.store.session(session_id)
-        agent_id = await self._agent_of(item)
+        agent_id, metadata = await self._route_facts(item)
         tier_name = self._tier_for(agent_id)
         resumed = previous is not None and previous["status"] in ("sleeping", "stopped", "failed")
         self.store.transition(
@@ -113,6 +113,8 @@ class SessionManager:
             environment_id=item.environment_id,
             agent_id=agent_id,
         )
+        if metadata is not None:
+            self.store.update_session(session_id, metadata=metadata)  # egress policies may match on it
         workspace = self.workspaces / session_id
         claimed = ClaimedItem(work_id=item.id, environment_id=item.environment_id, session_id=session_id, secret=item.secret)
         live.sandbox = self.tiers[tier_name].create(claimed, workspace)
@@ -131,18 +133,18 @@ class SessionManager:
             name = self.default_tier()
         return name
 
-    async def _agent_of(self, item: Any) -> str | None:
-        """The session's agent id, read with the item's own credential (never the API key)."""
+    async def _route_facts(self, item: Any) -> tuple[str | None, dict[str, str] | None]:
+        """The session's agent id and metadata, read with the item's own credential (never the API key)."""
         token = item_credential(item.secret, self.worker.environment_key)
         if token is None:
-            return None
+            return None, None
         try:
             client = self.worker.client.with_options(api_key=token, max_retries=1)
             session = await client.beta.sessions.retrieve(item.data.id)
-            return session.agent.id
+            return session.agent.id, {str(k): str(v) for k, v in (session.metadata or {}).items()}
         except Exception as exc:  # the sandbox's own fetch will fail too and end the item cleanly
             log.warning("could not read session %s for routing: %s", item.data.id, type(exc).__name__)
-            return None
+            return None, None
 
     async def _force_stop(self, item: Any) -> None:
         key = self.worker.environment_key

@@ -40,6 +40,44 @@ def clean_path(raw: str | None) -> str | None:
     return path[:MAX_PATH]
 
 
+def _row(
+    *,
+    method: str,
+    scheme: str,
+    host: str,
+    decision: str,
+    port: int | None = None,
+    path: str | None = None,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    status: int | None = None,
+    bytes_up: int = 0,
+    bytes_down: int = 0,
+    duration_ms: float | None = None,
+    rule: str | None = None,
+    at: float | None = None,
+) -> dict[str, Any]:
+    """One record as stored: checked, capped, and with the path's query and fragment removed."""
+    if decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
+    return {
+        "at": time.time() if at is None else float(at),
+        "session_id": session_id,
+        "agent_id": agent_id,
+        "method": str(method).upper()[:16],
+        "scheme": str(scheme).lower()[:16],
+        "host": str(host).lower()[:255],
+        "port": None if port is None else int(port),
+        "path": clean_path(path),
+        "status": None if status is None else int(status),
+        "bytes_up": max(0, int(bytes_up)),
+        "bytes_down": max(0, int(bytes_down)),
+        "duration_ms": None if duration_ms is None else float(duration_ms),
+        "decision": decision,
+        "rule": None if rule is None else str(rule)[:200],
+    }
+
+
 class EgressLog:
     """Records egress decisions and hands them to storage and live subscribers."""
 
@@ -66,32 +104,24 @@ class EgressLog:
         at: float | None = None,
     ) -> dict[str, Any]:
         """Store one record and publish it; returns the stored record (with its id)."""
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
-        row = {
-            "at": time.time() if at is None else at,
-            "session_id": session_id,
-            "agent_id": agent_id,
-            "method": method.upper()[:16],
-            "scheme": scheme.lower()[:16],
-            "host": host.lower()[:255],
-            "port": port,
-            "path": clean_path(path),
-            "status": status,
-            "bytes_up": max(0, int(bytes_up)),
-            "bytes_down": max(0, int(bytes_down)),
-            "duration_ms": duration_ms,
-            "decision": decision,
-            "rule": None if rule is None else rule[:200],
-        }
-        row["id"] = self._store.log_egress(row)
-        for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(row)
-            except asyncio.QueueFull:
-                # A subscriber that stopped reading loses records, never the proxy's time.
-                log.warning("egress feed subscriber is %d records behind; dropping one", queue.qsize())
-        return row
+        return self.record_many([dict(
+            method=method, scheme=scheme, host=host, decision=decision, port=port, path=path, session_id=session_id,
+            agent_id=agent_id, status=status, bytes_up=bytes_up, bytes_down=bytes_down, duration_ms=duration_ms, rule=rule, at=at,
+        )])[0]
+
+    def record_many(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Store records in one transaction (the proxy sends them in batches) and publish each."""
+        rows = [_row(**r) for r in records]
+        for row, row_id in zip(rows, self._store.log_egress_many(rows)):
+            row["id"] = row_id
+        for row in rows:
+            for queue in list(self._subscribers):
+                try:
+                    queue.put_nowait(row)
+                except asyncio.QueueFull:
+                    # A subscriber that stopped reading loses records, never the proxy's time.
+                    log.warning("egress feed subscriber is %d records behind; dropping one", queue.qsize())
+        return rows
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         """A live feed of new records (for the dashboard); call `unsubscribe` when done."""

@@ -115,6 +115,7 @@ import idna
 if TYPE_CHECKING:
     from ..store import Store
 
+SYSTEM_API_RULE = "system:api-host"  # the rule of the system allowance (the worker's API host)
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # ws/wss are the http/https of a WebSocket upgrade: same ports, same rules.
 SCHEME_FAMILY = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -1334,7 +1335,7 @@ class EffectivePolicy:
         except Exception as exc:
             return Decision.deny("error:request", f"the request could not be read ({type(exc).__name__}); refused", 400)
         if self.system is not None and self.system.allows(request):
-            return Decision.allow("system:api-host", f"{self.system} is the Managed Agents API the worker needs")
+            return Decision.allow(SYSTEM_API_RULE, f"{self.system} is the Managed Agents API the worker needs")
         if self.error is not None:
             return Decision.deny(self.error[0], self.error[1])
         try:
@@ -1342,6 +1343,29 @@ class EffectivePolicy:
         except Exception as exc:
             return Decision.deny("error:internal", f"the egress policy could not be evaluated ({type(exc).__name__}); refused")
         return self._run_middleware(request, decision)
+
+    def needs_inspection(self, host: str, port: int) -> bool:
+        """Whether an allowed CONNECT to host:port must be opened (TLS interception).
+
+        True when a rule can only hold by seeing each request inside: an
+        injection toward https://host:port, or an allow rule for this host
+        with method or path conditions. Otherwise the tunnel carries the
+        client's TLS untouched (the host itself was allowed).
+        """
+        try:
+            host, port = normalize_host(host), parse_port(port)
+        except PolicyError:
+            return False
+        record = self.deciding
+        if record is None or self.error is not None:
+            return False
+        policy = record.policy
+        if any(rule.applies("https", host, port) for rule in policy.inject):
+            return True
+        return any(
+            (rule.methods is not None or rule.paths is not None) and rule.pattern.matches("https", host, port)
+            for rule in policy.allow_rules
+        )
 
     def _by_policy(self, req: EgressRequest) -> Decision:
         where = f"{_display_host(req.host)}:{req.port}"
@@ -1449,10 +1473,11 @@ class PolicyResolver:
             self.setup_error = self.setup_error or str(exc)
 
     def context_for(self, session_id: str | None = None, *, agent_id: str | None = None, metadata: Mapping[str, str] | None = None) -> SessionContext:
-        """A context for a session served here: the agent comes from the store when not given."""
-        if session_id and agent_id is None:
-            row = self.policies.store.session(session_id)
-            agent_id = row.get("agent_id") if row else None
+        """A context for a session served here: agent and metadata come from the store when not given."""
+        if session_id and (agent_id is None or metadata is None):
+            row = self.policies.store.session(session_id) or {}
+            agent_id = agent_id if agent_id is not None else row.get("agent_id")
+            metadata = metadata if metadata is not None else row.get("metadata")
         return SessionContext(session_id, agent_id, dict(metadata or {}))
 
     def resolve(self, context: SessionContext) -> EffectivePolicy:

@@ -467,8 +467,8 @@ class EgressDecideHandler(CMAHandler):
             if value is not None and (not isinstance(value, str) or not re.fullmatch(ID_PATTERN, value)):
                 raise tornado.web.HTTPError(400, f"{key} must be an id (letters, digits, '_' and '-')")
             ids[key] = value
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        metadata = body.get("metadata")  # absent: the stored session's own metadata
+        if metadata is not None and (not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
             raise tornado.web.HTTPError(400, "metadata must be an object of string values, like the session's metadata")
         method = body.get("method", "GET")
         if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z][A-Za-z-]{0,31}", method):

@@ -1,0 +1,862 @@
+"""The egress engine: mitmproxy with jupyter-cma's policy in its hooks, in a process of its own.
+
+`EgressProxy` (egress/proxy.py) starts it as::
+
+    <engine python> -m jupyter_cma.egress.engine --control-fd N
+
+from a Python environment of its own (mitmproxy pins versions of tornado,
+h11 and cryptography that the Jupyter server must not share), watches it and
+starts it again when it dies. The engine opens no listening socket itself:
+over the control channel (a SOCK_SEQPACKET pair) the server sends the
+settings, then each sandbox's *listening* Unix socket (SCM_RIGHTS) with who
+that sandbox serves. The socket a connection arrives on is the sandbox's
+identity; nothing the sandbox sends can claim another. Because the server
+keeps the listening sockets, connections made while the engine restarts wait
+in the socket's backlog instead of failing.
+
+Every connection goes through mitmproxy's regular (forward) proxy layers with
+these hooks, in this order:
+
+1. `http_connect` / `requestheaders`: rate limit, then the policy decides on
+   the requested *name* (no DNS yet). A CONNECT target is the destination of
+   everything inside the tunnel; a request inside whose `Host` names another
+   host is refused (421). A plain request's absolute URI is the destination;
+   its `Host` must agree (421), and is rewritten from the URI.
+2. Resolve → check → pin: the name is resolved once, every address must be
+   globally routable (no loopback, private, link-local/metadata, CGNAT,
+   unique-local, multicast, reserved, nor those embedded in IPv4-mapped,
+   -compatible, NAT64 or 6to4 forms) unless the policy routes the name to an
+   operator-declared private service. The request is re-targeted to the
+   checked address, so nothing resolves it again (DNS rebinding).
+3. `server_connect`: the last gate. An upstream connection opens only to an
+   address step 2 approved for this client connection; anything else is
+   refused. The TLS SNI toward upstream is forced to the CONNECT name.
+4. `tls_clienthello`: a tunnel stays a plain byte pipe unless a rule needs
+   to see inside (an injection, a method/path rule, the API placeholder
+   swap); a ClientHello whose SNI names another host than the CONNECT is
+   cut off.
+5. Injections replace the client's header of that name, toward their exact
+   target only; the worker's placeholder is swapped for the session's real
+   token on requests to the API host only.
+6. One log record per request (and per plain tunnel) goes back to the server.
+
+Any exception in a hook refuses the request (fail closed): mitmproxy would
+otherwise log the error and carry on. Limits: header bytes and time, body
+size, idle and total connection time, connections per sandbox and in all,
+requests per second per sandbox.
+
+Only the standard library, mitmproxy, and the light modules of this package
+(policy, secrets, store) are imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from http.client import responses as HTTP_REASONS
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http, options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+from mitmproxy.proxy import mode_specs, server_hooks
+from mitmproxy.proxy import server as mitm_server
+from mitmproxy.proxy.layers.modes import HttpProxy
+from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
+from mitmproxy.net.http import url
+from mitmproxy.net.http.http1 import read as http1_read
+from mitmproxy.tls import ClientHelloData
+
+from ..store import Store
+from .policy import DEFAULT_PORTS, SYSTEM_API_RULE, Decision, PolicyError, PolicyResolver, PolicyStore, SessionContext, load_middleware, normalize_host
+from .secrets import SecretStore
+
+log = logging.getLogger("jupyter_cma.egress.engine")
+
+CONTROL_MESSAGE_BYTES = 256 * 1024
+LOG_BATCH_ROWS = 200
+LOG_FLUSH_SECONDS = 0.05
+SWEEP_SECONDS = 1.0
+RESOLVE_TIMEOUT = 5.0
+RESOLVE_CACHE_SECONDS = 30.0
+ERROR_HEADERS = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+
+
+@dataclass
+class Limits:
+    """Bounds on what one sandbox can make the engine do (set by `EgressProxy`'s traits)."""
+
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 30.0
+    idle_timeout: float = 120.0
+    max_connection_seconds: float = 3600.0
+    max_body_bytes: int = 2 * 1024**3
+    connections_per_sandbox: int = 64
+    connections_total: int = 2048
+    requests_per_second: float = 200.0
+    request_burst: int = 400
+
+
+# ---------------------------------------------------------------------- addresses
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a sandbox may not connect to this address (None: globally routable)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or _ipv4_compatible(ip) or _nat64(ip) or ip.sixtofour
+        if embedded is not None:
+            problem = address_problem(embedded)
+            return None if problem is None and ip.sixtofour is None and ip.ipv4_mapped is None else (problem or "an IPv6 form of an IPv4 address")
+        if ip.teredo is not None:
+            return "a Teredo tunnel address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_unspecified:
+        return "the unspecified address"
+    if ip.is_link_local:
+        return "a link-local address (cloud metadata lives here)"
+    if ip.is_multicast:
+        return "a multicast address"
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
+        return "a shared (CGNAT) address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
+        return "a unique-local address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_reserved or not ip.is_global:
+        return "a reserved address"
+    return None
+
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _ipv4_compatible(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip in _IPV4_COMPATIBLE and int(ip) > 1:  # not :: and ::1, which are themselves
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _nat64(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+class Refused(Exception):
+    """A request the engine will not forward: answered with `status` and `reason`, logged with `rule`."""
+
+    def __init__(self, status: int, reason: str, rule: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.rule = status, reason, rule
+
+
+class Resolver:
+    """Resolve once, check every answer, remember the checked answer for a short while.
+
+    A name is refused if *any* of its addresses is not globally routable: a
+    name that mixes public and internal answers is an attack, not a
+    configuration. The checked address is what the connection uses.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int, bool], tuple[float, str]] = {}
+
+    async def pin(self, host: str, port: int, *, check: bool = True) -> str:
+        """The address to connect to; `check=False` only for a destination the operator named (the API host)."""
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if check:
+                self._check(host, literal)
+            return str(literal)
+        key = (host, port, check)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, UnicodeError) as exc:
+            raise Refused(502, f"{host} could not be resolved ({type(exc).__name__}); nothing was sent", "resolve:failed") from None
+        addresses = []
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            if check:
+                self._check(host, address)
+            addresses.append(str(address))
+        if not addresses:
+            raise Refused(502, f"{host} has no address; nothing was sent", "resolve:failed")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (now + RESOLVE_CACHE_SECONDS, addresses[0])
+        return addresses[0]
+
+    @staticmethod
+    def _check(host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+        problem = address_problem(address)
+        if problem is not None:
+            shown = host if host.strip("[]") == str(address) else f"{host} ({address})"
+            raise Refused(
+                403,
+                f"{shown} is {problem}; sandboxes may only reach public addresses. To reach an internal "
+                "service, an operator declares it as a private service in the egress policy",
+                "address:not-public",
+            )
+
+
+# ---------------------------------------------------------------------- sandboxes and connections
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.stamp = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
+class Sandbox:
+    """One sandbox's socket: whom it serves, what it may use, what it has open."""
+
+    id: str
+    context: SessionContext
+    bucket: TokenBucket
+    api_token: str | None = None  # the session's real token, swapped for `placeholder` toward the API host
+    placeholder: str | None = None
+    server: asyncio.AbstractServer | None = None
+    conns: set[Conn] = field(default_factory=set)
+
+
+@dataclass
+class Tunnel:
+    """An allowed CONNECT: the name is the truth for everything inside."""
+
+    host: str
+    port: int
+    address: tuple[str, int]
+    decision: Decision
+    intercept: bool
+    at: float
+    started: float
+    bytes_up_at_start: int
+    bytes_down_at_start: int
+    passthrough: bool = False  # the client's TLS goes through untouched
+
+
+class Conn:
+    """A client connection from a sandbox: its byte counts, timers and what it was allowed."""
+
+    def __init__(self, sandbox: Sandbox, writer: asyncio.StreamWriter) -> None:
+        self.sandbox = sandbox
+        self.writer = writer
+        self.opened = self.last_activity = time.monotonic()
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.awaiting_head = True
+        self.head_bytes = 0
+        self.head_started: float | None = None
+        self.first_line = b""  # the request line being received, until it is checked
+        self.line_checked = False
+        self.tunnel: Tunnel | None = None
+        self.approved: set[tuple[str, int]] = set()
+        self.closing_reason: str | None = None
+
+    def expect_head(self) -> None:
+        """A request is done (answered or refused): the next bytes start a new request head."""
+        self.awaiting_head, self.head_bytes, self.head_started = True, 0, None
+        self.first_line, self.line_checked = b"", False
+
+    def abort(self, reason: str) -> None:
+        if self.closing_reason is None:
+            self.closing_reason = reason
+        transport = self.writer.transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+
+class CountingReader:
+    """The client side of a connection as mitmproxy reads it, counting bytes and bounding request heads."""
+
+    def __init__(self, reader: asyncio.StreamReader, conn: Conn, engine: Engine) -> None:
+        self._reader, self._conn, self._engine = reader, conn, engine
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._reader.read(n)
+        conn = self._conn
+        conn.bytes_up += len(data)
+        conn.last_activity = time.monotonic()
+        if data and conn.awaiting_head and not (conn.tunnel and conn.tunnel.passthrough):
+            if conn.head_started is None:
+                conn.head_started = conn.last_activity
+            conn.head_bytes += len(data)
+            if conn.head_bytes > self._engine.limits.max_header_bytes:
+                self._engine.refuse_connection(conn, 431, "limit:header-size",
+                                               f"request head larger than {self._engine.limits.max_header_bytes} bytes")
+                return b""
+            if conn.tunnel is None and not conn.line_checked:
+                self._check_request_line(data)
+        return data
+
+    def _check_request_line(self, data: bytes) -> None:
+        """Log a request line mitmproxy will refuse (it answers 400 itself, but tells no hook)."""
+        conn = self._conn
+        conn.first_line = (conn.first_line + data)[:8192]
+        buffered = conn.first_line.lstrip(b"\r\n")
+        if b"\n" not in buffered:
+            return
+        conn.line_checked = True
+        line = buffered.split(b"\n", 1)[0].rstrip(b"\r")
+        try:
+            http1_read._read_request_line(line)
+        except ValueError:
+            method = line.split(b" ", 1)[0].decode("ascii", "replace")[:16] or "-"
+            self._engine.record(conn.sandbox, method=method, scheme="http", host="-", decision="denied", status=400,
+                                rule="invalid:request-line")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+class CountingWriter:
+    def __init__(self, writer: asyncio.StreamWriter, conn: Conn) -> None:
+        self._writer, self._conn = writer, conn
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # A Unix socket has no addresses; mitmproxy expects a TCP-like client.
+        if name == "peername":
+            return ("127.0.0.1", 0)
+        if name == "sockname":
+            return ("127.0.0.1", 3128)
+        return self._writer.get_extra_info(name, default)
+
+    def write(self, data: bytes) -> None:
+        self._conn.bytes_down += len(data)
+        self._conn.last_activity = time.monotonic()
+        self._writer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn `Refused` into an answer, and any other error into a refusal.
+
+    mitmproxy would log a hook's exception and let the flow go on: fail open.
+    """
+
+    @functools.wraps(hook)
+    async def guarded(self: Engine, data: Any) -> None:
+        try:
+            await hook(self, data)
+        except Refused as refused:
+            self.refuse(data, refused)
+        except Exception:
+            log.exception("egress engine: %s failed; refusing", hook.__name__)
+            self.refuse(data, Refused(502, "the egress proxy could not decide on this request, so it was refused", f"error:{hook.__name__}"))
+
+    return guarded
+
+
+# ---------------------------------------------------------------------- the engine
+
+
+class Engine:
+    """mitmproxy's master plus this addon: decisions, pins, injections, limits and log records."""
+
+    def __init__(self, control: socket.socket, settings: dict[str, Any]) -> None:
+        self.control = control
+        self.limits = Limits(**settings.get("limits", {}))
+        data_dir = Path(settings["data_dir"])
+        self.store = Store.read_only(data_dir / "cma.sqlite3")
+        try:
+            middleware, setup_error = load_middleware(settings.get("middleware", [])), None
+        except PolicyError as exc:
+            middleware, setup_error = [], str(exc)
+        self.resolver = PolicyResolver(PolicyStore(self.store), api_base_url=settings["api_base_url"],
+                                       middleware=middleware, setup_error=setup_error)
+        self.secrets = SecretStore(data_dir / "secrets")
+        self.addresses = Resolver()
+        self.sandboxes: dict[str, Sandbox] = {}
+        self.conns: dict[str, Conn] = {}  # by mitmproxy client id
+        self._rows: list[dict[str, Any]] = []
+        self._mode = mode_specs.ProxyMode.parse("regular")
+        mitm_server.TCP_TIMEOUT = int(self.limits.idle_timeout)
+        opts = options.Options()
+        self.master = Master(opts)
+        self.proxyserver = proxyserver.Proxyserver()
+        self.master.addons.add(core.Core(), self.proxyserver, next_layer.NextLayer(), self, tlsconfig.TlsConfig(),
+                               disable_h2c.DisableH2C())
+        opts.update(
+            mode=[],  # no listening server of mitmproxy's own: the sockets come from the control channel
+            confdir=settings["confdir"],
+            connection_strategy="eager",
+            upstream_cert=False,
+            http3=False,
+            websocket=True,
+            rawtcp=True,
+            ssl_insecure=False,
+            ssl_verify_upstream_trusted_ca=settings.get("upstream_ca") or None,
+            stream_large_bodies="1",  # stream every body: nothing is buffered, bytes are counted
+            body_size_limit=str(self.limits.max_body_bytes),
+            validate_inbound_headers=True,
+        )
+
+    # ------------------------------------------------------------------ control channel
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.control.setblocking(False)
+        loop.add_reader(self.control.fileno(), self._on_control)
+        tasks = [asyncio.ensure_future(self._flush_forever()), asyncio.ensure_future(self._sweep_forever())]
+        self._send({"op": "ready", "ca_cert": str(Path(self.master.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"),
+                    "setup_error": self.resolver.setup_error})
+        try:
+            await self.master.run()
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._flush()
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_MESSAGE_BYTES, 4)
+            except BlockingIOError:
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                log.info("egress engine: the server closed the control channel; exiting")
+                asyncio.get_running_loop().remove_reader(self.control.fileno())
+                self.master.shutdown()
+                return
+            try:
+                self._handle_control(json.loads(data), fds)
+            except Exception:
+                log.exception("egress engine: bad control message")
+                for fd in fds:
+                    os.close(fd)
+
+    def _handle_control(self, message: dict[str, Any], fds: list[int]) -> None:
+        op = message.get("op")
+        if op == "attach":
+            spec = message["sandbox"]
+            listener = socket.socket(fileno=fds[0])
+            self._detach(spec["id"])
+            sandbox = Sandbox(
+                id=spec["id"],
+                context=SessionContext(spec.get("session_id"), spec.get("agent_id"), dict(spec.get("metadata") or {})),
+                bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
+                api_token=spec.get("api_token"),
+                placeholder=spec.get("placeholder"),
+            )
+            self.sandboxes[sandbox.id] = sandbox
+            asyncio.ensure_future(self._listen(sandbox, listener))
+        elif op == "detach":
+            self._detach(message["id"])
+        else:
+            log.warning("egress engine: unknown control op %r", op)
+
+    async def _listen(self, sandbox: Sandbox, listener: socket.socket) -> None:
+        listener.setblocking(False)
+        sandbox.server = await asyncio.start_unix_server(functools.partial(self._serve, sandbox), sock=listener)
+
+    def _detach(self, sandbox_id: str) -> None:
+        sandbox = self.sandboxes.pop(sandbox_id, None)
+        if sandbox is None:
+            return
+        if sandbox.server is not None:
+            sandbox.server.close()
+        for conn in list(sandbox.conns):
+            conn.abort("sandbox detached")
+
+    def _send(self, message: dict[str, Any]) -> None:
+        try:
+            self.control.send(json.dumps(message, separators=(",", ":")).encode())
+        except (BlockingIOError, OSError):
+            log.warning("egress engine: could not send %s to the server", message.get("op"))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_SECONDS)
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._rows:
+            batch, self._rows = self._rows[:LOG_BATCH_ROWS], self._rows[LOG_BATCH_ROWS:]
+            self._send({"op": "log", "rows": batch})
+
+    async def _sweep_forever(self) -> None:
+        """Cut connections that idle, dawdle over a request head, or live too long."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for conn in list(self.conns.values()):
+                if now - conn.opened > self.limits.max_connection_seconds:
+                    conn.abort("connection time limit")
+                elif now - conn.last_activity > self.limits.idle_timeout:
+                    conn.abort("idle")
+                elif conn.awaiting_head and conn.head_started is not None and now - conn.head_started > self.limits.header_timeout:
+                    self.refuse_connection(conn, 408, "limit:header-time",
+                                           f"request head not complete within {self.limits.header_timeout:g} s")
+
+    # ------------------------------------------------------------------ connections
+
+    async def _serve(self, sandbox: Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Conn(sandbox, writer)
+        limit = None
+        if len(sandbox.conns) >= self.limits.connections_per_sandbox:
+            limit = f"this sandbox already has {len(sandbox.conns)} connections open (the limit)"
+        elif len(self.conns) >= self.limits.connections_total:
+            limit = f"the egress proxy has {len(self.conns)} connections open (the limit)"
+        if limit is not None or self.sandboxes.get(sandbox.id) is not sandbox:
+            reason = limit or "this sandbox is no longer attached"
+            self.record(sandbox, method="-", scheme="tcp", host="-", decision="denied", status=429, rule="limit:connections")
+            writer.write(_status_bytes(429, reason, "limit:connections"))
+            writer.close()
+            return
+        handler = ProxyConnectionHandler(self.master, CountingReader(reader, conn, self), CountingWriter(writer, conn),
+                                         self.master.options, self._mode)
+        handler.layer = HttpProxy(handler.layer.context)
+        client = handler.client
+        self.conns[client.id] = conn
+        sandbox.conns.add(conn)
+        try:
+            with self.proxyserver.register_connection(client.id, handler):
+                await handler.handle_client()
+        finally:
+            self.conns.pop(client.id, None)
+            sandbox.conns.discard(conn)
+            self._end_tunnel(conn)
+
+    def _end_tunnel(self, conn: Conn) -> None:
+        tunnel = conn.tunnel
+        if tunnel is None or not tunnel.passthrough:
+            return
+        conn.tunnel = None
+        self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
+                    decision="allowed", status=200, rule=tunnel.decision.rule, at=tunnel.at,
+                    bytes_up=conn.bytes_up - tunnel.bytes_up_at_start, bytes_down=conn.bytes_down - tunnel.bytes_down_at_start,
+                    duration_ms=(time.monotonic() - tunnel.started) * 1000)
+
+    def refuse_connection(self, conn: Conn, status: int, rule: str, reason: str) -> None:
+        """Answer a connection that broke a limit before a request could be read, then cut it."""
+        if conn.closing_reason is not None:
+            return
+        self.record(conn.sandbox, method="-", scheme="http", host="-", decision="denied", status=status, rule=rule)
+        try:
+            conn.writer.write(_status_bytes(status, reason, rule))
+        except Exception:
+            pass
+        conn.closing_reason = reason
+        conn.writer.close()
+
+    # ------------------------------------------------------------------ mitmproxy hooks
+
+    @fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        conn = self._conn(flow)
+        started, at = time.monotonic(), time.time()
+        flow.metadata["cma"] = {"started": started, "at": at, "host": flow.request.host, "port": flow.request.port, "scheme": "https"}
+        if not conn.sandbox.bucket.take():
+            raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
+        effective = self.resolver.resolve(conn.sandbox.context)
+        decision = effective.decide("CONNECT", "https", flow.request.host, flow.request.port, None)
+        if not decision.allowed:
+            raise Refused(decision.status or 403, decision.reason, decision.rule)
+        host, port = normalize_host(flow.request.host), flow.request.port
+        flow.metadata["cma"]["host"] = host
+        address = await self._destination(host, port, decision)
+        intercept = (
+            bool(decision.injections)
+            or effective.needs_inspection(host, port)
+            or (decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token is not None)
+        )
+        conn.tunnel = Tunnel(host, port, address, decision, intercept, at, started, conn.bytes_up, conn.bytes_down)
+        conn.approved.add(address)
+        flow.request.host, flow.request.port = address
+        flow.metadata["cma"]["logged"] = True  # the tunnel (plain) or each request inside (intercepted) is logged
+
+    @fail_closed
+    async def tls_clienthello(self, data: ClientHelloData) -> None:
+        conn = self.conns.get(data.context.client.id)
+        tunnel = conn.tunnel if conn is not None else None
+        if conn is None or tunnel is None:
+            raise RuntimeError("TLS without an allowed CONNECT")
+        sni = data.client_hello.sni
+        if sni:
+            try:
+                same = normalize_host(sni) == tunnel.host
+            except PolicyError:
+                same = False
+            if not same:
+                self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
+                            decision="denied", status=421, rule="invalid:sni-mismatch")
+                conn.tunnel = None
+                conn.abort("TLS server name differs from the CONNECT target")
+                return
+        if tunnel.intercept:
+            if not _is_ip(tunnel.host):
+                data.context.server.sni = tunnel.host
+        else:
+            data.ignore_connection = True
+            tunnel.passthrough = True
+            conn.awaiting_head = False
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.error is not None:
+            return  # mitmproxy refused it (e.g. a smuggling shape); the error hook logs it
+        conn = self._conn(flow)
+        conn.awaiting_head, conn.head_bytes, conn.head_started = False, 0, None
+        request = flow.request
+        upgrade = bool(request.headers.get("upgrade"))
+        meta: dict[str, Any] = {"started": time.monotonic(), "at": time.time(), "scheme": "http", "host": request.host, "port": request.port, "up": 0, "down": 0}
+        flow.metadata["cma"] = meta
+        if not conn.sandbox.bucket.take():
+            raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
+        tunnel = conn.tunnel
+        if tunnel is not None:
+            scheme = "https" if flow.client_conn.tls_established else "http"
+            host, port = tunnel.host, tunnel.port
+            meta.update(scheme=scheme, host=host, port=port)
+            if not _authority_names(request.host_header, host, port, scheme):
+                raise Refused(421, f"the Host header {request.host_header!r} differs from the CONNECT target {_hostport(host, port)}; "
+                                   "one connection reaches one host", "invalid:host-mismatch")
+        else:
+            if request.scheme != "http":
+                raise Refused(400, "send https requests through CONNECT (set HTTPS_PROXY), not as an absolute https:// URI", "invalid:scheme")
+            try:
+                host, port = normalize_host(request.host), request.port
+            except PolicyError as exc:
+                raise Refused(400, f"refused: {exc}", "invalid:request") from None
+            scheme = "http"
+            meta.update(host=host, port=port)
+            if request.host_header is not None and not _authority_names(request.host_header, host, port, scheme):
+                raise Refused(421, f"the Host header {request.host_header!r} differs from the URI's host {_hostport(host, port)}",
+                              "invalid:host-mismatch")
+        effective = self.resolver.resolve(conn.sandbox.context)
+        decision = effective.decide(request.method, scheme, host, port, request.path, websocket=upgrade)
+        if not decision.allowed:
+            raise Refused(decision.status or 403, decision.reason, decision.rule)
+        label = "allowed"
+        if decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token and conn.sandbox.placeholder:
+            if request.headers.get("authorization") == f"Bearer {conn.sandbox.placeholder}":
+                request.headers["Authorization"] = f"Bearer {conn.sandbox.api_token}"
+                label = "injected"
+        for injection in decision.injections:
+            secret = self.secrets.get(injection.secret_name)
+            if secret is None:
+                raise Refused(503, f"the secret {injection.secret_name} that the policy injects into {injection.header} is not set; "
+                                   "an operator sets it (jupyter cma secrets) — nothing was sent", f"{decision.rule}:secret-missing")
+            request.headers[injection.header] = injection.value(secret)  # replaces any value the client sent
+            label = "injected"
+        if tunnel is not None:
+            address = tunnel.address
+        else:
+            address = await self._destination(host, port, decision)
+            conn.approved.add(address)
+        request.host, request.port = address
+        request.host_header = _hostport(host, port, scheme)
+        meta.update(rule=decision.rule, decision=label)
+        request.stream = functools.partial(_count, meta, "up")
+
+    @fail_closed
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get("cma")
+        if meta is not None and flow.response is not None:
+            flow.response.stream = functools.partial(_count, meta, "down")
+
+    @fail_closed
+    async def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow, flow.response.status_code if flow.response is not None else None)
+
+    @fail_closed
+    async def error(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get("cma")
+        if meta is None or "rule" not in meta:
+            # Refused before any decision: a protocol error mitmproxy caught (smuggling shapes, bad framing).
+            conn = self.conns.get(flow.client_conn.id)
+            if conn is not None and not (meta or {}).get("logged"):
+                request = flow.request
+                self.record(conn.sandbox, method=request.method, scheme=request.scheme or "http", host=request.host or "-",
+                            port=request.port, path=request.path, decision="denied", status=400, rule="invalid:protocol")
+                flow.metadata.setdefault("cma", {})["logged"] = True
+                conn.expect_head()
+            return
+        self._finish(flow, 502)
+
+    @fail_closed
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        conn = self.conns.get(data.client.id)
+        address = data.server.address
+        if conn is None or address is None or (str(address[0]), int(address[1])) not in conn.approved:
+            data.server.error = "refused by the egress proxy: no decision approved this address"
+            return
+        tunnel = conn.tunnel
+        if tunnel is not None and not _is_ip(tunnel.host):
+            data.server.sni = tunnel.host  # the CONNECT name, never the client's choice
+
+    # ------------------------------------------------------------------ decisions to actions
+
+    async def _destination(self, host: str, port: int, decision: Decision) -> tuple[str, int]:
+        service = decision.private_service
+        if service is not None:
+            return (service.target_host, service.target_port)
+        # The API host is the operator's own setting (api_base_url), like a private service.
+        operator_named = decision.rule == SYSTEM_API_RULE
+        return (await self.addresses.pin(host, port, check=not operator_named), port)
+
+    def _conn(self, flow: http.HTTPFlow) -> Conn:
+        conn = self.conns.get(flow.client_conn.id)
+        if conn is None:
+            raise RuntimeError("a flow from a connection this engine did not accept")
+        return conn
+
+    def _finish(self, flow: http.HTTPFlow, status: int | None) -> None:
+        meta = flow.metadata.get("cma")
+        conn = self.conns.get(flow.client_conn.id)
+        if meta is None or meta.get("logged") or conn is None or "rule" not in meta:
+            return
+        meta["logged"] = True
+        request = flow.request
+        self.record(conn.sandbox, method=request.method, scheme=meta["scheme"], host=meta["host"], port=meta["port"],
+                    path=request.path, decision=meta["decision"], rule=meta["rule"], status=status, at=meta["at"],
+                    bytes_up=_head_size(request) + meta["up"],
+                    bytes_down=(_head_size(flow.response) if flow.response is not None else 0) + meta["down"],
+                    duration_ms=(time.monotonic() - meta["started"]) * 1000)
+        conn.expect_head()
+
+    def refuse(self, data: Any, refused: Refused) -> None:
+        if isinstance(data, http.HTTPFlow):
+            self._refuse(data, refused)
+        elif isinstance(data, server_hooks.ServerConnectionHookData):
+            data.server.error = f"refused by the egress proxy: {refused.reason}"
+        elif isinstance(data, ClientHelloData):
+            conn = self.conns.get(data.context.client.id)
+            if conn is not None:
+                conn.abort(refused.reason)
+
+    def _refuse(self, flow: http.HTTPFlow, refused: Refused) -> None:
+        meta = flow.metadata.setdefault("cma", {})
+        if meta.get("logged"):
+            return
+        meta["logged"] = True
+        conn = self.conns.get(flow.client_conn.id)
+        body = f"jupyter-cma egress: {refused.reason}\n(rule: {refused.rule})\n"
+        flow.response = http.Response.make(refused.status, body, {**ERROR_HEADERS, "X-CMA-Egress-Rule": refused.rule})
+        flow.response.reason = HTTP_REASONS.get(refused.status, "Refused")
+        if conn is None:
+            return
+        request = flow.request
+        self.record(conn.sandbox, method=request.method, scheme=meta.get("scheme", "http"), host=str(meta.get("host") or request.host or "-"),
+                    port=meta.get("port", request.port), path=None if request.method == "CONNECT" else request.path,
+                    decision="denied", status=refused.status, rule=refused.rule, at=meta.get("at"),
+                    duration_ms=(time.monotonic() - meta["started"]) * 1000 if "started" in meta else None)
+        conn.expect_head()
+
+    def record(self, sandbox: Sandbox, *, method: str, scheme: str, host: str, decision: str, rule: str,
+               port: int | None = None, path: str | None = None, status: int | None = None, at: float | None = None,
+               bytes_up: int = 0, bytes_down: int = 0, duration_ms: float | None = None) -> None:
+        """Queue one log record for the server (which cleans the path and stores it)."""
+        self._rows.append({
+            "at": at or time.time(), "session_id": sandbox.context.session_id, "agent_id": sandbox.context.agent_id,
+            "method": method, "scheme": scheme, "host": host, "port": port, "path": path, "status": status,
+            "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms, "decision": decision, "rule": rule,
+        })
+        if len(self._rows) >= LOG_BATCH_ROWS:
+            self._flush()
+
+
+def _count(meta: dict[str, Any], direction: str, chunk: bytes) -> bytes:
+    meta[direction] += len(chunk)
+    return chunk
+
+
+def _head_size(message: http.Message) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in message.headers.fields) + 32
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _hostport(host: str, port: int, scheme: str = "https") -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return shown if port == DEFAULT_PORTS.get(scheme) else f"{shown}:{port}"
+
+
+def _authority_names(authority: str | None, host: str, port: int, scheme: str) -> bool:
+    """Whether a Host header (or :authority) names host:port (no port: the scheme's default)."""
+    if not authority:
+        return False
+    try:
+        name, named_port = url.parse_authority(authority, check=True)
+        return normalize_host(name) == host and (named_port or DEFAULT_PORTS[scheme]) == port
+    except (ValueError, PolicyError, KeyError):
+        return False
+
+
+def _status_bytes(status: int, reason: str, rule: str) -> bytes:
+    body = f"jupyter-cma egress: {reason}\n(rule: {rule})\n".encode()
+    return (f"HTTP/1.1 {status} {HTTP_REASONS.get(status, 'Refused')}\r\nContent-Type: text/plain; charset=utf-8\r\nX-CMA-Egress-Rule: {rule}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+# ---------------------------------------------------------------------- process entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m jupyter_cma.egress.engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--control-fd", type=int, required=True, help="the engine's end of the control channel")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    control = socket.socket(fileno=args.control_fd)
+    control.settimeout(30)
+    first = control.recv(CONTROL_MESSAGE_BYTES)
+    if not first:
+        return
+    settings = json.loads(first)
+    if settings.get("op") != "configure":
+        raise SystemExit("egress engine: the first control message must configure it")
+
+    async def run() -> None:
+        engine = Engine(control, settings)
+        await engine.run()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""The egress proxy as the Jupyter server sees it: a supervised engine process and the sandboxes' sockets.
+
+`EgressProxy` starts the engine (`jupyter_cma.egress.engine`, mitmproxy with
+our policy hooks) in a process of its own, from a Python environment of its
+own (`install_engine` makes one), so that a crash in the engine cannot take
+the Jupyter server down and mitmproxy's pinned dependencies never meet the
+server's. When the engine dies it is started again, with a growing pause if
+it keeps dying, and handed every sandbox again.
+
+The server owns each sandbox's *listening* Unix socket (`attach` creates it
+at the path the tier chose) and passes it to the engine over the control
+channel. Connections made while the engine restarts wait in the socket's
+backlog. No secret goes to the engine on its command line or in its
+environment: the control channel carries the settings and, for a
+credential-free worker, the session's token; secrets are read from the
+secret store by name when a request needs one.
+
+The engine sends back one record per request, which goes to the `EgressLog`
+(SQLite and the live feed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets as _random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlets import Float, Int, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .log import EgressLog
+
+# The engine's environment. mitmproxy 11.0.2 is the last release for Python 3.11;
+# it pins older tornado/h11/cryptography than the Jupyter server uses, hence its own venv.
+ENGINE_REQUIREMENTS = ("mitmproxy==11.0.2", "idna==3.10")
+CONTROL_MESSAGE_BYTES = 256 * 1024
+SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+# Passed through to the engine; nothing else of the server's environment (it may hold API keys).
+ENGINE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def default_engine_dir() -> Path:
+    """Where `install_engine` puts the engine's environment: beside the server's own."""
+    return Path(sys.prefix) / "share" / "jupyter-cma" / "egress-engine"
+
+
+def install_engine(target: Path | None = None, *, pip_args: tuple[str, ...] = ()) -> Path:
+    """Create (or update) the engine's virtual environment; returns its python."""
+    target = Path(target or default_engine_dir())
+    python = target / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pip_args, *ENGINE_REQUIREMENTS], check=True)
+    return python
+
+
+def placeholder_work_secret(placeholder: str) -> str:
+    """A work-item `secret` payload carrying only a placeholder sessions token.
+
+    A credential-free worker (the container tier) is given this as
+    ANTHROPIC_WORK_SECRET; the SDK sends `Authorization: Bearer <placeholder>`
+    and the proxy swaps in the real token toward the API host only.
+    """
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps({"sessions_token": placeholder}).encode()).decode().rstrip("=")
+
+
+@dataclass
+class Attachment:
+    sandbox_id: str
+    socket_path: str
+    listener: socket.socket
+    spec: dict[str, Any]
+
+
+class EgressProxy(LoggingConfigurable):
+    """Runs and supervises the egress engine; attaches and detaches sandboxes' sockets."""
+
+    engine_python = Unicode(
+        "",
+        help="The Python of the egress engine's environment (mitmproxy installed). Empty: "
+        "<sys.prefix>/share/jupyter-cma/egress-engine/bin/python, which `jupyter cma install-egress-engine` creates. "
+        "Without an engine sandboxes have no network at all (fail closed).",
+    ).tag(config=True)
+    upstream_ca = Unicode(
+        "", help="A CA bundle (PEM) the proxy trusts for upstream TLS instead of the system's (e.g. an internal CA of private services)."
+    ).tag(config=True)
+    max_header_bytes = Int(64 * 1024, help="Largest request head (request line and headers) a sandbox may send.").tag(config=True)
+    header_timeout = Float(30.0, help="Seconds a sandbox has to finish sending a request head.").tag(config=True)
+    idle_timeout = Float(120.0, help="Seconds a connection may stay silent before it is closed.").tag(config=True)
+    max_connection_seconds = Float(3600.0, help="Longest life of one connection (or tunnel).").tag(config=True)
+    max_body_bytes = Int(2 * 1024**3, help="Largest request or response body.").tag(config=True)
+    connections_per_sandbox = Int(64, help="Open connections one sandbox may have; more are refused with 429.").tag(config=True)
+    connections_total = Int(2048, help="Open connections through the proxy in all.").tag(config=True)
+    requests_per_second = Float(200.0, help="Requests (and CONNECTs) per second one sandbox may make, on average.").tag(config=True)
+    request_burst = Int(400, help="Requests one sandbox may make at once above its rate.").tag(config=True)
+    start_timeout = Float(60.0, help="Seconds to wait for the engine to start (the first start creates its CA).").tag(config=True)
+    restart_delay_max = Float(10.0, help="Longest pause between restarts of an engine that keeps dying.").tag(config=True)
+
+    def __init__(self, *, data_dir: Path, api_base_url: str, middleware: list[str], egress_log: EgressLog, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir)
+        self.api_base_url = api_base_url
+        self.middleware = list(middleware)
+        self.egress_log = egress_log
+        self.home = self.data_dir / "egress"
+        self.confdir = self.home / "mitmproxy"
+        self.ca_bundle = self.home / "ca-bundle.pem"
+        self.attachments: dict[str, Attachment] = {}
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self.error: str | None = None
+        self.engine_setup_error: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._control: socket.socket | None = None
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def python(self) -> Path:
+        return Path(self.engine_python) if self.engine_python else default_engine_dir() / "bin" / "python"
+
+    @property
+    def available(self) -> bool:
+        """The engine can be run here (its environment exists)."""
+        return self.python.exists()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None and self._control is not None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    async def start(self) -> bool:
+        """Start the engine and wait until it serves; False (and `error` says why) if it cannot."""
+        if not self.available:
+            self.error = (f"the egress engine is not installed ({self.python} is missing); run `jupyter cma install-egress-engine`. "
+                          "Until then sandboxes have no network access")
+            self.log.error("jupyter-cma: %s", self.error)
+            return False
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.confdir.mkdir(mode=0o700, exist_ok=True)
+        self._link_package()
+        self._stopping = False
+        try:
+            await self._spawn()
+        except Exception as exc:
+            self.error = f"the egress engine did not start: {exc}"
+            self.log.error("jupyter-cma: %s", self.error)
+            await self._kill()
+            return False
+        self._supervisor = asyncio.ensure_future(self._supervise())
+        return True
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        for sandbox_id in list(self.attachments):
+            self.detach(sandbox_id)
+        await self._kill()
+
+    def _link_package(self) -> None:
+        """The engine imports this very package (same version as the server) and nothing else from the server's environment."""
+        pkg = self.home / "pkg"
+        pkg.mkdir(exist_ok=True)
+        link = pkg / PACKAGE_DIR.name
+        if link.is_symlink() and Path(os.readlink(link)) == PACKAGE_DIR:
+            return
+        tmp = pkg / f".{PACKAGE_DIR.name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(PACKAGE_DIR, target_is_directory=True)
+        os.replace(tmp, link)
+
+    async def _spawn(self) -> None:
+        server_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {k: os.environ[k] for k in ENGINE_ENV_KEEP if k in os.environ}
+        env["PYTHONPATH"] = str(self.home / "pkg")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                str(self.python), "-m", "jupyter_cma.egress.engine", "--control-fd", str(engine_end.fileno()),
+                pass_fds=(engine_end.fileno(),), env=env, cwd=str(self.home),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,  # a terminal's Ctrl-C goes to the server, which stops the engine itself
+            )
+        finally:
+            engine_end.close()
+        self._control = server_end
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        server_end.setblocking(False)
+        loop.add_reader(server_end.fileno(), self._on_control)
+        asyncio.ensure_future(self._relay_stderr(self._proc))
+        self._send({"op": "configure", "data_dir": str(self.data_dir), "confdir": str(self.confdir), "api_base_url": self.api_base_url,
+                    "middleware": self.middleware, "upstream_ca": self.upstream_ca or None, "limits": self._limits()})
+        ready = await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout)
+        self.engine_setup_error = ready.get("setup_error")
+        self._write_ca_bundle(Path(ready["ca_cert"]))
+        for attachment in self.attachments.values():
+            self._send_attach(attachment)
+        self.error = None
+        self.log.info("jupyter-cma: egress engine running (pid %s)", self._proc.pid)
+
+    def _limits(self) -> dict[str, Any]:
+        names = ("max_header_bytes", "header_timeout", "idle_timeout", "max_connection_seconds", "max_body_bytes",
+                 "connections_per_sandbox", "connections_total", "requests_per_second", "request_burst")
+        return {name: getattr(self, name) for name in names}
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        while not self._stopping:
+            proc = self._proc
+            if proc is not None:
+                code = await proc.wait()
+                if self._stopping:
+                    return
+                self.last_exit = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
+                self.log.error("jupyter-cma: the egress engine stopped (%s); starting it again", self.last_exit)
+                started = time.monotonic()
+            else:
+                started = time.monotonic()
+            self._close_control()
+            self.restarts += 1
+            try:
+                await self._spawn()
+            except Exception as exc:
+                self.error = f"the egress engine did not restart: {exc}"
+                self.log.error("jupyter-cma: %s", self.error)
+                await self._kill()
+                self._proc = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.restart_delay_max)
+                continue
+            if time.monotonic() - started > 30:
+                delay = 0.2
+
+    async def _kill(self) -> None:
+        self._close_control()
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), 5)  # it exits once the control channel closes
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    def _close_control(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(control.fileno())
+            except (RuntimeError, ValueError):
+                pass
+            control.close()
+
+    async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                self.log.info("egress engine: %s", text[:2000])
+
+    # ------------------------------------------------------------------ control channel
+
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> bool:
+        control = self._control
+        if control is None:
+            return False
+        data = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            if fds:
+                socket.send_fds(control, [data], fds)
+            else:
+                control.send(data)
+            return True
+        except OSError as exc:
+            self.log.warning("jupyter-cma: could not reach the egress engine (%s)", exc)
+            return False
+
+    def _on_control(self) -> None:
+        control = self._control
+        while control is not None:
+            try:
+                data = control.recv(CONTROL_MESSAGE_BYTES)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_control()  # the engine is gone; _supervise restarts it
+                return
+            try:
+                message = json.loads(data)
+            except ValueError:
+                self.log.warning("jupyter-cma: unreadable message from the egress engine")
+                continue
+            op = message.get("op")
+            if op == "ready" and self._ready is not None and not self._ready.done():
+                self._ready.set_result(message)
+            elif op == "log":
+                self._record(message.get("rows") or [])
+
+    def _record(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            self.egress_log.record_many(rows)
+        except Exception:
+            self.log.exception("jupyter-cma: could not store %d egress log records", len(rows))
+
+    def _write_ca_bundle(self, engine_ca: Path) -> None:
+        """The bundle sandboxes trust: the system's CAs plus the proxy's own (for intercepted tunnels)."""
+        parts = []
+        for candidate in SYSTEM_CA_FILES:
+            if os.path.isfile(candidate):
+                parts.append(Path(candidate).read_text())
+                break
+        else:
+            try:
+                import certifi
+
+                parts.append(Path(certifi.where()).read_text())
+            except ImportError:
+                pass
+        parts.append(engine_ca.read_text())
+        text = "\n".join(p.rstrip("\n") for p in parts) + "\n"
+        if self.ca_bundle.exists() and self.ca_bundle.read_text() == text:
+            return
+        tmp = self.ca_bundle.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        os.replace(tmp, self.ca_bundle)
+
+    # ------------------------------------------------------------------ sandboxes
+
+    def attach(self, sandbox_id: str, socket_path: str, *, session_id: str | None, agent_id: str | None = None,
+               metadata: dict[str, str] | None = None, api_token: str | None = None) -> str | None:
+        """Serve a sandbox's socket for a session; returns the placeholder to give the sandbox when `api_token` is set.
+
+        Without an engine environment no socket is made: the sandbox's bridge
+        then answers every connection at once that there is no egress.
+        """
+        self.detach(sandbox_id)
+        if not self.available:
+            return None
+        placeholder = f"cma-placeholder-{_random.token_urlsafe(24)}" if api_token else None
+        path = Path(socket_path)
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(path))
+            path.chmod(0o600)
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        spec = {"id": sandbox_id, "session_id": session_id, "agent_id": agent_id, "metadata": dict(metadata or {}),
+                "api_token": api_token, "placeholder": placeholder}
+        attachment = Attachment(sandbox_id, str(path), listener, spec)
+        self.attachments[sandbox_id] = attachment
+        self._send_attach(attachment)
+        return placeholder
+
+    def _send_attach(self, attachment: Attachment) -> None:
+        self._send({"op": "attach", "sandbox": attachment.spec}, [attachment.listener.fileno()])
+
+    def detach(self, sandbox_id: str) -> None:
+        attachment = self.attachments.pop(sandbox_id, None)
+        if attachment is None:
+            return
+        self._send({"op": "detach", "id": sandbox_id})
+        attachment.listener.close()
+        Path(attachment.socket_path).unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "engine": "running" if self.running else ("not installed" if not self.available else "stopped"),
+            "pid": self.pid,
+            "python": str(self.python),
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "error": self.error or self.engine_setup_error,
+            "sandboxes": len(self.attachments),
+            "ca_bundle": str(self.ca_bundle) if self.ca_bundle.exists() else None,
+        }
+
