@@ -85,8 +85,6 @@ from .secrets import SecretStore
 log = logging.getLogger("jupyter_cma.egress.engine")
 
 CONTROL_MESSAGE_BYTES = 256 * 1024
-LOG_BATCH_ROWS = 200
-LOG_FLUSH_SECONDS = 0.05
 SWEEP_SECONDS = 1.0
 RESOLVE_TIMEOUT = 5.0
 RESOLVE_CACHE_SECONDS = 30.0
@@ -281,6 +279,7 @@ class Conn:
         self.awaiting_head = True
         self.head_bytes = 0
         self.head_started: float | None = None
+        self.head_tail = b""  # the last bytes of the head so far (its end may straddle two reads)
         self.first_line = b""  # the request line being received, until it is checked
         self.line_checked = False
         self.tunnel: Tunnel | None = None
@@ -290,7 +289,7 @@ class Conn:
     def expect_head(self) -> None:
         """A request is done (answered or refused): the next bytes start a new request head."""
         self.awaiting_head, self.head_bytes, self.head_started = True, 0, None
-        self.first_line, self.line_checked = b"", False
+        self.head_tail, self.first_line, self.line_checked = b"", b"", False
 
     def abort(self, reason: str) -> None:
         if self.closing_reason is None:
@@ -311,17 +310,28 @@ class CountingReader:
         conn = self._conn
         conn.bytes_up += len(data)
         conn.last_activity = time.monotonic()
-        if data and conn.awaiting_head and not (conn.tunnel and conn.tunnel.passthrough):
-            if conn.head_started is None:
-                conn.head_started = conn.last_activity
-            conn.head_bytes += len(data)
-            if conn.head_bytes > self._engine.limits.max_header_bytes:
-                self._engine.refuse_connection(conn, 431, "limit:header-size",
-                                               f"request head larger than {self._engine.limits.max_header_bytes} bytes")
-                return b""
-            if conn.tunnel is None and not conn.line_checked:
-                self._check_request_line(data)
+        if data and conn.awaiting_head and conn.tunnel is None:
+            self._count_head(data)
         return data
+
+    def _count_head(self, data: bytes) -> None:
+        """Bound a plaintext request head (inside a tunnel the bytes are TLS; `requestheaders` checks those)."""
+        conn = self._conn
+        if conn.head_started is None:
+            conn.head_started = conn.last_activity
+        end = (conn.head_tail + data).find(b"\r\n\r\n")
+        if end >= 0:  # the head ends here; what follows is the body
+            conn.head_bytes += max(0, end + 4 - len(conn.head_tail))
+            conn.awaiting_head = False
+        else:
+            conn.head_bytes += len(data)
+            conn.head_tail = (conn.head_tail + data)[-3:]
+        limit = self._engine.limits.max_header_bytes
+        if conn.head_bytes > limit:
+            self._engine.refuse_connection(conn, 431, "limit:header-size", f"request head larger than {limit} bytes")
+            return
+        if not conn.line_checked:
+            self._check_request_line(data)
 
     def _check_request_line(self, data: bytes) -> None:
         """Log a request line mitmproxy will refuse (it answers 400 itself, but tells no hook)."""
@@ -404,7 +414,6 @@ class Engine:
         self.addresses = Resolver()
         self.sandboxes: dict[str, Sandbox] = {}
         self.conns: dict[str, Conn] = {}  # by mitmproxy client id
-        self._rows: list[dict[str, Any]] = []
         self._mode = mode_specs.ProxyMode.parse("regular")
         mitm_server.TCP_TIMEOUT = int(self.limits.idle_timeout)
         opts = options.Options()
@@ -433,15 +442,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         self.control.setblocking(False)
         loop.add_reader(self.control.fileno(), self._on_control)
-        tasks = [asyncio.ensure_future(self._flush_forever()), asyncio.ensure_future(self._sweep_forever())]
+        sweeper = asyncio.ensure_future(self._sweep_forever())
         self._send({"op": "ready", "ca_cert": str(Path(self.master.options.confdir).expanduser() / "mitmproxy-ca-cert.pem"),
                     "setup_error": self.resolver.setup_error})
         try:
             await self.master.run()
         finally:
-            for task in tasks:
-                task.cancel()
-            self._flush()
+            sweeper.cancel()
 
     def _on_control(self) -> None:
         while True:
@@ -501,16 +508,6 @@ class Engine:
             self.control.send(json.dumps(message, separators=(",", ":")).encode())
         except (BlockingIOError, OSError):
             log.warning("egress engine: could not send %s to the server", message.get("op"))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(LOG_FLUSH_SECONDS)
-            self._flush()
-
-    def _flush(self) -> None:
-        while self._rows:
-            batch, self._rows = self._rows[:LOG_BATCH_ROWS], self._rows[LOG_BATCH_ROWS:]
-            self._send({"op": "log", "rows": batch})
 
     async def _sweep_forever(self) -> None:
         """Cut connections that idle, dawdle over a request head, or live too long."""
@@ -643,6 +640,8 @@ class Engine:
             raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
         tunnel = conn.tunnel
         if tunnel is not None:
+            if _head_size(request) > self.limits.max_header_bytes:
+                raise Refused(431, f"request head larger than {self.limits.max_header_bytes} bytes", "limit:header-size")
             scheme = "https" if flow.client_conn.tls_established else "http"
             host, port = tunnel.host, tunnel.port
             meta.update(scheme=scheme, host=host, port=port)
@@ -675,7 +674,7 @@ class Engine:
             if secret is None:
                 raise Refused(503, f"the secret {injection.secret_name} that the policy injects into {injection.header} is not set; "
                                    "an operator sets it (jupyter cma secrets) — nothing was sent", f"{decision.rule}:secret-missing")
-            request.headers[injection.header] = injection.value(secret)  # replaces any value the client sent
+            request.headers[injection.header] = injection.value(secret).reveal()  # replaces any value the client sent
             label = "injected"
         if tunnel is not None:
             address = tunnel.address
@@ -784,14 +783,17 @@ class Engine:
     def record(self, sandbox: Sandbox, *, method: str, scheme: str, host: str, decision: str, rule: str,
                port: int | None = None, path: str | None = None, status: int | None = None, at: float | None = None,
                bytes_up: int = 0, bytes_down: int = 0, duration_ms: float | None = None) -> None:
-        """Queue one log record for the server (which cleans the path and stores it)."""
-        self._rows.append({
+        """Send one log record to the server (which cleans the path and stores it).
+
+        Sent at once, one message each: a record still queued when the engine
+        is killed would be lost, and a message already sent is read by the
+        server even after the engine is gone.
+        """
+        self._send({"op": "log", "rows": [{
             "at": at or time.time(), "session_id": sandbox.context.session_id, "agent_id": sandbox.context.agent_id,
             "method": method, "scheme": scheme, "host": host, "port": port, "path": path, "status": status,
             "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms, "decision": decision, "rule": rule,
-        })
-        if len(self._rows) >= LOG_BATCH_ROWS:
-            self._flush()
+        }]})
 
 
 def _count(meta: dict[str, Any], direction: str, chunk: bytes) -> bytes:

@@ -296,27 +296,32 @@ class EgressProxy(LoggingConfigurable):
             return False
 
     def _on_control(self) -> None:
-        control = self._control
-        while control is not None:
-            try:
-                data = control.recv(CONTROL_MESSAGE_BYTES)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close_control()  # the engine is gone; _supervise restarts it
-                return
-            try:
-                message = json.loads(data)
-            except ValueError:
-                self.log.warning("jupyter-cma: unreadable message from the egress engine")
-                continue
-            op = message.get("op")
-            if op == "ready" and self._ready is not None and not self._ready.done():
-                self._ready.set_result(message)
-            elif op == "log":
-                self._record(message.get("rows") or [])
+        """Read every message waiting; the log records among them are stored in one transaction."""
+        rows: list[dict[str, Any]] = []
+        try:
+            while self._control is not None:
+                try:
+                    data = self._control.recv(CONTROL_MESSAGE_BYTES)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    self._close_control()  # the engine is gone; _supervise restarts it
+                    return
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    self.log.warning("jupyter-cma: unreadable message from the egress engine")
+                    continue
+                op = message.get("op")
+                if op == "ready" and self._ready is not None and not self._ready.done():
+                    self._ready.set_result(message)
+                elif op == "log":
+                    rows.extend(message.get("rows") or [])
+        finally:
+            if rows:
+                self._record(rows)
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
         try:

@@ -250,6 +250,11 @@ class SessionsHandler(CMAHandler):
         params: dict[str, Any] = {"agent": agent_id, "environment_id": self.ctx.environment_id}
         if isinstance(body.get("title"), str):
             params["title"] = body["title"]
+        metadata = body.get("metadata")
+        if metadata is not None:
+            if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+                raise tornado.web.HTTPError(400, 'metadata must be an object of string values, such as {"team": "ml"}; egress policies can match on it')
+            params["metadata"] = metadata
         if message:
             params["initial_events"] = [{"type": "user.message", "content": [{"type": "text", "text": message}]}]
         session = await self.upstream(self.ctx.client.beta.sessions.create(**params))
