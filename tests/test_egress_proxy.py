@@ -553,6 +553,17 @@ async def test_limits_bound_one_sandbox_and_spare_the_others(tmp_path, test_ca):
         noisy, quiet = await rig.box("sesn_noisy"), await rig.box("sesn_quiet")
         big_head = await noisy.run('raw(b"GET http://plain.test/ HTTP/1.1\\r\\nHost: plain.test\\r\\nX-Big: " + b"a" * 20000 + b"\\r\\n\\r\\n")')
         big_body = await noisy.run('raw(b"POST http://plain.test/ HTTP/1.1\\r\\nHost: plain.test\\r\\nContent-Length: 200000\\r\\n\\r\\n" + b"x" * 200000)')
+        chunked = await noisy.run('''
+with socket.create_connection(PROXY, timeout=30) as s:
+    s.sendall(b"POST http://plain.test/chunked HTTP/1.1\\r\\nHost: plain.test\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n")
+    try:
+        for _ in range(50):
+            s.sendall(b"4000\\r\\n" + b"y" * 0x4000 + b"\\r\\n")
+        s.sendall(b"0\\r\\n\\r\\n")
+        answer = _response(s, 30)
+    except OSError as exc:
+        answer = (None, repr(exc))
+answer[0]''')
         slow = await noisy.run('''
 import time
 with socket.create_connection(PROXY, timeout=30) as s:
@@ -572,10 +583,12 @@ extra[0]''')
         burst = await noisy.run("keep_alive(*[b'GET http://plain.test/n HTTP/1.1\\r\\nHost: plain.test\\r\\n\\r\\n'] * 30)")
         rows = await rig.rows(5, session_id="sesn_noisy")
     assert big_head[0] == 431 and big_body[0] == 413 and slow == (408, True)
+    assert chunked in (None, 502)  # cut off once past the limit: never forwarded whole
+    assert "/chunked" not in [r["path"] for r in rig.plain.requests if len(r["body"]) > 100_000]
     statuses = [s for s, _ in burst]
     assert 200 in statuses and 429 in statuses and statuses.index(429) > 0
     rules = {r["rule"] for r in rows}
-    assert {"limit:header-size", "limit:header-time", "limit:connections", "limit:rate"} <= rules
+    assert {"limit:header-size", "limit:header-time", "limit:connections", "limit:rate", "limit:body-size"} <= rules
     assert [r["path"] for r in rig.plain.requests].count("/quiet") == 1
 
 

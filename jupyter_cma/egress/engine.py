@@ -684,13 +684,14 @@ class Engine:
         request.host, request.port = address
         request.host_header = _hostport(host, port, scheme)
         meta.update(rule=decision.rule, decision=label)
-        request.stream = functools.partial(_count, meta, "up")
+        request.stream = functools.partial(_count, meta, "up", conn, self.limits.max_body_bytes)
 
     @fail_closed
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get("cma")
-        if meta is not None and flow.response is not None:
-            flow.response.stream = functools.partial(_count, meta, "down")
+        conn = self.conns.get(flow.client_conn.id)
+        if meta is not None and flow.response is not None and conn is not None:
+            flow.response.stream = functools.partial(_count, meta, "down", conn, self.limits.max_body_bytes)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -709,7 +710,7 @@ class Engine:
                 flow.metadata.setdefault("cma", {})["logged"] = True
                 conn.expect_head()
             return
-        self._finish(flow, 502)
+        self._finish(flow, meta.get("refused", 502))
 
     @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -796,8 +797,17 @@ class Engine:
         }]})
 
 
-def _count(meta: dict[str, Any], direction: str, chunk: bytes) -> bytes:
+def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: bytes) -> bytes:
+    """Count a streamed body chunk; cut the connection when the body outgrows the limit.
+
+    mitmproxy checks `body_size_limit` against a declared Content-Length only;
+    this bounds chunked bodies too.
+    """
     meta[direction] += len(chunk)
+    if meta[direction] > limit and "refused" not in meta:
+        meta.update(decision="denied", rule="limit:body-size", refused=413 if direction == "up" else 502)
+        conn.abort(f"body larger than {limit} bytes")
+        return b""
     return chunk
 
 
