@@ -426,16 +426,27 @@ async def test_the_connect_target_is_the_truth_inside_the_tunnel(tmp_path, test_
         inside = await box.run('''[
     tunnel("secure.test:443", "secure.test", b"GET /same HTTP/1.1\\r\\nHost: secure.test\\r\\n\\r\\n"),
     tunnel("secure.test:443", "secure.test", b"GET /other HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n"),
+    tunnel("secure.test:443", "secure.test", b"CONNECT other.test:443 HTTP/1.1\\r\\nHost: other.test:443\\r\\n\\r\\n"),
 ]''')
+        # TLS spoken straight to the proxy port names no destination: cut off.
+        direct = await box.run('''
+try:
+    ssl.create_default_context().wrap_socket(socket.create_connection(PROXY, timeout=10), server_hostname="secure.test").close()
+    direct = "handshake completed"
+except (OSError, ssl.SSLError) as exc:
+    direct = "refused"
+direct''')
         # A plain tunnel (no rule needs to look inside) whose TLS names another server is cut off.
         sni = await box.run(f"tunnel('plain.test:443', 'other.test', b'GET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n', cadata={test_ca['pem']!r})")
-        rows = await rig.rows(3, session_id="sesn_truth")
+        rows = await rig.rows(5, session_id="sesn_truth")
     assert inside[0][:2] == (200, 200) and inside[0][2] == "hello from secure", inside
     assert inside[1][:2] == (200, 421) and "differs from the CONNECT target" in inside[1][2]
+    assert inside[2][:2] == (200, 400)  # a CONNECT inside a tunnel (mitmproxy refuses it as malformed there)
+    assert direct == "refused"
     assert [r["path"] for r in rig.secure.requests] == ["/same"]
     assert sni[0] == 200 and sni[1] is None  # the tunnel was allowed, then cut at the ClientHello
     assert rig.plain.requests == [] and rig.other.requests == []
-    assert {r["rule"] for r in rows} >= {"invalid:host-mismatch", "invalid:sni-mismatch"}
+    assert {r["rule"] for r in rows} >= {"invalid:host-mismatch", "invalid:sni-mismatch", "invalid:protocol", "invalid:tls-without-connect"}
 
 
 # --------------------------------------------------------------------------- protocol

@@ -603,9 +603,14 @@ class Engine:
     @fail_closed
     async def tls_clienthello(self, data: ClientHelloData) -> None:
         conn = self.conns.get(data.context.client.id)
-        tunnel = conn.tunnel if conn is not None else None
-        if conn is None or tunnel is None:
-            raise RuntimeError("TLS without an allowed CONNECT")
+        if conn is None:
+            raise RuntimeError("TLS on a connection this engine did not accept")
+        tunnel = conn.tunnel
+        if tunnel is None:  # TLS spoken straight to the proxy port: there is no destination to check
+            self.record(conn.sandbox, method="-", scheme="https", host=data.client_hello.sni or "-", decision="denied",
+                        status=400, rule="invalid:tls-without-connect")
+            conn.abort("TLS without a CONNECT")
+            return
         sni = data.client_hello.sni
         if sni:
             try:
