@@ -331,10 +331,10 @@ class CMAApp(ExtensionApp):
         released = self.sessions.recover()
         if released:
             self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
-        if await self.egress_proxy.start():
-            kernel_tier = self.sandbox_tiers["kernel"]
-            if not getattr(kernel_tier, "ca_bundle", "x"):  # an operator's own bundle wins
-                kernel_tier.ca_bundle = str(self.egress_proxy.ca_bundle)
+        await self.egress_proxy.start()
+        kernel_tier = self.sandbox_tiers["kernel"]
+        if self.egress_proxy.ca_bundle.exists() and hasattr(kernel_tier, "ca_bundle") and not kernel_tier.ca_bundle:
+            kernel_tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
         for tier in self.sandbox_tiers.values():
             await tier.start()
         self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))

@@ -47,6 +47,8 @@ SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-
 # Passed through to the engine; nothing else of the server's environment (it may hold API keys).
 ENGINE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+RESTART_DELAY_MIN = 0.2
+STABLE_SECONDS = 30.0  # an engine that ran this long was not crash-looping: restart it without a pause
 
 
 def default_engine_dir() -> Path:
@@ -126,6 +128,7 @@ class EgressProxy(LoggingConfigurable):
         self._control: socket.socket | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._started_at = 0.0
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -161,17 +164,17 @@ class EgressProxy(LoggingConfigurable):
         try:
             await self._spawn()
         except Exception as exc:
-            self.error = f"the egress engine did not start: {exc}"
+            self.error = f"the egress engine did not start: {exc}; retrying"
             self.log.error("jupyter-cma: %s", self.error)
             await self._kill()
-            return False
         self._supervisor = asyncio.ensure_future(self._supervise())
-        return True
+        return self.running
 
     async def stop(self) -> None:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+            self._supervisor = None
         for sandbox_id in list(self.attachments):
             self.detach(sandbox_id)
         await self._kill()
@@ -203,6 +206,7 @@ class EgressProxy(LoggingConfigurable):
         finally:
             engine_end.close()
         self._control = server_end
+        self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         server_end.setblocking(False)
@@ -224,7 +228,8 @@ class EgressProxy(LoggingConfigurable):
         return {name: getattr(self, name) for name in names}
 
     async def _supervise(self) -> None:
-        delay = 0.2
+        """Start the engine again whenever it stops; pause longer each time it dies young (a crash loop)."""
+        delay = RESTART_DELAY_MIN
         while not self._stopping:
             proc = self._proc
             if proc is not None:
@@ -233,10 +238,12 @@ class EgressProxy(LoggingConfigurable):
                     return
                 self.last_exit = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
                 self.log.error("jupyter-cma: the egress engine stopped (%s); starting it again", self.last_exit)
-                started = time.monotonic()
-            else:
-                started = time.monotonic()
+                if time.monotonic() - self._started_at > STABLE_SECONDS:
+                    delay = RESTART_DELAY_MIN
             self._close_control()
+            self._proc = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.restart_delay_max)
             self.restarts += 1
             try:
                 await self._spawn()
@@ -244,12 +251,6 @@ class EgressProxy(LoggingConfigurable):
                 self.error = f"the egress engine did not restart: {exc}"
                 self.log.error("jupyter-cma: %s", self.error)
                 await self._kill()
-                self._proc = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.restart_delay_max)
-                continue
-            if time.monotonic() - started > 30:
-                delay = 0.2
 
     async def _kill(self) -> None:
         self._close_control()
@@ -358,11 +359,12 @@ class EgressProxy(LoggingConfigurable):
                metadata: dict[str, str] | None = None, api_token: str | None = None) -> str | None:
         """Serve a sandbox's socket for a session; returns the placeholder to give the sandbox when `api_token` is set.
 
-        Without an engine environment no socket is made: the sandbox's bridge
-        then answers every connection at once that there is no egress.
+        Without an engine (not installed) no socket is made: the sandbox's
+        bridge then answers every connection at once that there is no egress.
+        While the engine (re)starts, connections wait in the socket's backlog.
         """
         self.detach(sandbox_id)
-        if not self.available:
+        if self._supervisor is None:  # no engine to serve it (not installed, or not started)
             return None
         placeholder = f"cma-placeholder-{_random.token_urlsafe(24)}" if api_token else None
         path = Path(socket_path)
