@@ -15,6 +15,7 @@ import ast
 import asyncio
 import json
 import os
+import secrets
 import signal
 import ssl
 import subprocess
@@ -40,8 +41,9 @@ from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-
 )
 from tests.test_kernel_tier import require_bwrap
 
-SECRET = "sk-test-SECRET-value-9f8e7d6c5b4a"  # what the proxy injects; must appear nowhere but at its target
-TOKEN = "sessions-token-REAL-1a2b3c4d5e6f"  # a session's real API token; the sandbox holds a placeholder
+# Made per run, so that no file (this one included) holds them unless something leaked them there.
+SECRET = f"sk-test-{secrets.token_hex(16)}"  # what the proxy injects; must appear nowhere but at its target
+TOKEN = f"sessions-token-{secrets.token_hex(16)}"  # a session's real API token; the sandbox holds a placeholder
 
 
 # --------------------------------------------------------------------------- loopback upstreams
