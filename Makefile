@@ -14,3 +14,4 @@ bench: setup
 	.venv/bin/python bench/bench_emulator.py
 	.venv/bin/python bench/bench_webhooks.py
 	.venv/bin/python bench/bench_kernel.py
+	.venv/bin/python bench/bench_proxy.py

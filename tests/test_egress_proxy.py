@@ -303,9 +303,21 @@ async def test_allowed_requests_pass_and_are_logged(tmp_path, test_ca):
         assert https == (200, "hello from secure")  # a plain tunnel: the sandbox saw the upstream's own certificate
         # Methods pass through as sent; bodies stream both ways.
         assert await box.run("fetch('http://plain.test/upload', method='POST', body=b'x' * 200000)") == (200, "hello from plain")
-        rows = await rig.rows(3, session_id="sesn_allowed")
+        # A tunnel that speaks neither TLS nor HTTP is a byte pipe to the allowed host.
+        pipe = await box.run('''
+with socket.create_connection(PROXY, timeout=10) as s:
+    s.sendall(b"CONNECT plain.test:443 HTTP/1.1\\r\\nHost: plain.test:443\\r\\n\\r\\n")
+    status = _response(s, 10)[0]
+    s.sendall(b"\\x00\\x01 not http at all\\r\\n\\r\\n")
+    reply = s.recv(100)
+(status, reply.startswith(b"<!DOCTYPE HTML>"))''')
+        rows = await rig.rows(4, session_id="sesn_allowed")
     assert rig.plain.requests[0]["path"] == "/some/path?token=abc123"  # forwarded whole
     assert rig.plain.requests[1]["body"] == "x" * 200000
+    assert pipe == (200, True)  # the upstream's own error page for bytes it could not read
+    pipes = [r for r in rows if r["method"] == "CONNECT" and r["host"] == "plain.test"]
+    assert len(pipes) == 1 and pipes[0]["bytes_up"] >= 20 and pipes[0]["decision"] == "allowed"
+    rows = [r for r in rows if r not in pipes]
     by_method = {r["method"]: r for r in rows}
     get, tunnel, post = by_method["GET"], by_method["CONNECT"], by_method["POST"]
     assert get["path"] == "/some/path" and get["status"] == 200 and get["decision"] == "allowed"  # the query is not kept

@@ -70,6 +70,7 @@ from typing import Any
 from mitmproxy import http, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import layers as mitm_layers
 from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.proxy import server as mitm_server
 from mitmproxy.proxy.layers.modes import HttpProxy
@@ -85,6 +86,7 @@ from .secrets import SecretStore
 log = logging.getLogger("jupyter_cma.egress.engine")
 
 CONTROL_MESSAGE_BYTES = 256 * 1024
+LOG_BATCH_ROWS = 200  # records per control message (a message must stay under CONTROL_MESSAGE_BYTES)
 SWEEP_SECONDS = 1.0
 RESOLVE_TIMEOUT = 5.0
 RESOLVE_CACHE_SECONDS = 30.0
@@ -414,6 +416,7 @@ class Engine:
         self.addresses = Resolver()
         self.sandboxes: dict[str, Sandbox] = {}
         self.conns: dict[str, Conn] = {}  # by mitmproxy client id
+        self._pending: list[dict[str, Any]] = []  # log records of this event-loop turn
         self._mode = mode_specs.ProxyMode.parse("regular")
         mitm_server.TCP_TIMEOUT = int(self.limits.idle_timeout)
         opts = options.Options()
@@ -449,6 +452,7 @@ class Engine:
             await self.master.run()
         finally:
             sweeper.cancel()
+            self._send_pending()
 
     def _on_control(self) -> None:
         while True:
@@ -599,6 +603,31 @@ class Engine:
         conn.approved.add(address)
         flow.request.host, flow.request.port = address
         flow.metadata["cma"]["logged"] = True  # the tunnel (plain) or each request inside (intercepted) is logged
+
+    def next_layer(self, nextlayer: Any) -> None:
+        """A tunnel that speaks neither TLS nor HTTP: a plain byte pipe, or cut off if a rule must see inside.
+
+        mitmproxy's own choice (it runs first) would keep every chunk of such
+        a tunnel in memory until it closes.
+        """
+        layer = nextlayer.layer
+        if not isinstance(layer, mitm_layers.TCPLayer) or layer.flow is None:
+            return
+        conn = self.conns.get(nextlayer.context.client.id)
+        tunnel = conn.tunnel if conn is not None else None
+        if conn is None or tunnel is None:
+            nextlayer.layer = mitm_layers.TCPLayer(nextlayer.context, ignore=True)
+            if conn is not None:
+                conn.abort("raw bytes without a CONNECT")
+            return
+        if tunnel.intercept:
+            self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
+                        decision="denied", status=400, rule="invalid:not-http")
+            conn.tunnel = None
+            conn.abort("a rule must see the requests to this host, but the tunnel carries neither TLS nor HTTP")
+        tunnel.passthrough = True
+        conn.awaiting_head = False
+        nextlayer.layer = mitm_layers.TCPLayer(nextlayer.context, ignore=True)
 
     @fail_closed
     async def tls_clienthello(self, data: ClientHelloData) -> None:
@@ -789,17 +818,25 @@ class Engine:
     def record(self, sandbox: Sandbox, *, method: str, scheme: str, host: str, decision: str, rule: str,
                port: int | None = None, path: str | None = None, status: int | None = None, at: float | None = None,
                bytes_up: int = 0, bytes_down: int = 0, duration_ms: float | None = None) -> None:
-        """Send one log record to the server (which cleans the path and stores it).
+        """Queue one log record for the server (which cleans the path and stores it).
 
-        Sent at once, one message each: a record still queued when the engine
-        is killed would be lost, and a message already sent is read by the
-        server even after the engine is gone.
+        Records go out at the end of the current event-loop turn, all of that
+        turn's in one message: a record is never held longer, so one still
+        queued when the engine is killed is rare, and a message already sent
+        is read by the server even after the engine is gone.
         """
-        self._send({"op": "log", "rows": [{
+        self._pending.append({
             "at": at or time.time(), "session_id": sandbox.context.session_id, "agent_id": sandbox.context.agent_id,
             "method": method, "scheme": scheme, "host": host, "port": port, "path": path, "status": status,
             "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms, "decision": decision, "rule": rule,
-        }]})
+        })
+        if len(self._pending) == 1:
+            asyncio.get_running_loop().call_soon(self._send_pending)
+
+    def _send_pending(self) -> None:
+        rows, self._pending = self._pending, []
+        for start in range(0, len(rows), LOG_BATCH_ROWS):
+            self._send({"op": "log", "rows": rows[start:start + LOG_BATCH_ROWS]})
 
 
 def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: bytes) -> bytes:

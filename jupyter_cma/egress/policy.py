@@ -196,6 +196,11 @@ def normalize_host(raw: object) -> str:
     """
     if not isinstance(raw, str) or not raw:
         raise PolicyError("a host must be a non-empty string")
+    return _normalize_host_text(raw)
+
+
+@functools.lru_cache(maxsize=4096)  # the proxy normalises the same few names on every request
+def _normalize_host_text(raw: str) -> str:
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in raw):
         raise PolicyError(f"host {raw!r} contains whitespace or control characters")
     if "%" in raw:

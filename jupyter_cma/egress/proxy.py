@@ -63,6 +63,8 @@ def install_engine(target: Path | None = None, *, pip_args: tuple[str, ...] = ()
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pip_args, *ENGINE_REQUIREMENTS], check=True)
+    # The engine runs with -O; compile its optimised bytecode now rather than on each start.
+    subprocess.run([str(python), "-O", "-m", "compileall", "-q", "-j", "0", str(target / "lib")], check=False, stdout=subprocess.DEVNULL)
     return python
 
 
@@ -195,10 +197,10 @@ class EgressProxy(LoggingConfigurable):
         server_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {k: os.environ[k] for k in ENGINE_ENV_KEEP if k in os.environ}
         env["PYTHONPATH"] = str(self.home / "pkg")
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                str(self.python), "-m", "jupyter_cma.egress.engine", "--control-fd", str(engine_end.fileno()),
+                # -O: mitmproxy type-checks every message it builds while __debug__ is on (a fifth of its time).
+                str(self.python), "-O", "-m", "jupyter_cma.egress.engine", "--control-fd", str(engine_end.fileno()),
                 pass_fds=(engine_end.fileno(),), env=env, cwd=str(self.home),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 start_new_session=True,  # a terminal's Ctrl-C goes to the server, which stops the engine itself

@@ -59,6 +59,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def _relay(path: str, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    # asyncio sets TCP_NODELAY only for sockets made with IPPROTO_TCP; without it a response
+    # written in two parts waits for the client's delayed ACK (40 ms).
+    client_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         upstream_reader, upstream_writer = await asyncio.open_unix_connection(path)
     except OSError as exc:
