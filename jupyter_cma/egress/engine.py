@@ -95,17 +95,17 @@ ERROR_HEADERS = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "
 
 @dataclass
 class Limits:
-    """Bounds on what one sandbox can make the engine do (set by `EgressProxy`'s traits)."""
+    """Bounds on what one sandbox can make the engine do (`EgressProxy`'s traits, where the defaults live)."""
 
-    max_header_bytes: int = 64 * 1024
-    header_timeout: float = 30.0
-    idle_timeout: float = 120.0
-    max_connection_seconds: float = 3600.0
-    max_body_bytes: int = 2 * 1024**3
-    connections_per_sandbox: int = 64
-    connections_total: int = 2048
-    requests_per_second: float = 200.0
-    request_burst: int = 400
+    max_header_bytes: int
+    header_timeout: float
+    idle_timeout: float
+    max_connection_seconds: float
+    max_body_bytes: int
+    connections_per_sandbox: int
+    connections_total: int
+    requests_per_second: float
+    request_burst: int
 
 
 # ---------------------------------------------------------------------- addresses
@@ -114,10 +114,10 @@ class Limits:
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why a sandbox may not connect to this address (None: globally routable)."""
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or _ipv4_compatible(ip) or _nat64(ip) or ip.sixtofour
+        embedded = ip.ipv4_mapped or _ipv4_compatible(ip) or ip.sixtofour or _nat64(ip)
         if embedded is not None:
             problem = address_problem(embedded)
-            return None if problem is None and ip.sixtofour is None and ip.ipv4_mapped is None else (problem or "an IPv6 form of an IPv4 address")
+            return f"{problem} (in an IPv6 form)" if problem else "an IPv6 form of an IPv4 address (use the IPv4 address itself)"
         if ip.teredo is not None:
             return "a Teredo tunnel address"
     if ip.is_loopback:
@@ -403,7 +403,7 @@ class Engine:
 
     def __init__(self, control: socket.socket, settings: dict[str, Any]) -> None:
         self.control = control
-        self.limits = Limits(**settings.get("limits", {}))
+        self.limits = Limits(**settings["limits"])
         data_dir = Path(settings["data_dir"])
         self.store = Store.read_only(data_dir / "cma.sqlite3")
         try:

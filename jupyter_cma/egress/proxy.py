@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets as _random
 import signal
@@ -279,7 +280,9 @@ class EgressProxy(LoggingConfigurable):
         async for line in proc.stderr:
             text = line.decode(errors="replace").rstrip()
             if text:
-                self.log.info("egress engine: %s", text[:2000])
+                # The engine's lines start with their level (see engine.main); tracebacks' lines do not.
+                level = logging.WARNING if text.startswith(("WARNING", "ERROR", "CRITICAL")) else logging.INFO
+                self.log.log(level, "egress engine: %s", text[:2000])
 
     # ------------------------------------------------------------------ control channel
 
