@@ -24,11 +24,11 @@ from traitlets import Enum, Float, Integer, List, Type, Unicode, default
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
 from .control.dispatcher import Dispatcher
-from .egress.log import EgressLog
-from .egress.proxy import EgressProxy
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
+from .egress.log import EgressLog
 from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
+from .egress.proxy import EgressProxy
 from .egress.secrets import SecretStore, SecretStoreError
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
