@@ -716,3 +716,42 @@ def test_the_placeholder_work_secret_carries_only_the_placeholder():
 
     payload = placeholder_work_secret("cma-placeholder-abc")
     assert _sessions_token_from_secret(payload) == "cma-placeholder-abc"
+
+
+async def test_what_the_proxy_cannot_read_or_bound_never_goes_upstream(tmp_path, test_ca):
+    """Shapes that slip past a parser: each is refused before any byte of it reaches the upstream."""
+    async with Rig(tmp_path, test_ca, max_header_bytes=8192, header_timeout=5.0) as rig:
+        rig.secrets.set("TOKEN_A", SECRET)
+        # An injection toward plain.test over https makes its tunnels ones the proxy must read.
+        rig.policy(inject=[{"host": "plain.test", "header": "X-Key", "secret": "TOKEN_A"}])
+        box = await rig.box("sesn_hard")
+        answers = await box.run('''
+def inside(first, payload, timeout=10):
+    """CONNECT plain.test:443, then raw bytes (no TLS): what comes back, or how it ended."""
+    with socket.create_connection(PROXY, timeout=timeout) as s:
+        s.sendall(b"CONNECT plain.test:443 HTTP/1.1\\r\\nHost: plain.test:443\\r\\n\\r\\n")
+        status = _response(s, timeout)[0]
+        try:
+            s.sendall(first + payload)
+            return status, s.recv(100)[:12]
+        except OSError as exc:
+            return status, type(exc).__name__
+big = b"X-Big: " + b"a" * (3 * 1024 * 1024) + b"\\r\\n"
+[
+    # A request line mitmproxy does not take for HTTP (leading CRLF): bytes the rules cannot read.
+    inside(b"\\r\\nDELETE /admin HTTP/1.1\\r\\nHost: plain.test\\r\\n", b"\\r\\n"),
+    # A head without end inside a tunnel, and one hidden behind blank lines on a plain connection.
+    inside(b"GET /big HTTP/1.1\\r\\nHost: plain.test\\r\\n", big),
+    raw(b"\\r\\n\\r\\nGET http://plain.test/big HTTP/1.1\\r\\nHost: plain.test\\r\\n" + big + b"\\r\\n"),
+    # A refused request whose body is already on its way is answered at once, not left hanging.
+    raw(b"POST http://denied.test/ HTTP/1.1\\r\\nHost: denied.test\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 100000),
+    raw(b"POST http://denied.test/ HTTP/1.1\\r\\nHost: denied.test\\r\\nTransfer-Encoding: chunked\\r\\nExpect: 100-continue\\r\\n\\r\\n"),
+]''')
+        rows = await rig.rows(4, session_id="sesn_hard")
+    assert answers[0][0] == 200 and answers[0][1] in (b"", "ConnectionResetError", "BrokenPipeError")
+    assert answers[1][0] == 200 and answers[1][1] in (b"HTTP/1.1 431", b"", "ConnectionResetError", "BrokenPipeError")
+    assert answers[2][0] in (431, None)  # the 431 is written, then the connection is cut mid-upload (it may be lost)
+    assert answers[3][0] == 403 and answers[4][0] == 403, answers[3:]
+    assert rig.plain.requests == [] and rig.other.requests == []
+    rules = {r["rule"] for r in rows}
+    assert {"invalid:not-http", "limit:header-size"} <= rules

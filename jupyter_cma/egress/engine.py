@@ -58,6 +58,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -70,6 +71,9 @@ from typing import Any
 from mitmproxy import http, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import commands as mitm_commands
+from mitmproxy.proxy import events as mitm_events
+from mitmproxy.proxy import layer as mitm_layer
 from mitmproxy.proxy import layers as mitm_layers
 from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.proxy import server as mitm_server
@@ -80,13 +84,16 @@ from mitmproxy.net.http.http1 import read as http1_read
 from mitmproxy.tls import ClientHelloData
 
 from ..store import Store
+from . import channel
+from .log import clean_path
 from .policy import DEFAULT_PORTS, SYSTEM_API_RULE, Decision, PolicyError, PolicyResolver, PolicyStore, SessionContext, load_middleware, normalize_host
 from .secrets import SecretStore
 
 log = logging.getLogger("jupyter_cma.egress.engine")
 
-CONTROL_MESSAGE_BYTES = 256 * 1024
-LOG_BATCH_ROWS = 200  # records per control message (a message must stay under CONTROL_MESSAGE_BYTES)
+LOG_BATCH_ROWS = 50  # records per control message: with paths capped at 2 KiB, well under the socket's buffer
+HEAD_END = re.compile(rb"\n\r?\n")  # where mitmproxy's parser ends a request head (leading blank lines skipped)
+HEAD_SLACK = 1024 * 1024  # inside a tunnel the bytes before a parsed head include TLS and maybe some body
 SWEEP_SECONDS = 1.0
 RESOLVE_TIMEOUT = 5.0
 RESOLVE_CACHE_SECONDS = 30.0
@@ -130,8 +137,8 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
         return "a multicast address"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
         return "a shared (CGNAT) address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
-        return "a unique-local address"
+    if isinstance(ip, ipaddress.IPv6Address) and (ip in _UNIQUE_LOCAL or ip.is_site_local):
+        return "a unique-local or site-local address"
     if ip.is_private:
         return "a private address"
     if ip.is_reserved or not ip.is_global:
@@ -155,6 +162,16 @@ def _nat64(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if any(ip in net for net in _NAT64):
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
+
+
+class ClosedLayer(mitm_layer.Layer):
+    """Closes both ends and drops whatever arrives: nothing the client sent goes upstream."""
+
+    def _handle_event(self, event: mitm_events.Event) -> mitm_layer.CommandGenerator[None]:
+        if isinstance(event, mitm_events.Start):
+            yield mitm_commands.CloseConnection(self.context.client)
+            if self.context.server.connected:
+                yield mitm_commands.CloseConnection(self.context.server)
 
 
 class Refused(Exception):
@@ -249,6 +266,7 @@ class Sandbox:
     bucket: TokenBucket
     api_token: str | None = None  # the session's real token, swapped for `placeholder` toward the API host
     placeholder: str | None = None
+    listener: socket.socket | None = None  # until the server below serves it
     server: asyncio.AbstractServer | None = None
     conns: set[Conn] = field(default_factory=set)
 
@@ -282,6 +300,7 @@ class Conn:
         self.head_bytes = 0
         self.head_started: float | None = None
         self.head_tail = b""  # the last bytes of the head so far (its end may straddle two reads)
+        self.head_text = False  # anything but blank lines seen in this head
         self.first_line = b""  # the request line being received, until it is checked
         self.line_checked = False
         self.tunnel: Tunnel | None = None
@@ -291,7 +310,7 @@ class Conn:
     def expect_head(self) -> None:
         """A request is done (answered or refused): the next bytes start a new request head."""
         self.awaiting_head, self.head_bytes, self.head_started = True, 0, None
-        self.head_tail, self.first_line, self.line_checked = b"", b"", False
+        self.head_tail, self.head_text, self.first_line, self.line_checked = b"", False, b"", False
 
     def abort(self, reason: str) -> None:
         if self.closing_reason is None:
@@ -312,34 +331,49 @@ class CountingReader:
         conn = self._conn
         conn.bytes_up += len(data)
         conn.last_activity = time.monotonic()
-        if data and conn.awaiting_head and conn.tunnel is None:
+        if data and conn.awaiting_head and not (conn.tunnel is not None and conn.tunnel.passthrough):
             self._count_head(data)
         return data
 
     def _count_head(self, data: bytes) -> None:
-        """Bound a plaintext request head (inside a tunnel the bytes are TLS; `requestheaders` checks those)."""
-        conn = self._conn
+        """Bound a request head in bytes (and start its clock) before mitmproxy, which has no limit, buffers it.
+
+        On a plain connection the head's end is found the way mitmproxy's
+        parser finds it. Inside a tunnel the bytes are TLS (or a request the
+        client sent after its CONNECT): everything read before a parsed head
+        counts, with some slack, and `requestheaders` checks the parsed head
+        exactly.
+        """
+        conn, limit = self._conn, self._engine.limits.max_header_bytes
         if conn.head_started is None:
             conn.head_started = conn.last_activity
-        end = (conn.head_tail + data).find(b"\r\n\r\n")
-        if end >= 0:  # the head ends here; what follows is the body
-            conn.head_bytes += max(0, end + 4 - len(conn.head_tail))
-            conn.awaiting_head = False
-        else:
+        if conn.tunnel is not None:
             conn.head_bytes += len(data)
-            conn.head_tail = (conn.head_tail + data)[-3:]
-        limit = self._engine.limits.max_header_bytes
+            limit += HEAD_SLACK
+        else:
+            chunk = data
+            if not conn.head_text:
+                chunk = data.lstrip(b"\r\n")  # blank lines before a request are skipped by the parser too
+                conn.head_bytes += len(data) - len(chunk)
+                conn.head_text = bool(chunk)
+            if chunk:
+                if not conn.line_checked:
+                    self._check_request_line(chunk)
+                end = HEAD_END.search(conn.head_tail + chunk)
+                if end is not None:  # the head ends here; what follows is the body
+                    conn.head_bytes += max(0, end.end() - len(conn.head_tail))
+                    conn.awaiting_head = False
+                else:
+                    conn.head_bytes += len(chunk)
+                    conn.head_tail = (conn.head_tail + chunk)[-2:]
         if conn.head_bytes > limit:
-            self._engine.refuse_connection(conn, 431, "limit:header-size", f"request head larger than {limit} bytes")
-            return
-        if not conn.line_checked:
-            self._check_request_line(data)
+            self._engine.refuse_connection(conn, 431, "limit:header-size", f"request head larger than {self._engine.limits.max_header_bytes} bytes")
 
     def _check_request_line(self, data: bytes) -> None:
         """Log a request line mitmproxy will refuse (it answers 400 itself, but tells no hook)."""
         conn = self._conn
         conn.first_line = (conn.first_line + data)[:8192]
-        buffered = conn.first_line.lstrip(b"\r\n")
+        buffered = conn.first_line
         if b"\n" not in buffered:
             return
         conn.line_checked = True
@@ -403,6 +437,7 @@ class Engine:
 
     def __init__(self, control: socket.socket, settings: dict[str, Any]) -> None:
         self.control = control
+        self.outbox = channel.Outbox(control)
         self.limits = Limits(**settings["limits"])
         data_dir = Path(settings["data_dir"])
         self.store = Store.read_only(data_dir / "cma.sqlite3")
@@ -457,7 +492,7 @@ class Engine:
     def _on_control(self) -> None:
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_MESSAGE_BYTES, 4)
+                data, fds, _flags, _addr = socket.recv_fds(self.control, channel.MESSAGE_BYTES, 4)
             except BlockingIOError:
                 return
             except OSError:
@@ -487,14 +522,18 @@ class Engine:
                 api_token=spec.get("api_token"),
                 placeholder=spec.get("placeholder"),
             )
+            sandbox.listener = listener
             self.sandboxes[sandbox.id] = sandbox
-            asyncio.ensure_future(self._listen(sandbox, listener))
+            asyncio.ensure_future(self._listen(sandbox))
         elif op == "detach":
             self._detach(message["id"])
         else:
             log.warning("egress engine: unknown control op %r", op)
 
-    async def _listen(self, sandbox: Sandbox, listener: socket.socket) -> None:
+    async def _listen(self, sandbox: Sandbox) -> None:
+        listener, sandbox.listener = sandbox.listener, None
+        if listener is None or self.sandboxes.get(sandbox.id) is not sandbox:
+            return  # detached before it was served (the detach closed the listener)
         listener.setblocking(False)
         sandbox.server = await asyncio.start_unix_server(functools.partial(self._serve, sandbox), sock=listener)
 
@@ -502,6 +541,9 @@ class Engine:
         sandbox = self.sandboxes.pop(sandbox_id, None)
         if sandbox is None:
             return
+        if sandbox.listener is not None:
+            sandbox.listener.close()
+            sandbox.listener = None
         if sandbox.server is not None:
             sandbox.server.close()
         for conn in list(sandbox.conns):
@@ -509,8 +551,8 @@ class Engine:
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
-            self.control.send(json.dumps(message, separators=(",", ":")).encode())
-        except (BlockingIOError, OSError):
+            self.outbox.send(message)
+        except OSError:  # the server is gone; the engine exits when it reads the channel's end
             log.warning("egress engine: could not send %s to the server", message.get("op"))
 
     async def _sweep_forever(self) -> None:
@@ -600,31 +642,32 @@ class Engine:
             or (decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token is not None)
         )
         conn.tunnel = Tunnel(host, port, address, decision, intercept, at, started, conn.bytes_up, conn.bytes_down)
+        conn.expect_head()  # what comes through the tunnel is bounded like any request head until it is known
         conn.approved.add(address)
         flow.request.host, flow.request.port = address
         flow.metadata["cma"]["logged"] = True  # the tunnel (plain) or each request inside (intercepted) is logged
 
     def next_layer(self, nextlayer: Any) -> None:
-        """A tunnel that speaks neither TLS nor HTTP: a plain byte pipe, or cut off if a rule must see inside.
+        """A tunnel that speaks neither TLS nor HTTP: a plain byte pipe, or closed if a rule must see inside.
 
         mitmproxy's own choice (it runs first) would keep every chunk of such
-        a tunnel in memory until it closes.
+        a tunnel in memory until it closes. Bytes mitmproxy already buffered
+        go to the layer chosen here, so a refusal must be a layer that drops them.
         """
         layer = nextlayer.layer
         if not isinstance(layer, mitm_layers.TCPLayer) or layer.flow is None:
             return
         conn = self.conns.get(nextlayer.context.client.id)
         tunnel = conn.tunnel if conn is not None else None
-        if conn is None or tunnel is None:
-            nextlayer.layer = mitm_layers.TCPLayer(nextlayer.context, ignore=True)
+        if conn is None or tunnel is None or tunnel.intercept:
+            nextlayer.layer = ClosedLayer(nextlayer.context)
             if conn is not None:
-                conn.abort("raw bytes without a CONNECT")
+                host, port = (tunnel.host, tunnel.port) if tunnel is not None else ("-", None)
+                self.record(conn.sandbox, method="CONNECT" if tunnel else "-", scheme="https" if tunnel else "http", host=host, port=port,
+                            decision="denied", status=400, rule="invalid:not-http")
+                conn.tunnel = None
+                conn.abort("neither TLS nor HTTP where the proxy must read the requests")
             return
-        if tunnel.intercept:
-            self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
-                        decision="denied", status=400, rule="invalid:not-http")
-            conn.tunnel = None
-            conn.abort("a rule must see the requests to this host, but the tunnel carries neither TLS nor HTTP")
         tunnel.passthrough = True
         conn.awaiting_head = False
         nextlayer.layer = mitm_layers.TCPLayer(nextlayer.context, ignore=True)
@@ -647,6 +690,7 @@ class Engine:
             except PolicyError:
                 same = False
             if not same:
+                data.context.server.sni = tunnel.host  # in case mitmproxy reaches the server before the abort lands
                 self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
                             decision="denied", status=421, rule="invalid:sni-mismatch")
                 conn.tunnel = None
@@ -724,8 +768,31 @@ class Engine:
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get("cma")
         conn = self.conns.get(flow.client_conn.id)
+        if flow.response is not None and flow.response.status_code == 101 and flow.request.headers.get("upgrade", "").lower() != "websocket":
+            # mitmproxy would relay such a connection keeping every chunk in memory; only WebSockets are upgrades here.
+            if meta is not None:
+                meta.update(decision="denied", rule="invalid:upgrade", refused=502)
+            flow.kill()
+            return
         if meta is not None and flow.response is not None and conn is not None:
             flow.response.stream = functools.partial(_count, meta, "down", conn, self.limits.max_body_bytes)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        # mitmproxy keeps every message of a WebSocket for the flow's life; nothing here reads them again.
+        if flow.websocket is not None and len(flow.websocket.messages) > 1:
+            del flow.websocket.messages[:-1]
+
+    @fail_closed
+    async def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """An allowed CONNECT whose upstream could not be reached: log it, and say so without naming the address."""
+        conn = self.conns.get(flow.client_conn.id)
+        if conn is None or conn.tunnel is None:
+            return
+        tunnel, conn.tunnel = conn.tunnel, None
+        self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port, decision="allowed",
+                    status=502, rule=tunnel.decision.rule, at=tunnel.at, duration_ms=(time.monotonic() - tunnel.started) * 1000)
+        if flow.response is not None:
+            flow.response.text = f"jupyter-cma egress: {_hostport(tunnel.host, tunnel.port)} could not be reached\n"
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -803,9 +870,20 @@ class Engine:
             return
         meta["logged"] = True
         conn = self.conns.get(flow.client_conn.id)
-        body = f"jupyter-cma egress: {refused.reason}\n(rule: {refused.rule})\n"
-        flow.response = http.Response.make(refused.status, body, {**ERROR_HEADERS, "X-CMA-Egress-Rule": refused.rule})
-        flow.response.reason = HTTP_REASONS.get(refused.status, "Refused")
+        headers = flow.request.headers
+        headers.pop("expect", None)  # no "100 Continue" for a refused request
+        body_coming = bool(flow.request.stream) or "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+        if body_coming and flow.response is None:
+            # mitmproxy would read (or stream) the whole body before answering, and cannot answer
+            # a streamed one at all: the answer goes out now and the connection closes
+            # (HTTP/2: the stream is reset).
+            if conn is not None and not flow.request.is_http2:
+                conn.writer.write(_status_bytes(refused.status, refused.reason, refused.rule))
+            flow.kill()
+        else:
+            body = f"jupyter-cma egress: {refused.reason}\n(rule: {refused.rule})\n"
+            flow.response = http.Response.make(refused.status, body, {**ERROR_HEADERS, "X-CMA-Egress-Rule": refused.rule})
+            flow.response.reason = HTTP_REASONS.get(refused.status, "Refused")
         if conn is None:
             return
         request = flow.request
@@ -827,7 +905,7 @@ class Engine:
         """
         self._pending.append({
             "at": at or time.time(), "session_id": sandbox.context.session_id, "agent_id": sandbox.context.agent_id,
-            "method": method, "scheme": scheme, "host": host, "port": port, "path": path, "status": status,
+            "method": method[:16], "scheme": scheme, "host": host[:255], "port": port, "path": clean_path(path), "status": status,
             "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms, "decision": decision, "rule": rule,
         })
         if len(self._pending) == 1:
@@ -854,7 +932,9 @@ def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: 
 
 
 def _head_size(message: http.Message) -> int:
-    return sum(len(k) + len(v) + 4 for k, v in message.headers.fields) + 32
+    """The size of a message's head as sent: start line (for a request: method, target) and headers."""
+    start = len(message.method) + len(message.authority) + len(message.path) if isinstance(message, http.Request) else 0
+    return start + sum(len(k) + len(v) + 4 for k, v in message.headers.fields) + 32
 
 
 def _is_ip(host: str) -> bool:
@@ -898,7 +978,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)
     control = socket.socket(fileno=args.control_fd)
     control.settimeout(30)
-    first = control.recv(CONTROL_MESSAGE_BYTES)
+    first = control.recv(channel.MESSAGE_BYTES)
     if not first:
         return
     settings = json.loads(first)

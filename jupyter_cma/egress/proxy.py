@@ -38,12 +38,12 @@ from typing import Any
 from traitlets import Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
+from . import channel
 from .log import EgressLog
 
 # The engine's environment. mitmproxy 11.0.2 is the last release for Python 3.11;
 # it pins older tornado/h11/cryptography than the Jupyter server uses, hence its own venv.
 ENGINE_REQUIREMENTS = ("mitmproxy==11.0.2", "idna==3.10")
-CONTROL_MESSAGE_BYTES = 256 * 1024
 SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 # Passed through to the engine; nothing else of the server's environment (it may hold API keys).
 ENGINE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
@@ -129,6 +129,7 @@ class EgressProxy(LoggingConfigurable):
         self.engine_setup_error: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
+        self._outbox: channel.Outbox | None = None
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._started_at = 0.0
@@ -195,7 +196,7 @@ class EgressProxy(LoggingConfigurable):
         os.replace(tmp, link)
 
     async def _spawn(self) -> None:
-        server_end, engine_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server_end, engine_end = channel.pair()
         env = {k: os.environ[k] for k in ENGINE_ENV_KEEP if k in os.environ}
         env["PYTHONPATH"] = str(self.home / "pkg")
         try:
@@ -209,6 +210,7 @@ class EgressProxy(LoggingConfigurable):
         finally:
             engine_end.close()
         self._control = server_end
+        self._outbox = channel.Outbox(server_end)
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
@@ -268,6 +270,9 @@ class EgressProxy(LoggingConfigurable):
 
     def _close_control(self) -> None:
         control, self._control = self._control, None
+        outbox, self._outbox = self._outbox, None
+        if outbox is not None:
+            outbox.close()
         if control is not None:
             try:
                 asyncio.get_running_loop().remove_reader(control.fileno())
@@ -286,20 +291,14 @@ class EgressProxy(LoggingConfigurable):
 
     # ------------------------------------------------------------------ control channel
 
-    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> bool:
-        control = self._control
-        if control is None:
-            return False
-        data = json.dumps(message, separators=(",", ":")).encode()
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Send now or as soon as the channel can take it (nothing is dropped while the engine lives)."""
+        if self._outbox is None:
+            return  # no engine: attachments are sent to the next one when it starts
         try:
-            if fds:
-                socket.send_fds(control, [data], fds)
-            else:
-                control.send(data)
-            return True
-        except OSError as exc:
+            self._outbox.send(message, fds)
+        except OSError as exc:  # the engine is gone; _supervise restarts it and re-sends the attachments
             self.log.warning("jupyter-cma: could not reach the egress engine (%s)", exc)
-            return False
 
     def _on_control(self) -> None:
         """Read every message waiting; the log records among them are stored in one transaction."""
@@ -307,7 +306,7 @@ class EgressProxy(LoggingConfigurable):
         try:
             while self._control is not None:
                 try:
-                    data = self._control.recv(CONTROL_MESSAGE_BYTES)
+                    data = self._control.recv(channel.MESSAGE_BYTES)
                 except BlockingIOError:
                     return
                 except OSError:
