@@ -622,13 +622,29 @@ async def test_a_policy_edit_applies_to_the_next_request(tmp_path, test_ca):
         pid = rig.policy()
         box = await rig.box("sesn_edit")
         before = await box.run("keep_alive(b'GET http://plain.test/1 HTTP/1.1\\r\\nHost: plain.test\\r\\n\\r\\n')")
-        rig.policies.update(pid, {"name": "test", "scope": {"environment": True}, "private_services": rig.services(), "deny": ["plain.test"]})
+        # A plain tunnel opened before the edit: it carries no requests to decide, so the tunnel itself is.
+        opened = await box.run('''
+held = socket.create_connection(PROXY, timeout=10)
+held.sendall(b"CONNECT secure.test:443 HTTP/1.1\\r\\nHost: secure.test:443\\r\\n\\r\\n")
+_response(held, 10)
+held = ssl.create_default_context(cadata={pem!r}).wrap_socket(held, server_hostname="secure.test")
+def on_held(path):
+    try:
+        held.sendall(b"GET " + path + b" HTTP/1.1\\r\\nHost: secure.test\\r\\n\\r\\n")
+        return _response(held, 10)[0]
+    except (OSError, ssl.SSLError):
+        return None
+on_held(b"/first")'''.replace("{pem!r}", repr(test_ca["pem"])))
+        rig.policies.update(pid, {"name": "test", "scope": {"environment": True}, "private_services": rig.services(), "deny": ["plain.test", "secure.test"]})
         after = await box.run("fetch('http://plain.test/2')")
+        await asyncio.sleep(2.5)  # the engine re-decides open tunnels every second
+        held_after = await box.run("on_held(b'/second')")
         # A session-scoped policy wins over the environment's, and its deny list is added to the environment's.
         rig.policies.create({"name": "session", "scope": {"session_id": "sesn_edit"}, "private_services": rig.services()})
         still = await box.run("fetch('http://plain.test/3')")
         other = await box.run("fetch('http://other.test/4')")
     assert before[0][0] == 200 and after[0] == 403 and "denied by policy" in after[1]
+    assert opened == 200 and held_after is None and [r["path"] for r in rig.secure.requests] == ["/first"]
     assert still[0] == 403 and other == (200, "hello from other")
 
 

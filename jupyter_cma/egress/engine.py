@@ -263,7 +263,8 @@ class Sandbox:
 
     id: str
     context: SessionContext
-    bucket: TokenBucket
+    bucket: TokenBucket  # requests and CONNECTs
+    connect_bucket: TokenBucket  # connections opened
     api_token: str | None = None  # the session's real token, swapped for `placeholder` toward the API host
     placeholder: str | None = None
     listener: socket.socket | None = None  # until the server below serves it
@@ -284,6 +285,7 @@ class Tunnel:
     started: float
     bytes_up_at_start: int
     bytes_down_at_start: int
+    revision: int  # of the policies that allowed it; a plain tunnel is decided again when they change
     passthrough: bool = False  # the client's TLS goes through untouched
 
 
@@ -519,6 +521,7 @@ class Engine:
                 id=spec["id"],
                 context=SessionContext(spec.get("session_id"), spec.get("agent_id"), dict(spec.get("metadata") or {})),
                 bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
+                connect_bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
                 api_token=spec.get("api_token"),
                 placeholder=spec.get("placeholder"),
             )
@@ -556,10 +559,14 @@ class Engine:
             log.warning("egress engine: could not send %s to the server", message.get("op"))
 
     async def _sweep_forever(self) -> None:
-        """Cut connections that idle, dawdle over a request head, or live too long."""
+        """Cut connections that idle, dawdle over a request head, live too long, or lost their policy."""
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = time.monotonic()
+            try:
+                self._redecide_tunnels(self.store.egress_revision())
+            except Exception:
+                log.exception("egress engine: could not re-decide open tunnels")
             for conn in list(self.conns.values()):
                 if now - conn.opened > self.limits.max_connection_seconds:
                     conn.abort("connection time limit")
@@ -569,6 +576,23 @@ class Engine:
                     self.refuse_connection(conn, 408, "limit:header-time",
                                            f"request head not complete within {self.limits.header_timeout:g} s")
 
+    def _redecide_tunnels(self, revision: int) -> None:
+        """A plain tunnel carries no requests to decide, so a policy change is applied to the tunnel itself:
+        one that would now be denied, or would now have to be opened, is closed."""
+        for conn in list(self.conns.values()):
+            tunnel = conn.tunnel
+            if tunnel is None or not tunnel.passthrough or tunnel.revision == revision:
+                continue
+            effective = self.resolver.resolve(conn.sandbox.context)
+            decision = effective.decide("CONNECT", "https", tunnel.host, tunnel.port, None)
+            if decision.allowed and not decision.injections and not effective.needs_inspection(tunnel.host, tunnel.port):
+                tunnel.revision = revision
+                continue
+            self._end_tunnel(conn)  # its record so far
+            self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port, decision="denied",
+                        rule=decision.rule if not decision.allowed else "policy:changed:needs-inspection")
+            conn.abort("the egress policy changed")
+
     # ------------------------------------------------------------------ connections
 
     async def _serve(self, sandbox: Sandbox, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -576,6 +600,8 @@ class Engine:
         limit = None
         if len(sandbox.conns) >= self.limits.connections_per_sandbox:
             limit = f"this sandbox already has {len(sandbox.conns)} connections open (the limit)"
+        elif not sandbox.connect_bucket.take():
+            limit = "this sandbox opens connections faster than its rate; reuse them (keep-alive)"
         elif len(self.conns) >= self.limits.connections_total:
             limit = f"the egress proxy has {len(self.conns)} connections open (the limit)"
         if limit is not None or self.sandboxes.get(sandbox.id) is not sandbox:
@@ -629,6 +655,7 @@ class Engine:
         flow.metadata["cma"] = {"started": started, "at": at, "host": flow.request.host, "port": flow.request.port, "scheme": "https"}
         if not conn.sandbox.bucket.take():
             raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
+        revision = self.store.egress_revision()
         effective = self.resolver.resolve(conn.sandbox.context)
         decision = effective.decide("CONNECT", "https", flow.request.host, flow.request.port, None)
         if not decision.allowed:
@@ -641,7 +668,7 @@ class Engine:
             or effective.needs_inspection(host, port)
             or (decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token is not None)
         )
-        conn.tunnel = Tunnel(host, port, address, decision, intercept, at, started, conn.bytes_up, conn.bytes_down)
+        conn.tunnel = Tunnel(host, port, address, decision, intercept, at, started, conn.bytes_up, conn.bytes_down, revision)
         conn.expect_head()  # what comes through the tunnel is bounded like any request head until it is known
         conn.approved.add(address)
         flow.request.host, flow.request.port = address

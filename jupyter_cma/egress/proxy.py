@@ -108,7 +108,8 @@ class EgressProxy(LoggingConfigurable):
     max_body_bytes = Int(2 * 1024**3, help="Largest request or response body.").tag(config=True)
     connections_per_sandbox = Int(64, help="Open connections one sandbox may have; more are refused with 429.").tag(config=True)
     connections_total = Int(2048, help="Open connections through the proxy in all.").tag(config=True)
-    requests_per_second = Float(200.0, help="Requests (and CONNECTs) per second one sandbox may make, on average.").tag(config=True)
+    requests_per_second = Float(200.0, help="Requests (and CONNECTs) per second one sandbox may make, on average; "
+                                "the same rate bounds the connections it opens.").tag(config=True)
     request_burst = Int(400, help="Requests one sandbox may make at once above its rate.").tag(config=True)
     start_timeout = Float(60.0, help="Seconds to wait for the engine to start (the first start creates its CA).").tag(config=True)
     restart_delay_max = Float(10.0, help="Longest pause between restarts of an engine that keeps dying.").tag(config=True)
