@@ -86,7 +86,19 @@ from mitmproxy.tls import ClientHelloData
 from ..store import Store
 from . import channel
 from .log import clean_path
-from .policy import DEFAULT_PORTS, SYSTEM_API_RULE, Decision, PolicyError, PolicyResolver, PolicyStore, SessionContext, load_middleware, normalize_host
+from .policy import (
+    DEFAULT_PORTS,
+    SYSTEM_API_RULE,
+    Decision,
+    PolicyError,
+    PolicyResolver,
+    PolicyStore,
+    SessionContext,
+    _display_host,
+    _is_ip,
+    load_middleware,
+    normalize_host,
+)
 from .secrets import SecretStore
 
 log = logging.getLogger("jupyter_cma.egress.engine")
@@ -964,16 +976,9 @@ def _head_size(message: http.Message) -> int:
     return start + sum(len(k) + len(v) + 4 for k, v in message.headers.fields) + 32
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
 def _hostport(host: str, port: int, scheme: str = "https") -> str:
-    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    """A canonical host (as `normalize_host` gives it) with its port, the port left out when it is the scheme's default."""
+    shown = _display_host(host)
     return shown if port == DEFAULT_PORTS.get(scheme) else f"{shown}:{port}"
 
 

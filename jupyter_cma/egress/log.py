@@ -85,29 +85,9 @@ class EgressLog:
         self._store = store
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
 
-    def record(
-        self,
-        *,
-        method: str,
-        scheme: str,
-        host: str,
-        decision: str,
-        port: int | None = None,
-        path: str | None = None,
-        session_id: str | None = None,
-        agent_id: str | None = None,
-        status: int | None = None,
-        bytes_up: int = 0,
-        bytes_down: int = 0,
-        duration_ms: float | None = None,
-        rule: str | None = None,
-        at: float | None = None,
-    ) -> dict[str, Any]:
-        """Store one record and publish it; returns the stored record (with its id)."""
-        return self.record_many([dict(
-            method=method, scheme=scheme, host=host, decision=decision, port=port, path=path, session_id=session_id,
-            agent_id=agent_id, status=status, bytes_up=bytes_up, bytes_down=bytes_down, duration_ms=duration_ms, rule=rule, at=at,
-        )])[0]
+    def record(self, **fields: Any) -> dict[str, Any]:
+        """Store one record and publish it; returns the stored record (with its id). Fields: see `_row`."""
+        return self.record_many([fields])[0]
 
     def record_many(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Store records in one transaction (the proxy sends them in batches) and publish each."""
