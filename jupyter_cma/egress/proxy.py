@@ -361,12 +361,15 @@ class EgressProxy(LoggingConfigurable):
     # ------------------------------------------------------------------ sandboxes
 
     def attach(self, sandbox_id: str, socket_path: str, *, session_id: str | None, agent_id: str | None = None,
-               metadata: dict[str, str] | None = None, api_token: str | None = None) -> str | None:
+               metadata: dict[str, str] | None = None, api_token: str | None = None, socket_mode: int = 0o600) -> str | None:
         """Serve a sandbox's socket for a session; returns the placeholder to give the sandbox when `api_token` is set.
 
         Without an engine (not installed) no socket is made: the sandbox's
         bridge then answers every connection at once that there is no egress.
         While the engine (re)starts, connections wait in the socket's backlog.
+        `socket_mode`: 0600 when the sandbox runs as this server's user (kernels);
+        a container's user differs, so its socket is opened up, and the directory
+        holding it is what keeps everyone else out.
         """
         self.detach(sandbox_id)
         if self._supervisor is None:  # no engine to serve it (not installed, or not started)
@@ -377,7 +380,7 @@ class EgressProxy(LoggingConfigurable):
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(path))
-            path.chmod(0o600)
+            path.chmod(socket_mode)
             listener.listen(128)
         except OSError:
             listener.close()
