@@ -30,7 +30,7 @@ Measured:
    connection per request: added latency = proxied − direct, p50 and p99;
 2. the same over HTTPS: one CONNECT tunnel with many requests inside, and
    CONNECT + TLS handshake per request;
-3. keep-alive HTTP through the in-sandbox bridge (`sandboxes/bridge.py`:
+3. keep-alive HTTP through the in-sandbox bridge (`sandbox/cma_sandbox/bridge.py`:
    client → the bridge's loopback TCP port → the Unix socket → the proxy),
    the full path a kernel sandbox uses, against direct and against the
    proxy's socket without the bridge;
@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-BRIDGE = ROOT / "jupyter_cma" / "sandboxes" / "bridge.py"
+BRIDGE = ROOT / "sandbox" / "cma_sandbox" / "bridge.py"
 
 TARGET_ADDED_MS = 1.5
 TARGET_RPS = 1000.0

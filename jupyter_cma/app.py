@@ -134,6 +134,11 @@ class CMAApp(ExtensionApp):
         klass=Tier,
         help="The kernel (isolate) tier: a dedicated ipykernel per session (default jupyter_cma.sandboxes.kernel.KernelTier).",
     ).tag(config=True)
+    container_tier_class = Type(
+        default_value="jupyter_cma.sandboxes.container.ContainerTier",
+        klass=Tier,
+        help="The container tier: a Docker container per session (default jupyter_cma.sandboxes.container.ContainerTier).",
+    ).tag(config=True)
 
     egress_middleware = List(
         Unicode(),
@@ -157,6 +162,9 @@ class CMAApp(ExtensionApp):
             "kernel": self.kernel_tier_class(
                 parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell,
                 egress_hook=self._egress_hook,
+            ),
+            "container": self.container_tier_class(
+                parent=self, data_dir=str(data), store=self.store, egress_hook=self._egress_hook, api_base_url=self.api_base_url,
             ),
         }
         self.client = self._make_client()
@@ -316,14 +324,18 @@ class CMAApp(ExtensionApp):
             "proxy": self.egress_proxy.status(),
         }
 
-    def _egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str) -> None:
-        """A sandbox's egress socket starts or stops serving a session (called by the tiers)."""
+    def _egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str, api_token: str | None = None,
+                     socket_mode: int = 0o600) -> str | None:
+        """A sandbox's egress socket starts or stops serving a session (called by the tiers).
+
+        On attach with `api_token` (a credential-free worker) returns the placeholder the sandbox gets instead.
+        """
         if event == "attach":
             row = self.store.session(session_id) or {}
-            self.egress_proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
-                                     metadata=row.get("metadata") or {})
-        else:
-            self.egress_proxy.detach(kernel_id)
+            return self.egress_proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
+                                            metadata=row.get("metadata") or {}, api_token=api_token, socket_mode=socket_mode)
+        self.egress_proxy.detach(kernel_id)
+        return None
 
     # ------------------------------------------------------------------ background tasks
 
@@ -332,9 +344,9 @@ class CMAApp(ExtensionApp):
         if released:
             self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
         await self.egress_proxy.start()
-        kernel_tier = self.sandbox_tiers["kernel"]
-        if self.egress_proxy.ca_bundle.exists() and hasattr(kernel_tier, "ca_bundle") and not kernel_tier.ca_bundle:
-            kernel_tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
+        for tier in self.sandbox_tiers.values():
+            if self.egress_proxy.ca_bundle.exists() and hasattr(tier, "ca_bundle") and not tier.ca_bundle:
+                tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
         for tier in self.sandbox_tiers.values():
             await tier.start()
         self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))

@@ -132,6 +132,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE sessions ADD COLUMN metadata TEXT;
     """,
+    # 6: the container tier: a session's workspace volume (a pooled container's volume is adopted, so the
+    # name is not derived from the session id), and an agent's instance size
+    """
+    ALTER TABLE sessions ADD COLUMN workspace_volume TEXT;
+    ALTER TABLE agents ADD COLUMN size TEXT;
+    """,
 ]
 
 
@@ -351,7 +357,7 @@ class Store:
 
     def update_session(self, session_id: str, **fields: Any) -> None:
         """Set measured or descriptive fields (no state change, so no transition row)."""
-        allowed = {"cold_start_ms", "title", "metadata"}
+        allowed = {"cold_start_ms", "title", "metadata", "workspace_volume"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"update_session sets only {sorted(allowed)}")
         if "metadata" in fields:
@@ -399,12 +405,14 @@ class Store:
 
     # ------------------------------------------------------------------ agents (the tier of each)
 
-    def set_agent(self, agent_id: str, *, tier: str, name: str | None = None) -> None:
+    def set_agent(self, agent_id: str, *, tier: str, name: str | None = None, size: str | None = None) -> None:
+        """Store an agent's tier (and its name and container instance size, when given; else kept)."""
         now = time.time()
         self._db.execute(
-            "INSERT INTO agents (id, tier, name, created_at, updated_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET tier = excluded.tier, name = COALESCE(excluded.name, agents.name), updated_at = excluded.updated_at",
-            (agent_id, tier, name, now, now),
+            "INSERT INTO agents (id, tier, name, size, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET tier = excluded.tier, name = COALESCE(excluded.name, agents.name), "
+            "size = COALESCE(excluded.size, agents.size), updated_at = excluded.updated_at",
+            (agent_id, tier, name, size, now, now),
         )
 
     def agent(self, agent_id: str) -> dict[str, Any] | None:

@@ -1,19 +1,25 @@
-"""Build sandbox container images without any network inside the engine.
+"""Build the sandbox image, on a connected machine or with no network at all.
 
-Sandboxes run with ``--network none`` and the engine itself has no bridge
-network, and no container registry may be reachable at all, so
-``docker pull`` and ``pip install`` inside a build are not options. Images
-are therefore made in two offline-friendly stages:
+The image is described once, by ``sandbox/Dockerfile`` (the in-sandbox runtime
+lives next to it). Two ways to build it:
 
-1. A base image is made from a Debian rootfs that ``debootstrap`` writes on
-   the host, from the host's own Debian mirror, and is imported into the
-   engine (``docker import``). It is built once and then reused by tag.
-2. Each sandbox image is ``FROM`` that base plus a virtualenv in
-   :data:`VENV`, installed ``--no-index`` from a wheelhouse that ``pip
-   download`` filled on the host (the host trusts its certificates and can
-   reach the package index; the build container cannot). The build runs with
-   ``network_mode="none"`` and is skipped when an image with the same content
-   hash already exists.
+- **offline** (the default, and the only way on a machine that cannot reach a
+  registry): a Debian base image is made from a root filesystem that
+  ``debootstrap`` writes on the host from the host's own Debian mirror, with the
+  Dockerfile's ``APT_PACKAGES`` already in it, and imported into the engine
+  (``docker import``); the wheels the runtime needs are downloaded on the host
+  (the host trusts its certificates and can reach the package index; a build
+  container cannot) and installed ``--no-index``. The build runs with
+  ``network_mode="none"``.
+- **online**: the same Dockerfile ``FROM`` a public Python image, with apt and
+  pip fetching from the internet, as ``docker build sandbox/`` does.
+
+Both are cached: every image carries a hash of everything it was made from
+(base image, build arguments, the build context's files), and a build whose
+hash matches the existing image's is skipped. Users extend the image with extra
+apt and pip packages, or with a Dockerfile of their own ``FROM`` it
+(:class:`ImageSettings`). Progress goes to a callback; :class:`ProgressBar`
+draws it as a bar in a terminal or a notebook.
 """
 
 from __future__ import annotations
@@ -21,40 +27,53 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 from docker.utils import parse_repository_tag
+from traitlets import Bool, Enum, List, Unicode
+from traitlets.config import Configurable
+
+from .._version import __version__
+from .runtime import RUNTIME_DIR
 
 __all__ = [
     "BASE_LABEL",
     "DEFAULT_BASE_TAG",
+    "DEFAULT_IMAGE",
     "HASH_LABEL",
     "SUITE",
-    "VENV",
-    "build_image",
+    "ImageSettings",
+    "ProgressBar",
+    "apt_packages",
+    "build_sandbox_image",
     "debian_mirror",
     "download_wheelhouse",
     "ensure_base_image",
 ]
 
 SUITE = "bookworm"
-"""Debian release of the base image; its Python is 3.11, glibc 2.36."""
+"""Debian release of the offline base image; its Python is 3.11, glibc 2.36."""
 
 DEFAULT_BASE_TAG = f"jupyter-cma-base:{SUITE}"
+DEFAULT_IMAGE = f"jupyter-cma-sandbox:{__version__}"
+DEFAULT_ONLINE_BASE = "python:3.11-slim-bookworm"
 BASE_LABEL = "org.jupyter-cma.base"
+BASE_PACKAGES_LABEL = "org.jupyter-cma.base-packages"
 HASH_LABEL = "org.jupyter-cma.build-hash"
-VENV = "/opt/venv"
-"""Where sandbox images keep their Python packages (Debian's python3 is
-externally managed, so they cannot go into the system site-packages)."""
+BASE_MARKER = "etc/jupyter-cma-base"
+"""A file in offline base images: the Dockerfile skips apt when it is there (the packages are in already)."""
 
-BASE_PACKAGES = ("bash", "python3", "python3-venv", "ca-certificates")
+# What an offline base needs on top of the Dockerfile's APT_PACKAGES (the public Python images have them).
+PYTHON_PACKAGES = ("python3", "python3-venv")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Target of the wheelhouse: CPython 3.11 on x86_64 glibc 2.36 (bookworm).
@@ -65,27 +84,89 @@ _PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(36, 16, -1)] + [
     "manylinux2014_x86_64"
 ]
 
-Progress = Callable[[str], None]
+Progress = Callable[..., None]
+"""`progress(message, step=None, total=None)`: a line of news, and where the build is when it knows."""
 
 
-def _report(progress: Progress | None, message: str) -> None:
+def _report(progress: Progress | None, message: str, step: int | None = None, total: int | None = None) -> None:
     if progress is not None:
-        progress(message)
+        progress(message, step=step, total=total)
 
 
-def _run(cmd: Sequence[str], what: str) -> None:
-    """Run a host command; on failure raise with the tail of its output."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-30:])
+class ProgressBar:
+    """A progress callback drawn with tqdm: a bar in a terminal, a widget in a notebook (tqdm.auto)."""
+
+    def __init__(self, description: str = "sandbox image", *, log: Callable[[str], None] | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=1, desc=description, unit="step", bar_format="{desc}: {bar} {n_fmt}/{total_fmt} {postfix}")
+        self._log = log
+
+    def __call__(self, message: str, step: int | None = None, total: int | None = None) -> None:
+        if total is not None and total != self._bar.total:
+            self._bar.reset(total=total)
+        if step is not None:
+            self._bar.n = step
+        self._bar.set_postfix_str(message[:70], refresh=True)
+        if self._log is not None:
+            self._log(message)
+
+    def close(self) -> None:
+        self._bar.n = self._bar.total
+        self._bar.refresh()
+        self._bar.close()
+
+
+class ImageSettings(Configurable):
+    """How the sandbox image is built (`c.ImageSettings.…`, read by the server and `jupyter cma build-image`)."""
+
+    tag = Unicode(DEFAULT_IMAGE, help=f"Tag of the sandbox image containers run (default {DEFAULT_IMAGE}). "
+                  "With `dockerfile` set, the extended image gets this tag.").tag(config=True)
+    mode = Enum(["offline", "online"], "offline", help="How to build: 'offline' (default: a debootstrapped Debian base, "
+                "wheels downloaded on the host, no network in the build) or 'online' (FROM online_base, apt and pip in "
+                "the build; needs a registry and the internet).").tag(config=True)
+    online_base = Unicode(DEFAULT_ONLINE_BASE, help=f"The image an online build starts FROM (default {DEFAULT_ONLINE_BASE}).").tag(config=True)
+    extra_apt_packages = List(Unicode(), [], help="Debian packages to add to the image (default none).").tag(config=True)
+    extra_pip_packages = List(Unicode(), [], help="Python packages (pip requirement strings) to add to the image's "
+                              "/opt/venv (default none). Offline, they must exist as wheels for CPython 3.11 on "
+                              "manylinux x86_64.").tag(config=True)
+    dockerfile = Unicode("", help="A Dockerfile of your own to build on top of the sandbox image (default none). "
+                         "It is given `--build-arg BASE_IMAGE=<the sandbox image>` (write `ARG BASE_IMAGE` then "
+                         "`FROM ${BASE_IMAGE}`); its directory is the build context. Offline builds have no network.").tag(config=True)
+    auto_build = Bool(True, help="Build the image when the server starts and it is missing or out of date "
+                      "(default True). Off: run `jupyter cma build-image` yourself.").tag(config=True)
+
+
+def _run(cmd: Sequence[str], what: str, progress: Progress | None = None) -> None:
+    """Run a host command, passing its lines on as progress; on failure raise with the tail of its output."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        del lines[:-30]
+        # debootstrap's phases ("Retrieving Packages", "Unpacking the base system", …), not each package
+        if progress is not None and line.startswith("I: ") and not re.match(r"I: (Retrieving|Validating|Unpacking|Configuring|Extracting) \S+ ", line + " "):
+            _report(progress, line[3:].strip())
+    if proc.wait() != 0:
+        tail = "\n".join(lines)
         raise RuntimeError(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
-def _existing_image(client: docker.DockerClient, tag: str):
+def _existing_image(client: docker.DockerClient, tag: str) -> Any:
     try:
         return client.images.get(tag)
     except docker.errors.ImageNotFound:
         return None
+
+
+def apt_packages(dockerfile: Path | None = None) -> list[str]:
+    """The Dockerfile's default APT_PACKAGES: the one list of the image's command-line tools."""
+    text = (dockerfile or RUNTIME_DIR / "Dockerfile").read_text()
+    match = re.search(r'^ARG APT_PACKAGES="([^"]*)"', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{dockerfile or RUNTIME_DIR / 'Dockerfile'} has no ARG APT_PACKAGES=\"…\" line")
+    return match.group(1).split()
 
 
 # --- Debian mirror ---------------------------------------------------------
@@ -159,51 +240,46 @@ def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     )
 
 
-# --- base image --------------------------------------------------------------
+# --- offline base image --------------------------------------------------------
 
 
 def ensure_base_image(
     client: docker.DockerClient,
     tag: str = DEFAULT_BASE_TAG,
     *,
+    packages: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> str:
-    """Return the id of the Debian base image ``tag``, making it if missing.
+    """Return the id of the Debian base image ``tag`` holding ``packages``, making it when missing or different.
 
     No registry is reachable, so the base cannot be pulled: it is made with
-    ``debootstrap`` on the host (minbase plus bash, python3, python3-venv and
-    ca-certificates) and imported into the engine as a single layer. That
-    takes about a minute, so an existing image with this tag is returned at
-    once and never rebuilt; remove the image to force a rebuild.
+    ``debootstrap`` on the host (minbase plus the packages and Python) and
+    imported into the engine as a single layer. That takes about a minute, so an
+    existing image with this tag and the same package list is returned at once.
     """
+    wanted = sorted(set(packages) | set(PYTHON_PACKAGES) | {"bash", "ca-certificates"})
     image = _existing_image(client, tag)
-    if image is not None:
-        _report(progress, f"base image {tag} present")
+    if image is not None and image.labels.get(BASE_PACKAGES_LABEL) == " ".join(wanted):
+        _report(progress, f"base image {tag} is up to date")
         return image.id
 
     if shutil.which("debootstrap") is None:
-        raise RuntimeError("debootstrap is not installed; run scripts/docker-engine.sh")
+        raise RuntimeError("debootstrap is not installed (apt-get install debootstrap); the offline base image needs it")
     mirror = debian_mirror()
     with tempfile.TemporaryDirectory(prefix="jupyter-cma-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         tarball = Path(tmp) / "rootfs.tar"
         _report(progress, f"debootstrap {SUITE} from {mirror}")
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=" + ",".join(BASE_PACKAGES),
-                SUITE,
-                str(rootfs),
-                mirror,
-            ],
-            "debootstrap",
-        )
+        _run(["debootstrap", "--variant=minbase", "--include=" + ",".join(wanted), SUITE, str(rootfs), mirror],
+             "debootstrap", progress)
         # apt's package lists are only needed to install more packages,
         # which a network-less image cannot do anyway.
         shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
         (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True, exist_ok=True)
-        _report(progress, "packing rootfs")
+        shutil.rmtree(rootfs / "var/cache/apt/archives", ignore_errors=True)
+        (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        (rootfs / BASE_MARKER).write_text(" ".join(wanted) + "\n")
+        _report(progress, "packing the root filesystem")
         _run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], "tar")
         _report(progress, f"importing {tag}")
         repository, image_tag = parse_repository_tag(tag)
@@ -213,6 +289,7 @@ def ensure_base_image(
             tag=image_tag or "latest",
             changes=[
                 f"LABEL {BASE_LABEL}={SUITE}",
+                f'LABEL {BASE_PACKAGES_LABEL}="{" ".join(wanted)}"',
                 f"ENV PATH={DEFAULT_PATH}",
                 "ENV LANG=C.UTF-8",
                 'CMD ["/bin/bash"]',
@@ -223,10 +300,10 @@ def ensure_base_image(
     return image_id
 
 
-# --- wheelhouse and sandbox images ---------------------------------------------
+# --- wheelhouse ----------------------------------------------------------------------
 
 
-def download_wheelhouse(requirements: list[str], dest: Path) -> Path:
+def download_wheelhouse(requirements: Sequence[str], dest: Path) -> Path:
     """Download wheels for ``requirements`` and all their dependencies to ``dest``.
 
     This runs on the host, with the host's pip configuration, because build
@@ -241,7 +318,7 @@ def download_wheelhouse(requirements: list[str], dest: Path) -> Path:
         return dest
     cmd = [
         sys.executable, "-m", "pip", "download",
-        "--disable-pip-version-check",
+        "--disable-pip-version-check", "--quiet",
         "--dest", str(dest),
         "--only-binary=:all:",
         "--implementation", "cp",
@@ -254,85 +331,114 @@ def download_wheelhouse(requirements: list[str], dest: Path) -> Path:
     return dest
 
 
-def _dockerfile(base_tag: str, extra_lines: Sequence[str]) -> str:
-    lines = [
-        f"FROM {base_tag}",
-        "COPY requirements.txt wheels/ /tmp/wheelhouse/",
-        f"RUN python3 -m venv {VENV} \\",
-        f" && {VENV}/bin/pip install --no-index --no-cache-dir --disable-pip-version-check \\",
-        "      --find-links /tmp/wheelhouse -r /tmp/wheelhouse/requirements.txt \\",
-        " && rm -rf /tmp/wheelhouse",
-        f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:{DEFAULT_PATH}",
-        *extra_lines,
-    ]
-    return "\n".join(lines) + "\n"
+def _requirements(runtime: Path) -> list[str]:
+    lines = (runtime / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def build_image(
-    client: docker.DockerClient,
-    tag: str,
-    *,
-    requirements: list[str],
-    base_tag: str = DEFAULT_BASE_TAG,
-    extra_dockerfile_lines: Sequence[str] = (),
-    progress: Progress | None = None,
+# --- the sandbox image -------------------------------------------------------------
+
+
+def _tree_digest(root: Path) -> str:
+    """A digest of a build context: every file's path, mode and content (caches left out)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        digest.update(f"{path.relative_to(root)}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _docker_build(
+    client: docker.DockerClient, tag: str, context: Path, *, buildargs: dict[str, str], identity: dict[str, Any],
+    offline: bool, progress: Progress | None, dockerfile: str = "Dockerfile",
+    prepare: Callable[[], None] | None = None,
 ) -> str:
-    """Build a sandbox image with ``requirements`` in :data:`VENV`; return its id.
+    """`docker build` unless an image with this tag was made from the same inputs; returns the image id.
 
-    The build never touches the network: the wheels are fetched on the host
-    (see :func:`download_wheelhouse`), copied into the build context and
-    installed ``--no-index``, and the build itself runs with
-    ``network_mode="none"``. Building takes tens of seconds, so the image
-    carries a hash of everything it was made from (base image id,
-    requirements, wheel file names, Dockerfile text) in the
-    ``org.jupyter-cma.build-hash`` label, and an image with this tag and the
-    same hash is returned without building. The base image is made first if
-    it is missing.
+    The inputs are hashed before `prepare` (e.g. downloading wheels) runs, so
+    that finding the image up to date costs no download.
     """
-    base_id = ensure_base_image(client, base_tag, progress=progress)
-    dockerfile = _dockerfile(base_tag, extra_dockerfile_lines)
-    with tempfile.TemporaryDirectory(prefix="jupyter-cma-build-") as tmp:
-        context = Path(tmp)
-        _report(progress, "downloading wheels")
-        wheels = download_wheelhouse(requirements, context / "wheels")
-        wheel_names = sorted(p.name for p in wheels.iterdir())
-        digest = hashlib.sha256(
-            json.dumps(
-                {
-                    "base": base_id,
-                    "requirements": list(requirements),
-                    "wheels": wheel_names,
-                    "dockerfile": dockerfile,
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
-
-        image = _existing_image(client, tag)
-        if image is not None and image.labels.get(HASH_LABEL) == digest:
-            _report(progress, f"{tag} is up to date")
-            return image.id
-
-        (context / "requirements.txt").write_text("".join(r + "\n" for r in requirements))
-        (context / "Dockerfile").write_text(dockerfile)
-        _report(progress, f"building {tag} ({len(wheel_names)} wheels)")
-        image_id = None
-        for chunk in client.api.build(
-            path=str(context),
-            tag=tag,
-            network_mode="none",
-            labels={HASH_LABEL: digest},
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-        ):
-            if "error" in chunk:
-                raise docker.errors.BuildError(chunk["error"].strip(), [chunk])
-            line = chunk.get("stream", "").strip()
-            if line.startswith("Step "):
-                _report(progress, line)
-            image_id = chunk.get("aux", {}).get("ID", image_id)
+    digest = hashlib.sha256(json.dumps({**identity, "buildargs": buildargs, "context": _tree_digest(context)},
+                                       sort_keys=True).encode()).hexdigest()
+    image = _existing_image(client, tag)
+    if image is not None and image.labels.get(HASH_LABEL) == digest:
+        _report(progress, f"{tag} is up to date")
+        return image.id
+    if prepare is not None:
+        prepare()
+    _report(progress, f"building {tag}")
+    image_id = None
+    log: list[str] = []
+    for chunk in client.api.build(
+        path=str(context),
+        dockerfile=dockerfile,
+        tag=tag,
+        buildargs=buildargs,
+        network_mode="none" if offline else None,
+        labels={HASH_LABEL: digest},
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    ):
+        if "error" in chunk:
+            tail = "\n".join(log[-20:])
+            raise docker.errors.BuildError(f"{chunk['error'].strip()}\n{tail}", [chunk])
+        line = chunk.get("stream", "").strip()
+        if line:
+            log.append(line)
+        step = re.match(r"Step (\d+)/(\d+) : (.*)", line)
+        if step:
+            _report(progress, step.group(3), step=int(step.group(1)) - 1, total=int(step.group(2)))
+        image_id = chunk.get("aux", {}).get("ID", image_id)
     image_id = image_id or client.images.get(tag).id
     _report(progress, f"built {tag} {image_id[:19]}")
     return image_id
+
+
+def build_sandbox_image(
+    client: docker.DockerClient,
+    settings: ImageSettings | None = None,
+    *,
+    progress: Progress | None = None,
+) -> str:
+    """Build (or find up to date) the sandbox image that `settings` describe; return its id.
+
+    The steps: the offline base (when offline), the wheelhouse (when offline),
+    `sandbox/Dockerfile` with the runtime, then the user's own Dockerfile on
+    top when one is configured. Each is skipped when its inputs did not change.
+    """
+    settings = settings or ImageSettings()
+    offline = settings.mode == "offline"
+    own = Path(settings.dockerfile) if settings.dockerfile else None
+    if own is not None and not own.is_file():
+        raise RuntimeError(f"ImageSettings.dockerfile: {own} is not a file")
+    sandbox_tag = f"{settings.tag}-base" if own is not None else settings.tag
+    packages = apt_packages() + list(settings.extra_apt_packages)
+    with tempfile.TemporaryDirectory(prefix="jupyter-cma-build-") as tmp:
+        context = Path(tmp) / "context"
+        shutil.copytree(RUNTIME_DIR, context, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".keep"))
+        (context / "wheels").mkdir(exist_ok=True)
+        buildargs = {"PIP_PACKAGES": " ".join(settings.extra_pip_packages)}
+        prepare = None
+        if offline:
+            base_id = ensure_base_image(client, packages=packages, progress=progress)
+            requirements = _requirements(context) + list(settings.extra_pip_packages)
+
+            def prepare() -> None:
+                _report(progress, "downloading wheels on this machine")
+                download_wheelhouse(requirements, context / "wheels")
+
+            buildargs.update(BASE_IMAGE=DEFAULT_BASE_TAG, PIP_OFFLINE="1")
+            identity: dict[str, Any] = {"base": base_id}
+        else:
+            buildargs.update(BASE_IMAGE=settings.online_base, APT_PACKAGES=" ".join(packages))
+            identity = {"base": settings.online_base}
+        image_id = _docker_build(client, sandbox_tag, context, buildargs=buildargs, identity=identity,
+                                 offline=offline, progress=progress, prepare=prepare)
+    if own is None:
+        return image_id
+    return _docker_build(client, settings.tag, own.parent, buildargs={"BASE_IMAGE": sandbox_tag},
+                         identity={"base": image_id}, offline=offline, progress=progress, dockerfile=own.name)

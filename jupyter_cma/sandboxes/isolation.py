@@ -41,7 +41,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-BRIDGE_SCRIPT = Path(__file__).with_name("bridge.py")
+from .runtime import BRIDGE_SCRIPT
+
 PROXY_LISTEN = ("127.0.0.1", 3128)
 PROXY_URL = f"http://{PROXY_LISTEN[0]}:{PROXY_LISTEN[1]}"
 # Loopback inside the sandbox is the sandbox's own (its network namespace): a server the code
