@@ -65,6 +65,7 @@ def jp_server_config(cma_emulator, cma_mode, tmp_path, monkeypatch):
             "safety_drain_interval": 3.0,
         },
         "KernelTier": {"pool_size": 1},
+        "ContainerTier": {"pool_size": 0},  # the container tier's own tests turn its pool on
     }
 
 

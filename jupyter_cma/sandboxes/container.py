@@ -415,14 +415,17 @@ class ContainerTier(Tier):
             raise ContainerFailed(f"the sandbox image is not ready: {exc}") from exc
 
     async def close(self) -> None:
+        """Remove every container of this tier (sessions were stopped first; pooled and half-started ones too)."""
         self._closed = True
         if self._fill_task is not None:
             self._fill_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._fill_task
-        pool, self._pool = self._pool, []
-        await asyncio.gather(*(self._discard(slot) for slot in pool), return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool = []
+        slots = list(self._slots.values())
+        await asyncio.gather(*(self._discard(slot, keep_volume=slot.session_id is not None) for slot in slots),
+                             return_exceptions=True)
+        self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ sizes
 

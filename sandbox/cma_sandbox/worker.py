@@ -139,6 +139,7 @@ def _tools_factory(definitions: list[dict[str, Any]]) -> Any:
 
 
 async def serve(assignment: dict[str, Any]) -> None:
+    import httpx2  # the SDK's HTTP library
     from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
     from anthropic.lib.environments import EnvironmentWorker
 
@@ -146,10 +147,11 @@ async def serve(assignment: dict[str, Any]) -> None:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    # An explicit proxy: the API's URL may be a loopback address (a local emulator), which NO_PROXY
-    # would otherwise send to this container's own loopback.
+    # One transport through the proxy for every request: the API's URL may be a loopback address (a
+    # local emulator), which NO_PROXY would send to this container's own loopback. (Given a transport,
+    # neither the SDK nor httpx2 mounts the proxy variables' per-host routes, NO_PROXY's included.)
     client = AsyncAnthropic(api_key=None, base_url=assignment["api_base_url"],
-                            http_client=DefaultAsyncHttpxClient(proxy=PROXY))
+                            http_client=DefaultAsyncHttpxClient(transport=httpx2.AsyncHTTPTransport(proxy=PROXY)))
     definitions = await asyncio.to_thread(_custom_tool_definitions)
     worker = EnvironmentWorker(client, workdir=WORKDIR, tools=_tools_factory(definitions),
                                max_idle=float(assignment.get("max_idle", 60.0)))
@@ -167,6 +169,7 @@ async def serve(assignment: dict[str, Any]) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("anthropic.lib.environments").addHandler(_LeaseWatch())
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request is the egress log's job
     # Imported before "ready", so that a pooled container has paid for it already.
     import anthropic.lib.environments  # noqa: F401
     import anthropic.lib.tools.agent_toolset  # noqa: F401
