@@ -130,6 +130,16 @@ def _upstream_message(exc: Any) -> str:
     return type(exc).__name__
 
 
+def _size_arg(ctx: ApiContext, size: Any) -> str | None:
+    """A container instance size name, checked against the container tier's configured sizes (None: unchanged)."""
+    if size is None:
+        return None
+    sizes = sorted(getattr(ctx.tiers.get("container"), "instance_sizes", {}) or {})
+    if not isinstance(size, str) or size not in sizes:
+        raise tornado.web.HTTPError(400, f"size must be one of {sizes} (ContainerTier.instance_sizes on this server)")
+    return size
+
+
 def _tier_arg(ctx: ApiContext, tier: Any) -> str:
     if tier is None:
         return ctx.default_tier()
@@ -166,6 +176,7 @@ class AgentsHandler(CMAHandler):
         if not isinstance(name, str) or not name.strip():
             raise tornado.web.HTTPError(400, "name is required: a non-empty string")
         tier = _tier_arg(self.ctx, body.get("tier"))
+        size = _size_arg(self.ctx, body.get("size"))
         extra = body.get("tools") or []
         if not isinstance(extra, list) or not all(isinstance(t, dict) and t.get("type") == "custom" for t in extra):
             raise tornado.web.HTTPError(400, "tools may only add custom tools: a list of {\"type\": \"custom\", \"name\", \"description\", \"input_schema\"}")
@@ -178,13 +189,13 @@ class AgentsHandler(CMAHandler):
             if body.get(key) is not None:
                 params[key] = body[key]
         agent = await self.upstream(self.ctx.client.beta.agents.create(**params))
-        self.ctx.store.set_agent(agent.id, tier=tier, name=name)
+        self.ctx.store.set_agent(agent.id, tier=tier, name=name, size=size)
         self.set_status(201)
         self.finish(self._with_tier(agent.model_dump(mode="json")))
 
     def _with_tier(self, agent: dict[str, Any]) -> dict[str, Any]:
-        row = self.ctx.store.agent(agent["id"])
-        return {**agent, "tier": row["tier"] if row else None}
+        row = self.ctx.store.agent(agent["id"]) or {}
+        return {**agent, "tier": row.get("tier"), "size": row.get("size")}
 
 
 class AgentHandler(CMAHandler):
@@ -201,8 +212,15 @@ class AgentHandler(CMAHandler):
     @authorized
     async def patch(self, agent_id: str) -> None:
         body = self.json_body()
+        if "tier" not in body and "size" not in body:
+            raise tornado.web.HTTPError(400, "send {\"tier\": …} to change the agent's tier, {\"size\": …} its container instance size, or both")
+        size = _size_arg(self.ctx, body.get("size"))
         if "tier" not in body:
-            raise tornado.web.HTTPError(400, "send {\"tier\": …} to change the agent's tier")
+            row = self.ctx.store.agent(agent_id)
+            current = await self.upstream(self.ctx.client.beta.agents.retrieve(agent_id))
+            self.ctx.store.set_agent(agent_id, tier=(row or {}).get("tier") or self.ctx.default_tier(), name=current.name, size=size)
+            self.finish({**current.model_dump(mode="json"), "tier": self.ctx.store.agent(agent_id)["tier"], "size": size})
+            return
         tier = _tier_arg(self.ctx, body["tier"])
         current = await self.upstream(self.ctx.client.beta.agents.retrieve(agent_id))
         # Keep the agent's own custom tools; replace those any tier provides (e.g. the kernel's `python`).
@@ -210,8 +228,8 @@ class AgentHandler(CMAHandler):
         provided = {t.get("name") for other in self.ctx.tiers.values() for t in other.tools_for_agent() if t.get("type") == "custom"}
         own = [t.model_dump(mode="json") for t in current.tools if t.type == "custom" and t.name not in provided]
         agent = await self.upstream(self.ctx.client.beta.agents.update(agent_id, version=current.version, tools=tier_tools + own))
-        self.ctx.store.set_agent(agent_id, tier=tier, name=current.name)
-        self.finish({**agent.model_dump(mode="json"), "tier": tier})
+        self.ctx.store.set_agent(agent_id, tier=tier, name=current.name, size=size)
+        self.finish({**agent.model_dump(mode="json"), "tier": tier, "size": self.ctx.store.agent(agent_id)["size"]})
 
 
 class SessionsHandler(CMAHandler):
