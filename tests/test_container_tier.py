@@ -95,3 +95,149 @@ async def test_the_readme_scenario_runs_inside_a_container(harness, docker_clien
     assert not h.ext.egress_proxy.attachments
     log = (h.ext.sandbox_tiers["container"].log_path(sid)).read_text()
     assert '"cma": "tool"' in log and "container jupyter-cma-" in log
+    # Every request the worker made left through the egress proxy and is in the log, for this session.
+    rows = h.ext.egress_log.query(session_id=sid)
+    # (the placeholder swapped for the real token on the way: "injected" by the system rule for the API host)
+    assert any(r["path"].startswith("/v1/environments/") and r["decision"] == "injected" and r["rule"] == "system:api-host" for r in rows), rows
+
+
+def container_runs(log: str) -> list[str]:
+    """The header line of each container that served the session, from its log."""
+    return [line for line in log.splitlines() if line.startswith("--- container ")]
+
+
+@pytest.mark.parametrize("pool_size", [1])
+async def test_sleep_then_resume_keeps_the_workspace_on_a_new_container(harness, docker_client, pool_size):
+    h = await harness.start()
+    tier = h.ext.sandbox_tiers["container"]
+    assert await tier.wait_pool(120)
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo kept > notes.txt && mkdir -p d && echo deep > d/f && ls")))
+    events = await h.turn_ends(sid, timeout=120)
+    assert tool_results(events)[-1].split() == ["d", "notes.txt"]
+    volume = h.ext.store.session(sid)["workspace_volume"]
+    await wait_state(h, sid, "sleeping")
+    await wait_until(lambda: not session_containers(docker_client, sid), 30, what="the first container removed")
+
+    await h.send(sid, script(bash("cat notes.txt d/f; stat -c %U notes.txt")))
+    events = await h.turn_ends(sid, turns=2, timeout=120)
+    assert tool_results(events)[-1].split() == ["kept", "deep", "agent"]
+    assert h.ext.store.session(sid)["workspace_volume"] == volume
+    runs = container_runs(tier.log_path(sid).read_text())
+    assert len(runs) == 2, runs
+    assert "from the pool" in runs[0] and "started for this item" in runs[1], runs  # a new session takes a pooled one
+    assert runs[0].split()[2] != runs[1].split()[2]  # two containers, one volume
+    assert all(f"volume {volume}" in run for run in runs)
+    transitions = [t["to_state"] for t in h.ext.store.transitions(sid)]
+    assert transitions.count("sleeping") >= 1 and "resumed" in transitions
+
+
+async def test_two_sessions_cannot_see_each_other(harness, docker_client):
+    h = await harness.start()
+    agent = await container_agent(h)
+    # A writes a file and leaves a process running, then stays in its turn while B looks around.
+    a = await h.session(agent, script(bash("echo secret-a > a.txt; (exec -a marker-of-a sleep 300 &) ; echo ok"), {"sleep": 12}))
+    await wait_until(lambda: any(h.ext.sessions.describe(a) or {} for _ in [0]) and
+                     (h.ext.sessions.describe(a) or {}).get("tool_calls", 0) >= 1, 120, what="A's first call done")
+    b = await h.session(agent, script(bash(
+        "ls -A /workspace; echo ---; ls -A /run/cma; echo ---; ps -eo args; echo ---; "
+        "cat /proc/net/unix | wc -l; ls /sys/class/net; cat /workspace/../workspace/a.txt 2>&1 | head -1")))
+    events = await h.turn_ends(b, timeout=120)
+    assert (h.ext.sessions.describe(a) or {}).get("state") == "serving", "A must still be running while B looks"
+    listing, sockets, processes, rest = tool_results(events)[-1].split("---\n")
+    assert "a.txt" not in listing
+    assert sorted(sockets.split()) == ["assignment.json", "egress.sock"]  # only its own socket
+    assert "marker-of-a" not in processes and "sleep 300" not in processes
+    assert "No such file" in rest
+    await h.turn_ends(a, timeout=120)
+    log_a = h.ext.sandbox_tiers["container"].log_path(a).read_text()
+    log_b = h.ext.sandbox_tiers["container"].log_path(b).read_text()
+    assert container_runs(log_a)[0].split()[2] != container_runs(log_b)[0].split()[2]
+
+
+async def test_a_container_killed_mid_tool_call_fails_the_session_cleanly(harness, docker_client):
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("sleep 120")))
+    status = await wait_until(lambda: (h.ext.sessions.describe(sid) or {}).get("in_tool") == "bash" and h.ext.sessions.describe(sid),
+                              120, what="the bash call running")
+    name = status["container"]["name"]
+    work_id = status["work_id"]
+    docker_client.containers.get(name).kill()
+
+    await wait_state(h, sid, "failed")
+    reason = h.ext.store.session(sid)["reason"]
+    assert "during a `bash` call" in reason and "killed by SIGKILL" in reason and "force-stopped" in reason, reason
+    # No orphan: no container, no socket directory, no egress attachment; the item is stopped upstream.
+    await wait_until(lambda: not session_containers(docker_client, sid), 30, what="the container removed")
+    assert not list((h.ext.sandbox_tiers["container"].containers_dir).iterdir())
+    assert not h.ext.egress_proxy.attachments
+    client = h.emulator.client()
+    async with client:
+        work = await client.beta.environments.work.retrieve(work_id, environment_id=h.ext.environment_id)
+    assert work.state == "stopped", work.state
+    # The volume stays: the session's files are not lost with its container.
+    assert docker_client.volumes.get(h.ext.store.session(sid)["workspace_volume"])
+
+
+def _exec_with_stdin(client: docker.DockerClient, container: str, argv: list[str], stdin: bytes) -> str:
+    """Run argv in the container with `stdin` fed through the exec's socket (never on a command line or in a file)."""
+    exec_id = client.api.exec_create(container, argv, stdin=True, stdout=True, stderr=True, user="0")["Id"]
+    sock = client.api.exec_start(exec_id, socket=True)
+    raw = sock._sock
+    raw.sendall(stdin)
+    raw.shutdown(1)  # SHUT_WR: end of the patterns
+    out = b""
+    while True:
+        header = b""
+        while len(header) < 8:
+            chunk = raw.recv(8 - len(header))
+            if not chunk:
+                break
+            header += chunk
+        if len(header) < 8:
+            break
+        size = int.from_bytes(header[4:], "big")
+        body = b""
+        while len(body) < size:
+            body += raw.recv(size - len(body))
+        out += body
+    raw.close()
+    return out.decode(errors="replace")
+
+
+async def test_the_container_holds_no_real_credential(harness, docker_client):
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo started"), bash("sleep 20")))
+    status = await wait_until(lambda: (h.ext.sessions.describe(sid) or {}).get("in_tool") == "bash"
+                              and (h.ext.sessions.describe(sid) or {}).get("tool_calls", 0) >= 1 and h.ext.sessions.describe(sid),
+                              120, what="the second call running")
+    name = status["container"]["name"]
+    item_secret = h.ext.sessions.live[sid].sandbox.item.secret
+    token = json.loads(base64.urlsafe_b64decode(item_secret + "=" * (-len(item_secret) % 4)))["sessions_token"]
+    info = h.emulator.info
+    real = {"api key": info["api_key"], "environment key": info["environment_key"], "webhook secret": info["webhook_secret"],
+            "sessions token": token, "work item secret": item_secret}
+    assignment = json.loads((h.ext.sandbox_tiers["container"].containers_dir / status["container"]["name"].removeprefix("jupyter-cma-")
+                             / "assignment.json").read_text())
+    placeholder_secret = assignment["work_secret"]
+
+    # 1. What the engine knows about the container: its configuration, environment, labels, mounts.
+    inspected = json.dumps(docker_client.api.inspect_container(name))
+    assert [k for k, v in real.items() if v in inspected] == []
+    # 2. Every process: environment and command line (the worker's, the bridge's, bash's, sleep's).
+    container = docker_client.containers.get(name)
+    procs = container.exec_run(["sh", "-c", "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; echo; done"], user="0").output.decode(errors="replace")
+    assert "sleep 20" in procs.replace("\0", " ")  # the scan sees the agent's processes
+    assert [k for k, v in real.items() if v in procs] == []
+    # 3. Every file (root filesystem, tmpfs, workspace, socket directory), searched with patterns fed on stdin.
+    patterns = "\n".join([*real.values(), placeholder_secret]).encode() + b"\n"
+    found = _exec_with_stdin(docker_client, name, ["grep", "-rlF", "-f", "/dev/stdin", "/", "--exclude-dir=proc", "--exclude-dir=sys",
+                                                   "--exclude-dir=dev"], patterns)
+    files = found.split()
+    assert "/run/cma/assignment.json" in files, files  # the placeholder is there: the scan finds what is present
+    for path in files:
+        content = container.exec_run(["cat", path], user="0").output.decode(errors="replace")
+        assert [k for k, v in real.items() if v in content] == [], path
+    await h.turn_ends(sid, timeout=120)

@@ -143,8 +143,7 @@ class Slot:
     exited: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     lease_lost: bool = False
     tools: int = 0
-    last_tool: str | None = None
-    in_tool: bool = False
+    in_tool: str | None = None  # the tool call running now, if any
     worker_error: str | None = None
     log_path: Path | None = None
     backlog: list[str] = field(default_factory=list)  # lines printed before the slot had a session
@@ -173,9 +172,11 @@ class Slot:
         if kind == "ready" and self.ready_at is None:
             self.ready_at = time.monotonic()
             self.ready.set()
+        elif kind == "tool_start":
+            self.in_tool = str(event.get("name"))[:64]
         elif kind == "tool":
             self.tools += 1
-            self.last_tool = str(event.get("name"))[:64]
+            self.in_tool = None
             if self.on_tool is not None:
                 self.on_tool()
         elif kind == "lease_lost":
@@ -192,12 +193,13 @@ class Slot:
             with self.log_path.open("a") as fh:
                 fh.write(text + "\n")
 
-    def open_log(self, path: Path) -> None:
+    def open_log(self, path: Path, *, pooled: bool) -> None:
         self.log_path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         backlog, self.backlog = self.backlog, []
         with path.open("a") as fh:
-            fh.write(f"--- container {self.name} ({self.container_id and self.container_id[:12]}) "
+            fh.write(f"--- container {self.name} ({self.container_id and self.container_id[:12]}, "
+                     f"{'from the pool' if pooled else 'started for this item'}, volume {self.volume}) "
                      f"serving from {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             fh.writelines(line + "\n" for line in backlog)
 
@@ -715,6 +717,7 @@ class ContainerSandbox(Sandbox):
                 "image": self._tier.image.tag,
             },
             "tool_calls": 0 if slot is None else slot.tools,
+            "in_tool": None if slot is None else slot.in_tool,
             "exit": self._exit,
             "error": self._error,
             "log": str(self._tier.log_path(self.session_id)),
@@ -737,7 +740,7 @@ class ContainerSandbox(Sandbox):
             slot, self._pooled = await tier.take(session_id, self._size)
             self._slot = slot
             slot.on_tool = self.note_tool_result
-            slot.open_log(tier.log_path(session_id))
+            slot.open_log(tier.log_path(session_id), pooled=self._pooled)
             token = item_credential(self.item.secret, worker.environment_key)
             placeholder = await tier.attach_egress(slot, session_id, token)
             attached = True
@@ -781,7 +784,7 @@ class ContainerSandbox(Sandbox):
 
     async def _after_crash(self, slot: Slot, state: dict[str, Any], worker: WorkerSettings) -> str:
         how = _describe_exit(state)
-        during = f" during a `{slot.last_tool}` call" if slot.last_tool and slot.tools else ""
+        during = f" during a `{slot.in_tool}` call" if slot.in_tool else ""
         if slot.worker_error:
             how += f": {slot.worker_error}"
         if slot.lease_lost:

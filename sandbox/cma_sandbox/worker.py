@@ -22,7 +22,7 @@
 Every request leaves through the bridge on 127.0.0.1:3128, the API's too
 (even when its URL is a loopback address, which inside the container would be
 the container itself). Progress goes to stdout as one JSON object per line
-(`ready`, `assigned`, `tool`, `lease_lost`, `error`, `end`); the server reads
+(`ready`, `assigned`, `tool_start`, `tool`, `lease_lost`, `error`, `end`); the server reads
 them for the session's timings and its crash handling, and never for anything
 that matters to security. The SDK's log goes to stderr.
 
@@ -106,6 +106,7 @@ def _tools_factory(definitions: list[dict[str, Any]]) -> Any:
     def reported(name: str, description: str | None, schema: Any, call: Any) -> Any:
         async def run(**kwargs: Any) -> Any:
             began, failed = time.monotonic(), True
+            emit("tool_start", name=name)
             try:
                 result = await call(kwargs)
                 failed = False
