@@ -105,6 +105,11 @@ class CMAApp(ExtensionApp):
     webhook_retention_days = Float(
         7.0, help="Days to keep received webhook deliveries before pruning them (default 7). Replays older than 5 minutes fail the signature check anyway."
     ).tag(config=True)
+    reap_interval = Float(
+        300.0, help="Seconds between checks for sessions that ended upstream while resting here (terminated, archived or "
+        "deleted); their sandboxes and workspaces (files, container volumes) are removed (default 300; 0: never). "
+        "Webhook mode also reaps at once on the ended events. Needs the API key.",
+    ).tag(config=True)
     tier_probe_interval = Float(
         60.0, help="Seconds between re-checks of which sandbox tiers this machine can run (default 60)."
     ).tag(config=True)
@@ -351,6 +356,8 @@ class CMAApp(ExtensionApp):
             await tier.start()
         self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))
         self._spawn(self._every(3600.0, self._prune))
+        if self.reap_interval > 0 and self.credentials.api_key is not None:
+            self._spawn(self._every(self.reap_interval, self._reap_ended))
         if self.dispatcher is None:
             self.log.warning("jupyter-cma: not serving work: %s missing", ", ".join(self.missing_settings()) or "settings")
         elif self.effective_mode == "webhook":
@@ -378,6 +385,22 @@ class CMAApp(ExtensionApp):
         if isolation is not None:
             probe["kernel"].update(isolation())
         self.tier_probe = probe
+
+    async def _reap_ended(self) -> None:
+        from anthropic import NotFoundError
+
+        async def ended(session_id: str) -> bool:
+            try:
+                session = await self.client.beta.sessions.retrieve(session_id)
+            except NotFoundError:
+                return True  # deleted
+            except Exception:
+                return False  # unknown now: ask again next time
+            return session.status == "terminated" or getattr(session, "archived_at", None) is not None
+
+        reaped = await self.sessions.reap_ended(ended)
+        if reaped:
+            self.log.info("jupyter-cma: reaped %d session(s) that ended upstream: %s", len(reaped), ", ".join(reaped))
 
     async def _prune(self) -> None:
         removed = self.store.prune_deliveries(time.time() - self.webhook_retention_days * 86400)

@@ -46,3 +46,7 @@ if [[ ! -f $engine_stamp ]]; then
   touch "$engine_stamp"
   echo "setup: installed the egress engine"
 fi
+
+# --- the container sandbox image (offline build: debootstrap + host-side wheels; cached) ---
+# About two minutes the first time; a second or so when it is up to date.
+.venv/bin/jupyter-cma build-image 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 3

@@ -35,8 +35,14 @@ def pool_size() -> int:
 
 
 @pytest.fixture
-def jp_server_config(dispatch_server_config, pool_size, docker_client):  # noqa: F811
+def reap_interval() -> float:
+    return 300.0
+
+
+@pytest.fixture
+def jp_server_config(dispatch_server_config, pool_size, reap_interval, docker_client):  # noqa: F811
     config = dict(dispatch_server_config)
+    config["CMAApp"] = {**config["CMAApp"], "reap_interval": reap_interval}
     config["ContainerTier"] = {"pool_size": pool_size, "stop_timeout": 2.0}
     config["KernelTier"] = {"pool_size": 0}
     return config
@@ -241,3 +247,22 @@ async def test_the_container_holds_no_real_credential(harness, docker_client):
         content = container.exec_run(["cat", path], user="0").output.decode(errors="replace")
         assert [k for k, v in real.items() if v in content] == [], path
     await h.turn_ends(sid, timeout=120)
+
+
+@pytest.mark.parametrize(("cma_mode", "reap_interval"), [("webhook", 300.0), ("poll", 0.5)])
+async def test_a_session_ended_upstream_loses_its_volume(harness, docker_client, cma_mode, reap_interval):
+    # Webhook mode reaps on the session.archived delivery; poll mode has no webhooks, and the reaper asks the API.
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo x > f")))
+    await h.turn_ends(sid, timeout=120)
+    await wait_state(h, sid, "sleeping")
+    volume = h.ext.store.session(sid)["workspace_volume"]
+    assert docker_client.volumes.get(volume)
+    client = h.emulator.client()
+    async with client:
+        await client.beta.sessions.archive(sid)
+    await wait_state(h, sid, "ended")
+    assert "workspace were removed" in h.ext.store.session(sid)["reason"]
+    assert not docker_client.volumes.list(filters={"name": volume})
+    assert h.ext.store.session(sid)["workspace_volume"] is None

@@ -226,6 +226,7 @@ async def test_a_session_archived_upstream_is_reaped_at_once(harness):
     client = h.emulator.client()
     async with client:
         await client.beta.sessions.archive(sid)
-    await wait_until(lambda: h.state(sid) == "stopped", 30, what="the sandbox to be reaped")
+    await wait_until(lambda: h.state(sid) == "ended", 30, what="the sandbox to be reaped")
     assert "ended upstream" in h.ext.store.session(sid)["reason"]
     assert sid not in h.ext.sessions.live
+    assert not (h.ext.sessions.workspaces / sid).exists()  # the workspace went with it

@@ -2,7 +2,7 @@
 
 States (persisted with the time and reason of every transition):
 
-    claimed → starting → running ⇄ idle → sleeping → resumed → running … → stopped | failed
+    claimed → starting → running ⇄ idle → sleeping → resumed → running … → stopped | failed | ended
 
 - claimed: this server acked the session's work item;
 - starting: its sandbox is being made (kernel attached / container started);
@@ -12,7 +12,10 @@ States (persisted with the time and reason of every transition):
 - sleeping: the worker flow ended (the session stayed idle past `max_idle`, or
   its lease ended) and the sandbox was released; the workspace stays;
 - resumed: a new item of a sleeping session was claimed; it goes on to starting;
-- stopped: stopped through the API or on shutdown; failed: the sandbox raised.
+- stopped: stopped through the API or on shutdown; failed: the sandbox raised
+  (the reason says how, e.g. a container killed during a call);
+- ended: the session ended upstream (terminated, archived, deleted): its
+  sandbox was stopped and its workspace (files, container volume) removed.
 
 Single-flight: at most one sandbox per session in this process. The queue
 keeps at most one live item per session, so a claimed item for a session
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,16 +198,44 @@ class SessionManager:
     # ------------------------------------------------------------------ events from webhooks
 
     def note_status(self, session_id: str, event_type: str) -> None:
-        """Reflect the API's view of a session we serve (webhook mode)."""
-        if session_id not in self.live:
-            return
+        """Reflect the API's view of a session (webhook mode)."""
         if event_type in ENDED_EVENTS:
             # Reap at once: the worker would notice on its stream, but nothing is left to serve.
-            asyncio.ensure_future(self.stop(session_id, f"the session ended upstream ({event_type})"))
-        elif event_type == "session.status_idled":
+            asyncio.ensure_future(self.reap(session_id, f"the session ended upstream ({event_type})"))
+            return
+        if session_id not in self.live:
+            return
+        if event_type == "session.status_idled":
             self.store.transition(session_id, "idle", "the session went idle (webhook)")
         elif event_type == "session.status_run_started":
             self.store.transition(session_id, "running", "the session started a run (webhook)")
+
+    async def reap(self, session_id: str, reason: str) -> bool:
+        """The session ended upstream: stop its sandbox and remove its workspace on every tier. False if unknown here."""
+        row = self.store.session(session_id)
+        if row is None or row["status"] == "ended":
+            return False
+        await self.stop(session_id, reason)
+        for tier in self.tiers.values():
+            remove = getattr(tier, "remove_workspace", None)
+            if remove is not None:
+                try:
+                    await remove(session_id)
+                except Exception as exc:  # e.g. no Docker engine now; `jupyter cma cleanup` can finish the job
+                    log.warning("could not remove the %s workspace of session %s: %s", tier.name, session_id, exc)
+        await asyncio.to_thread(shutil.rmtree, self.workspaces / session_id, True)
+        self.store.transition(session_id, "ended", f"{reason}; its sandbox and workspace were removed")
+        return True
+
+    async def reap_ended(self, is_ended: Callable[[str], Any]) -> list[str]:
+        """Poll mode has no webhooks: ask `is_ended(session_id)` (awaitable) for each resting session; reap those ended."""
+        reaped = []
+        for row in self.store.sessions(statuses=["sleeping", "stopped", "failed"], limit=1000):
+            if row["id"] in self.live:
+                continue
+            if await is_ended(row["id"]) and await self.reap(row["id"], "the session ended upstream (found by the reaper)"):
+                reaped.append(row["id"])
+        return reaped
 
     # ------------------------------------------------------------------ start and stop
 
