@@ -3,14 +3,15 @@
 Subcommands: `emulator` (run the local Managed Agents API emulator), `demo`
 (the README scenario end to end against the emulator),
 `install-egress-engine` (the egress proxy's own Python environment),
-`build-image` (the container sandbox image) and `cleanup` (what the container
+`build-image` (the container sandbox image), `workspace export|import` (a
+container session's workspace as a tar.gz) and `cleanup` (what the container
 tier left behind).
 """
 
 from __future__ import annotations
 
 from jupyter_core.application import JupyterApp
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 from ._version import __version__
 
@@ -26,6 +27,8 @@ class CMACommand(JupyterApp):
         "demo": ("jupyter_cma.demo.DemoApp", "Run the README scenario end to end against the emulator."),
         "install-egress-engine": ("jupyter_cma.cli.InstallEgressEngineApp", "Install the egress proxy's engine (mitmproxy) in its own environment."),
         "build-image": ("jupyter_cma.cli.BuildImageApp", "Build the container sandbox image (offline by default; cached)."),
+        "workspace": ("jupyter_cma.cli.WorkspaceApp", "Export or import a container session's workspace (tar.gz)."),
+        "cleanup": ("jupyter_cma.cli.CleanupApp", "Remove the containers, volumes and socket directories the container tier left."),
     }
 
     def start(self) -> None:
@@ -113,6 +116,224 @@ class BuildImageApp(JupyterApp):
         bar.close()
         image = client.images.get(image_id)
         print(f"{settings.tag}: {image_id[:19]}, {image.attrs['Size'] / 1e6:.0f} MB")
+
+
+class _DataDirApp(JupyterApp):
+    """A command that works on a server's data directory (--data-dir; else c.CMAApp.data_dir; else the CMAApp default)."""
+
+    # The server's configuration files, so that c.CMAApp.data_dir, c.ContainerTier.… and c.ImageSettings.… apply here too.
+    config_file_name = Unicode("jupyter_server_config")
+    cma_data_dir = Unicode("", help="The server's data directory (default: c.CMAApp.data_dir, else <jupyter data dir>/cma).").tag(config=True)
+    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
+
+    def resolved_data_dir(self) -> str:
+        from pathlib import Path
+
+        from jupyter_core.paths import jupyter_data_dir
+
+        configured = self.config.get("CMAApp", {}).get("data_dir")
+        return str(Path(self.cma_data_dir or configured or Path(jupyter_data_dir()) / "cma").expanduser().absolute())
+
+    def fail(self, message: str) -> None:
+        import sys
+
+        print(f"error: {message}", file=sys.stderr)
+        self.exit(1)
+
+
+class WorkspaceApp(JupyterApp):
+    """Export or import a container session's workspace volume as a tar.gz.
+
+    jupyter cma workspace export SESSION FILE   (FILE '-': standard output)
+    jupyter cma workspace import SESSION FILE   (FILE '-': standard input)
+
+    Both open the server's database (--data-dir) and use its Docker engine; an
+    import is refused while a container uses the session's volume, and records
+    the volume for the session, whose next container then mounts it.
+    """
+
+    name = "jupyter-cma-workspace"
+    description = __doc__
+    subcommands = {
+        "export": ("jupyter_cma.cli.WorkspaceExportApp", "Write SESSION's workspace to FILE as a tar.gz."),
+        "import": ("jupyter_cma.cli.WorkspaceImportApp", "Put the files of FILE (a tar or tar.gz) into SESSION's workspace."),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            print(self.description)
+            self.exit(0)
+        super().start()
+
+
+class _WorkspaceCommand(_DataDirApp):
+    action = ""
+
+    def arguments(self) -> tuple[str, str]:
+        import re
+
+        if len(self.extra_args) != 2:
+            self.fail(f"usage: jupyter cma workspace {self.action} SESSION FILE [--data-dir DIR]")
+        session_id, path = self.extra_args
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", session_id):
+            self.fail(f"{session_id!r} is not a session id")
+        return session_id, path
+
+    def run(self, work: object) -> object:
+        """Run `work(tier)` with a container tier on the data directory's database (opened read-write)."""
+        import asyncio
+        from pathlib import Path
+
+        from .sandboxes.container import ContainerTier
+        from .store import Store
+
+        data_dir = Path(self.resolved_data_dir())
+        database = data_dir / "cma.sqlite3"
+        if self.action == "export" and not database.is_file():
+            self.fail(f"there is no jupyter-cma database at {database}; pass the server's --data-dir")
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = Store(database)
+
+        async def main() -> object:
+            tier = ContainerTier(parent=self, data_dir=str(data_dir), store=store, auto_build=False)
+            try:
+                return await work(tier)  # type: ignore[operator]
+            finally:
+                await tier.close()
+
+        try:
+            return asyncio.run(main())
+        finally:
+            store.close()
+
+
+class WorkspaceExportApp(_WorkspaceCommand):
+    """Write a session's workspace to FILE as a tar.gz (names relative to /workspace)."""
+
+    name = "jupyter-cma-workspace-export"
+    description = __doc__
+    action = "export"
+    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
+
+    def start(self) -> None:
+        import contextlib
+        import os
+        import sys
+
+        session_id, path = self.arguments()
+
+        async def work(tier: object) -> dict:
+            if path == "-":
+                return await tier.export_workspace(session_id, sys.stdout.buffer)  # type: ignore[attr-defined]
+            tmp = f"{path}.partial"
+            try:
+                with open(tmp, "wb") as fh:
+                    result = await tier.export_workspace(session_id, fh)  # type: ignore[attr-defined]
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return result
+
+        try:
+            result = self.run(work)
+        except LookupError as exc:
+            self.fail(str(exc))
+        except Exception as exc:
+            self.fail(f"the export failed: {type(exc).__name__}: {exc}")
+        where = "standard output" if path == "-" else path
+        print(f"exported {result['files']} files ({result['bytes']} bytes) of session {session_id} "  # type: ignore[index]
+              f"from volume {result['volume']} to {where}", file=sys.stderr)  # type: ignore[index]
+        if result["skipped"]:  # type: ignore[index]
+            print(f"left out (fifos or devices): {', '.join(result['skipped'])}", file=sys.stderr)  # type: ignore[index]
+
+
+class WorkspaceImportApp(_WorkspaceCommand):
+    """Put the files of FILE (a tar or tar.gz; '-' reads standard input) into a session's workspace volume."""
+
+    name = "jupyter-cma-workspace-import"
+    description = __doc__
+    action = "import"
+    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
+
+    def start(self) -> None:
+        import sys
+
+        from .sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+
+        session_id, path = self.arguments()
+
+        async def work(tier: object) -> dict:
+            if path == "-":
+                return await tier.import_workspace(session_id, sys.stdin.buffer)  # type: ignore[attr-defined]
+            with open(path, "rb") as fh:
+                return await tier.import_workspace(session_id, fh)  # type: ignore[attr-defined]
+
+        try:
+            result = self.run(work)
+        except FileNotFoundError as exc:
+            self.fail(f"{exc.filename}: no such file")
+        except WorkspaceArchiveError as exc:
+            self.fail(f"the archive was refused, nothing was written: {exc}")
+        except WorkspaceBusy as exc:
+            self.fail(f"the workspace was not imported: {exc}")
+        except Exception as exc:
+            self.fail(f"the import failed: {type(exc).__name__}: {exc}")
+        print(f"imported {result['files']} files, {result['directories']} directories and {result['links']} links "  # type: ignore[index]
+              f"({result['bytes']} bytes) into volume {result['volume']}; session {session_id}'s next container mounts it")  # type: ignore[index]
+
+
+class CleanupApp(_DataDirApp):
+    """Remove the containers and volumes the container tier made (label org.jupyter-cma.managed=1) and its socket
+    directories (<data_dir>/containers/*), for this server's data directory, or for every one with --all.
+
+    A dry run by default: it prints what it would remove. --yes removes. Volumes holding sessions' files (the
+    workspaces of sleeping or resumable sessions) are listed apart and removed only with --volumes.
+    """
+
+    name = "jupyter-cma-cleanup"
+    description = __doc__
+    yes = Bool(False, help="Remove (default: only list what would be removed).").tag(config=True)
+    all_data_dirs = Bool(False, help="Every data directory's leftovers, not only this server's.").tag(config=True)
+    volumes = Bool(False, help="Remove the volumes that hold sessions' files too.").tag(config=True)
+    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
+    flags = {
+        "yes": ({"CleanupApp": {"yes": True}}, "Remove (the default is a dry run)."),
+        "all": ({"CleanupApp": {"all_data_dirs": True}}, "Clean up after every data directory, not only this server's."),
+        "volumes": ({"CleanupApp": {"volumes": True}}, "Remove the volumes holding sessions' files too (sleeping sessions lose their workspace)."),
+    }
+
+    def start(self) -> None:
+        import docker
+
+        from .sandboxes.cleanup import apply_cleanup, format_plan, plan_cleanup
+
+        data_dir = self.resolved_data_dir()
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as exc:
+            self.fail(f"no Docker engine answers ({type(exc).__name__}); start one first")
+        plan = plan_cleanup(client, data_dir, all_data_dirs=self.all_data_dirs)
+        print(format_plan(plan, volumes=self.volumes, removing=self.yes))
+        if plan.is_empty():
+            print("\nNothing to clean up.")
+            return
+        if not self.yes:
+            print("\nDry run: nothing was removed. Run again with --yes to remove the above"
+                  + (" (the volumes holding sessions' files too)." if self.volumes else
+                     "; volumes holding sessions' files are removed only with --volumes as well."))
+            return
+        errors = apply_cleanup(plan, volumes=self.volumes)
+        for error in errors:
+            print(f"error: {error}")
+        if errors:
+            print("\nSome items could not be removed (see above).")
+            self.exit(1)
+        volumes = len(plan.volumes) + (len(plan.session_volumes) if self.volumes else 0)
+        kept = "" if self.volumes or not plan.session_volumes else f"; kept {len(plan.session_volumes)} volume(s) holding sessions' files (--volumes removes them)"
+        print(f"\nRemoved {len(plan.containers)} container(s), {volumes} volume(s) and {len(plan.directories)} socket directory(ies){kept}.")
 
 
 def main() -> None:

@@ -674,6 +674,81 @@ class ContainerTier(Tier):
         return {"image": self.image.tag, "image_id": self.image_id, "image_error": self.image_error,
                 "pool": self.pool_status(), "containers": len(self._slots)}
 
+    # ------------------------------------------------------------------ terminals and workspace transfer
+
+    docker_cli = Unicode(
+        "docker", config=True,
+        help="The docker command-line client (a name on PATH, or a path) that terminals into sandboxes run: "
+        "POST cma/api/sessions/{id}/terminal opens `docker exec -it -w /workspace <container> /bin/bash -l` "
+        "(with -H docker_url when that is set). Default 'docker'.",
+    )
+
+    def _new_docker_client(self) -> docker.DockerClient:
+        import docker
+
+        return docker.DockerClient(**self._client_kwargs()) if self.docker_url else docker.from_env()
+
+    async def _workspace_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(client, …)` on a thread of its own with a client of its own (a transfer may take long)."""
+        def run() -> Any:
+            client = self._new_docker_client()
+            try:
+                return fn(client, *args, **kwargs)
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(run)
+
+    def serves(self, session_id: str) -> bool:
+        """Whether a container of this tier is serving (or about to serve) the session."""
+        return any(slot.session_id == session_id for slot in self._slots.values())
+
+    async def workspace_volume(self, session_id: str, create: bool = True) -> str | None:
+        """The session's workspace volume. With `create`, it is made (labelled) if missing and recorded for the session,
+        so that the session's next container mounts it; a session unknown here is recorded as sleeping."""
+        volume = self._volume_of(session_id)
+        if volume is None and not create:
+            return None
+        volume = volume or VOLUME_PREFIX + session_id
+        if create:
+            await self._workspace_call(self._ensure_volume, volume, session_id)
+            if self.store is not None and self.store.session(session_id) is None:
+                self.store.transition(session_id, "sleeping", "workspace imported; its next work item starts a container on it")
+            self._remember_volume(session_id, volume)
+        return volume
+
+    async def export_workspace(self, session_id: str, fileobj: Any) -> dict[str, Any]:
+        """Write the session's workspace to `fileobj` as a tar.gz (see sandboxes/workspace.py); LookupError if it has none."""
+        from .workspace import export_workspace
+
+        volume = await self.workspace_volume(session_id, create=False)
+        if volume is None:
+            raise LookupError(f"session {session_id} has no workspace volume here (it has not run on the container tier on this server)")
+        image = await self.image_ready()
+        return await self._workspace_call(export_workspace, volume, image, fileobj, labels=self._labels("workspace-helper", session_id))
+
+    async def import_workspace(self, session_id: str, fileobj: Any) -> dict[str, Any]:
+        """Check an archive, then put its files into the session's volume (made and recorded if missing).
+
+        Raises WorkspaceArchiveError (refused archive: nothing made or written) and WorkspaceBusy (a container serves it).
+        """
+        from .workspace import WorkspaceBusy, clean_archive, import_workspace
+
+        if self.serves(session_id):
+            raise WorkspaceBusy(f"a container is serving session {session_id}; stop it first (POST cma/api/sessions/{session_id}/stop)")
+        row = self.store.session(session_id) if self.store is not None else None
+        if row is not None and row["status"] == "ended":
+            raise WorkspaceBusy(f"session {session_id} ended upstream and cannot run again; import into a new session")
+        clean = await asyncio.to_thread(clean_archive, fileobj)
+        try:
+            image = await self.image_ready()
+            volume = await self.workspace_volume(session_id, create=True)
+        except BaseException:
+            clean.data.close()
+            raise
+        return await self._workspace_call(import_workspace, volume, image, clean, labels=self._labels("workspace-helper", session_id),
+                                          volume_labels=self._labels("workspace", session_id))
+
 
 class ContainerSandbox(Sandbox):
     """Serves one claimed item in a container of its own; the worker flow runs inside."""

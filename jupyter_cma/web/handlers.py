@@ -337,6 +337,188 @@ class SessionNotebookHandler(CMAHandler):
         self.finish(nbformat.writes(notebook), set_content_type="application/x-ipynb+json")
 
 
+# ---------------------------------------------------------------------- container sessions: terminal, workspace
+
+# What the docker CLI of a terminal keeps of the server's environment; the rest (API keys among it) is dropped.
+# `docker exec` passes none of its own environment into the container anyway.
+_TERMINAL_ENV_KEEP = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM", "COLUMNS", "LINES",
+                                "XDG_RUNTIME_DIR"})
+
+
+def _terminal_env(manager: Any) -> dict[str, str | None]:
+    """terminado's `extra_env` that removes every variable of the server's environment but the few the docker CLI needs."""
+    import os
+
+    names = set(os.environ) | set(getattr(manager, "extra_env", None) or {})
+    return {name: None for name in names if name not in _TERMINAL_ENV_KEEP and not name.startswith(("DOCKER_", "LC_"))}
+
+
+def _container_tier(ctx: ApiContext) -> Any:
+    tier = ctx.tiers.get("container")
+    if tier is None:
+        raise tornado.web.HTTPError(503, "this server runs no container tier (CMAApp.container_tier_class)")
+    return tier
+
+
+class SessionTerminalHandler(CMAHandler):
+    """`POST cma/api/sessions/{id}/terminal`: a JupyterLab terminal running a login shell in the session's container.
+
+    Answers 201 `{"name", "url": "terminals/<name>", "container", "container_id", "session_id"}`; open it in
+    JupyterLab with the `terminal:open` command and that name (it is listed in the Running panel too).
+    """
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, session_id: str) -> None:
+        import shutil
+
+        manager = self.settings.get("terminal_manager")
+        if manager is None or not self.settings.get("terminals_available", False):
+            raise tornado.web.HTTPError(503, "terminals are disabled on this server: enable the jupyter_server_terminals extension "
+                                        "(c.ServerApp.jpserver_extensions = {'jupyter_server_terminals': True}) and keep "
+                                        "c.ServerApp.terminals_enabled = True, then restart the server")
+        live = self.ctx.sessions.live.get(session_id)
+        sandbox = live.sandbox if live is not None else None
+        row = self.ctx.store.session(session_id)
+        tier_name = getattr(sandbox, "tier", None) or (row or {}).get("tier")
+        if tier_name == "kernel":
+            agent = (row or {}).get("agent_id") or "{agent_id}"
+            raise tornado.web.HTTPError(409, f"session {session_id} runs on the kernel tier, and the kernel tier has no terminal "
+                                        "(its sandbox is a Python kernel, not a Linux machine); move the agent to the container tier "
+                                        f"(PATCH cma/api/agents/{agent} {{\"tier\": \"container\"}}) and its sessions get one")
+        container_id = getattr(sandbox, "container_id", None)
+        if sandbox is None or container_id is None or sandbox.status().get("state") != "serving":
+            now = f" (it is {row['status']})" if row else " (no session of that id has been served here)"
+            raise tornado.web.HTTPError(409, f"no container is serving session {session_id} now{now}; a terminal needs a live "
+                                        "container: send the session a message to wake it, wait until it runs, then try again")
+        tier = _container_tier(self.ctx)
+        docker_cli = shutil.which(tier.docker_cli)
+        if docker_cli is None:
+            raise tornado.web.HTTPError(503, f"the docker client {tier.docker_cli!r} was not found; install it or set "
+                                        "c.ContainerTier.docker_cli to its path")
+        argv = [docker_cli, *(["-H", tier.docker_url] if tier.docker_url else []),
+                "exec", "-it", "-w", "/workspace", container_id, "/bin/bash", "-l"]
+        model = manager.create(shell_command=argv, extra_env=_terminal_env(manager))
+        name = model["name"]
+        user = self.current_user.username if self.current_user else "unknown"
+        self.log.info("jupyter-cma: terminal %s opened into session %s's container %s by %s", name, session_id, sandbox.container_name, user)
+        self.set_status(201)
+        self.finish({"name": name, "url": f"terminals/{name}", "container": sandbox.container_name,
+                     "container_id": container_id[:12], "session_id": session_id})
+
+
+class _QueueWriter:
+    """A file for a thread to write into; each write waits its turn in a small asyncio queue (back-pressure)."""
+
+    def __init__(self, loop: Any, queue: Any) -> None:
+        self.loop, self.queue, self.cancelled = loop, queue, False
+
+    def write(self, data: bytes) -> int:
+        import asyncio
+
+        if self.cancelled:
+            raise BrokenPipeError("the client went away")
+        if data:
+            try:
+                asyncio.run_coroutine_threadsafe(self.queue.put(bytes(data)), self.loop).result(timeout=300)
+            except TimeoutError:
+                raise BrokenPipeError("the client stopped reading for 5 minutes") from None
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+async def _drain(queue: Any, end: object) -> None:
+    while await queue.get() is not end:
+        pass
+
+
+class SessionWorkspaceHandler(CMAHandler):
+    """`GET cma/api/sessions/{id}/workspace`: the session's workspace volume as a tar.gz (streamed);
+    `PUT` a tar or tar.gz body: its files go into the session's volume (made and recorded if missing), which the
+    session's next container mounts. Refused while a container serves the session."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, session_id: str) -> None:
+        import asyncio
+
+        from tornado.iostream import StreamClosedError
+
+        tier = _container_tier(self.ctx)
+        if await tier.workspace_volume(session_id, create=False) is None:
+            raise tornado.web.HTTPError(404, f"session {session_id} has no container workspace on this server (a kernel-tier "
+                                        "session keeps its files in the data directory; a new session has none until it runs)")
+        end = object()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+        writer = _QueueWriter(asyncio.get_running_loop(), queue)
+
+        async def produce() -> dict[str, Any]:
+            try:
+                return await tier.export_workspace(session_id, writer)
+            finally:
+                await queue.put(end)
+
+        producer = asyncio.ensure_future(produce())
+        chunk = await queue.get()
+        if chunk is end:  # nothing was written: the export failed before its first byte (or the workspace is empty)
+            try:
+                await producer
+            except LookupError as exc:
+                raise tornado.web.HTTPError(404, f"{exc}; nothing to export") from None
+            except Exception as exc:
+                raise tornado.web.HTTPError(503, f"could not read the workspace: {exc}") from None
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("Content-Disposition", f'attachment; filename="{session_id}-workspace.tar.gz"')
+        try:
+            while chunk is not end:
+                self.write(chunk)
+                await self.flush()
+                chunk = await queue.get()
+        except StreamClosedError:
+            pass
+        finally:
+            if chunk is not end:  # the client went away (or the server is stopping): let the export end and remove its helper
+                writer.cancelled = True
+                asyncio.ensure_future(_drain(queue, end))
+        if chunk is not end:
+            return
+        await asyncio.gather(producer, return_exceptions=True)
+        if producer.exception() is not None:
+            # The headers are gone: end the connection without the last chunk, so the client sees a broken download.
+            self.log.error("jupyter-cma: exporting session %s's workspace failed: %s", session_id, producer.exception())
+            self.request.connection.close()
+            return
+        tornado.web.RequestHandler.finish(self)  # APIHandler.finish would relabel the body as JSON
+
+    @tornado.web.authenticated
+    @authorized
+    async def put(self, session_id: str) -> None:
+        import io
+
+        from ..sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+
+        tier = _container_tier(self.ctx)
+        if session_id in self.ctx.sessions.live:
+            raise tornado.web.HTTPError(409, f"a sandbox is serving session {session_id} now; stop it first "
+                                        f"(POST cma/api/sessions/{session_id}/stop) or wait until it sleeps, then import")
+        if not self.request.body:
+            raise tornado.web.HTTPError(400, "send the archive as the request body: a tar or tar.gz of the workspace's contents "
+                                        "(`tar -czf ws.tar.gz -C DIR .`, or what GET cma/api/sessions/{id}/workspace gave)")
+        try:
+            result = await tier.import_workspace(session_id, io.BytesIO(self.request.body))
+        except WorkspaceArchiveError as exc:
+            raise tornado.web.HTTPError(400, f"the archive was refused, nothing was written: {exc}") from None
+        except WorkspaceBusy as exc:
+            raise tornado.web.HTTPError(409, f"the workspace was not imported: {exc}") from None
+        except Exception as exc:
+            raise tornado.web.HTTPError(503, f"could not write the workspace: {type(exc).__name__}: {exc}") from None
+        user = self.current_user.username if self.current_user else "unknown"
+        self.log.info("jupyter-cma: workspace of session %s imported by %s: %s", session_id, user, result)
+        self.finish({"session_id": session_id, **result})
+
+
 class WebhookDeliveriesHandler(CMAHandler):
     """`GET cma/api/webhooks`: received deliveries, newest first; pass `next_before` back as `before` for the next page."""
 
@@ -658,6 +840,8 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{api}/sessions/{sid}/events", SessionEventsHandler, kw),
         (rf"{api}/sessions/{sid}/stop", SessionStopHandler, kw),
         (rf"{api}/sessions/{sid}/notebook", SessionNotebookHandler, kw),
+        (rf"{api}/sessions/{sid}/terminal", SessionTerminalHandler, kw),
+        (rf"{api}/sessions/{sid}/workspace", SessionWorkspaceHandler, kw),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, kw),
         (rf"{api}/egress/log", EgressLogHandler, kw),
         (rf"{api}/egress/policies", EgressPoliciesHandler, kw),
