@@ -33,6 +33,7 @@ from .egress.secrets import SecretStore, SecretStoreError
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
 from .store import Store
+from .tools.registry import ToolRegistry
 from .web.handlers import ApiContext, handlers
 
 DEFAULT_API_BASE_URL = "https://api.anthropic.com"
@@ -193,8 +194,11 @@ class CMAApp(ExtensionApp):
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
         self.egress_log = EgressLog(self.store)
+        # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket).
+        self.tools = ToolRegistry()
         self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
-                                        middleware=list(self.egress_middleware), egress_log=self.egress_log)
+                                        middleware=list(self.egress_middleware), egress_log=self.egress_log,
+                                        internal_handler=self.tools.handle_internal)
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")

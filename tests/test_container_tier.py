@@ -266,3 +266,26 @@ async def test_a_session_ended_upstream_loses_its_volume(harness, docker_client,
     assert "workspace were removed" in h.ext.store.session(sid)["reason"]
     assert not docker_client.volumes.list(filters={"name": volume})
     assert h.ext.store.session(sid)["workspace_volume"] is None
+
+
+async def test_a_custom_tool_called_in_the_container_runs_on_the_server_for_that_session(harness):
+    h = await harness.start()
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def whoami(session_id: str, tool_input: dict[str, Any]) -> str:
+        seen.append((session_id, tool_input))
+        return f"you are {session_id}"
+
+    schema = {"type": "object", "properties": {"claim": {"type": "string"}}}
+    h.ext.tools.register("whoami", whoami, description="Say which session is calling.", input_schema=schema)
+    agent = (await h.api("POST", "agents", {"name": "tooled", "tier": "container", "tools": [
+        {"type": "custom", "name": "whoami", "description": "Say which session is calling.", "input_schema": schema}]}))["id"]
+    sid = await h.session(agent, script({"tool": "whoami", "input": {"claim": "sesn_someone_else"}}))
+    events = await h.turn_ends(sid, timeout=120)
+    answers = ["".join(b.text for b in e.content or [] if b.type == "text") for e in events if e.type == "user.custom_tool_result"]
+    # The call went container → its egress socket → the engine's internal route → the registry, which knows
+    # the caller by the socket, whatever the input claims.
+    assert answers == [f"you are {sid}"]
+    assert seen == [(sid, {"claim": "sesn_someone_else"})]
+    rows = h.ext.egress_log.query(session_id=sid)
+    assert any(r["host"] == "cma.internal" and r["path"] == "/v1/tools/whoami" for r in rows)

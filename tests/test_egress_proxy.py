@@ -227,7 +227,8 @@ class Box:
 class Rig:
     """Store, policies, secrets, log, the proxy (engine process), a kernel tier, and loopback upstreams."""
 
-    def __init__(self, tmp_path: Path, test_ca: dict[str, str], api_base_url: str = "https://api.anthropic.com", **limits: Any) -> None:
+    def __init__(self, tmp_path: Path, test_ca: dict[str, str], api_base_url: str = "https://api.anthropic.com",
+                 internal_handler: Any = None, **limits: Any) -> None:
         self.data = tmp_path / "cma"
         self.data.mkdir()
         self.store = Store(self.data / "cma.sqlite3")
@@ -239,7 +240,7 @@ class Rig:
         tls.load_cert_chain(test_ca["cert"], test_ca["key"])
         self.plain, self.other, self.secure = Upstream("plain"), Upstream("other"), Upstream("secure", tls)
         self.proxy = EgressProxy(data_dir=self.data, api_base_url=api_base_url, middleware=[], egress_log=self.log,
-                                 upstream_ca=test_ca["ca"], **limits)
+                                 upstream_ca=test_ca["ca"], internal_handler=internal_handler, **limits)
         self.tier: KernelTier | None = None
         self.boxes: list[Box] = []
 

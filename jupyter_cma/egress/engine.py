@@ -40,6 +40,16 @@ these hooks, in this order:
    token on requests to the API host only.
 6. One log record per request (and per plain tunnel) goes back to the server.
 
+The internal route: a plain-http request to `cma.internal` (port 80, GET or
+POST) is answered by the server's tool registry, never by an upstream. It is
+recognised right after the rate limit and bypasses the policy: no decision,
+no DNS, no approved address (so `server_connect` could not open anything for
+it). Its body (at most 1 MiB) is read whole, then the `request` hook sends it
+over the control channel with the *sandbox id of the socket* the connection
+came in on; the server finds the session from its own attachment of that
+socket, never from anything in the request, and answers. A CONNECT to the
+name, another port or https is refused.
+
 Any exception in a hook refuses the request (fail closed): mitmproxy would
 otherwise log the error and carry on. Limits: header bytes and time, body
 size, idle and total connection time, connections per sandbox and in all,
@@ -53,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import functools
 import ipaddress
 import json
@@ -88,6 +99,7 @@ from . import channel
 from .log import clean_path
 from .policy import (
     DEFAULT_PORTS,
+    INTERNAL_HOST,
     SYSTEM_API_RULE,
     Decision,
     PolicyError,
@@ -110,6 +122,10 @@ SWEEP_SECONDS = 1.0
 RESOLVE_TIMEOUT = 5.0
 RESOLVE_CACHE_SECONDS = 30.0
 ERROR_HEADERS = {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"}
+INTERNAL_MAX_BODY = 1024 * 1024  # a tool's input: JSON, small; the body is held in memory and sent to the server whole
+INTERNAL_METHODS = ("GET", "POST")
+INTERNAL_RULE = "internal"
+INTERNAL_USE = f"the tool registry is reached with plain http on port 80 only: use http://{INTERNAL_HOST}/ through the proxy (HTTP_PROXY)"
 
 
 @dataclass
@@ -319,12 +335,15 @@ class Conn:
         self.line_checked = False
         self.tunnel: Tunnel | None = None
         self.approved: set[tuple[str, int]] = set()
+        self.internal = False  # the request being read is a call to cma.internal (see ConnOptions)
+        self.handler: ProxyConnectionHandler | None = None  # mitmproxy's, once it serves the connection
         self.closing_reason: str | None = None
 
     def expect_head(self) -> None:
         """A request is done (answered or refused): the next bytes start a new request head."""
         self.awaiting_head, self.head_bytes, self.head_started = True, 0, None
         self.head_tail, self.head_text, self.first_line, self.line_checked = b"", False, b"", False
+        self.internal = False
 
     def abort(self, reason: str) -> None:
         if self.closing_reason is None:
@@ -403,6 +422,34 @@ class CountingReader:
         return getattr(self._reader, name)
 
 
+class ConnOptions:
+    """mitmproxy's options as the layers of one connection read them: a call to cma.internal is read whole.
+
+    The engine streams every body (`stream_large_bodies`) and mitmproxy can
+    stream a request body only into an upstream connection, which a call to
+    the server must never open: its body is buffered instead, and bounded by
+    `INTERNAL_MAX_BODY` through `body_size_limit` (mitmproxy answers 413 when
+    a chunked body outgrows it). mitmproxy has no per-request switch, but a
+    plain connection speaks HTTP/1, one request at a time, so the connection's
+    flag is that of the request being read; it is set in `requestheaders`,
+    before any of the body is read, and cleared when the request is done.
+    """
+
+    def __init__(self, opts: options.Options, conn: Conn) -> None:
+        self._options, self._conn = opts, conn
+
+    @property
+    def stream_large_bodies(self) -> str | None:
+        return None if self._conn.internal else self._options.stream_large_bodies
+
+    @property
+    def body_size_limit(self) -> str | None:
+        return str(INTERNAL_MAX_BODY) if self._conn.internal else self._options.body_size_limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._options, name)
+
+
 class CountingWriter:
     def __init__(self, writer: asyncio.StreamWriter, conn: Conn) -> None:
         self._writer, self._conn = writer, conn
@@ -452,7 +499,12 @@ class Engine:
     def __init__(self, control: socket.socket, settings: dict[str, Any]) -> None:
         self.control = control
         self.outbox = channel.Outbox(control)
+        self.inbox = channel.Inbox()
         self.limits = Limits(**settings["limits"])
+        self.internal_timeout = float(settings.get("internal_timeout") or 300.0)
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}  # internal calls awaiting the server, by id
+        self._last_call_id = 0
+        self._control_open = True
         data_dir = Path(settings["data_dir"])
         self.store = Store.read_only(data_dir / "cma.sqlite3")
         try:
@@ -514,10 +566,17 @@ class Engine:
             if not data:
                 log.info("egress engine: the server closed the control channel; exiting")
                 asyncio.get_running_loop().remove_reader(self.control.fileno())
+                self._control_open = False
+                for future in self._calls.values():  # no answer can come any more
+                    if not future.done():
+                        future.set_exception(ConnectionError("the control channel closed"))
                 self.master.shutdown()
                 return
             try:
-                self._handle_control(json.loads(data), fds)
+                message = self.inbox.feed(data)
+                if message is None:
+                    continue  # a fragment; the rest of the message follows
+                self._handle_control(json.loads(message), fds)
             except Exception:
                 log.exception("egress engine: bad control message")
                 for fd in fds:
@@ -542,6 +601,10 @@ class Engine:
             asyncio.ensure_future(self._listen(sandbox))
         elif op == "detach":
             self._detach(message["id"])
+        elif op == "internal_reply":
+            future = self._calls.get(message.get("id"))
+            if future is not None and not future.done():
+                future.set_result(message)  # an unknown id: the call timed out or its connection is gone
         else:
             log.warning("egress engine: unknown control op %r", op)
 
@@ -623,8 +686,9 @@ class Engine:
             writer.close()
             return
         handler = ProxyConnectionHandler(self.master, CountingReader(reader, conn, self), CountingWriter(writer, conn),
-                                         self.master.options, self._mode)
+                                         ConnOptions(self.master.options, conn), self._mode)
         handler.layer = HttpProxy(handler.layer.context)
+        conn.handler = handler
         client = handler.client
         self.conns[client.id] = conn
         sandbox.conns.add(conn)
@@ -667,6 +731,10 @@ class Engine:
         flow.metadata["cma"] = {"started": started, "at": at, "host": flow.request.host, "port": flow.request.port, "scheme": "https"}
         if not conn.sandbox.bucket.take():
             raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
+        if _is_internal(flow.request.host):
+            # The route is answered by the proxy itself, in plain http; a tunnel would have to go somewhere.
+            flow.metadata["cma"]["host"] = INTERNAL_HOST
+            raise Refused(403, INTERNAL_USE, "internal:http-only")
         revision = self.store.egress_revision()
         effective = self.resolver.resolve(conn.sandbox.context)
         decision = effective.decide("CONNECT", "https", flow.request.host, flow.request.port, None)
@@ -756,6 +824,9 @@ class Engine:
         if not conn.sandbox.bucket.take():
             raise Refused(429, "this sandbox is over its request rate; slow down", "limit:rate")
         tunnel = conn.tunnel
+        if tunnel is None and _is_internal(request.host):
+            self._internal_headers(flow, conn, meta, upgrade)
+            return
         if tunnel is not None:
             if _head_size(request) > self.limits.max_header_bytes:
                 raise Refused(431, f"request head larger than {self.limits.max_header_bytes} bytes", "limit:header-size")
@@ -804,8 +875,28 @@ class Engine:
         request.stream = functools.partial(_count, meta, "up", conn, self.limits.max_body_bytes)
 
     @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        """A call to cma.internal, its body read: the server answers it. Every other request passes untouched."""
+        meta = flow.metadata.get("cma")
+        if meta is None or not meta.get("internal") or flow.response is not None or flow.error is not None:
+            return
+        meta["body_read"] = True  # a refusal from here on is an ordinary answer (see _refuse)
+        conn = self._conn(flow)
+        body = flow.request.raw_content or b""
+        meta["up"] = len(body)
+        awake = asyncio.ensure_future(self._keep_awake(conn))
+        try:
+            status, answer, content_type = await self._call_server(conn.sandbox, flow.request.method, flow.request.path, body)
+        finally:
+            awake.cancel()
+        meta["down"] = len(answer)
+        flow.response = http.Response.make(status, answer, {"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    @fail_closed
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         meta = flow.metadata.get("cma")
+        if meta is not None and meta.get("internal"):
+            return  # the engine's own answer, counted when it was made
         conn = self.conns.get(flow.client_conn.id)
         if flow.response is not None and flow.response.status_code == 101 and flow.request.headers.get("upgrade", "").lower() != "websocket":
             # mitmproxy would relay such a connection keeping every chunk in memory; only WebSockets are upgrades here.
@@ -850,18 +941,95 @@ class Engine:
                 flow.metadata.setdefault("cma", {})["logged"] = True
                 conn.expect_head()
             return
+        if meta.get("internal") and flow.error is not None and "body_size_limit" in flow.error.msg:
+            meta.update(decision="denied", rule="limit:body-size", refused=413)  # a chunked body over INTERNAL_MAX_BODY; mitmproxy said 413
         self._finish(flow, meta.get("refused", 502))
 
     @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         conn = self.conns.get(data.client.id)
         address = data.server.address
-        if conn is None or address is None or (str(address[0]), int(address[1])) not in conn.approved:
+        # A call to cma.internal is never approved an address; while one is being read its connection opens nothing at all.
+        if conn is None or conn.internal or address is None or (str(address[0]), int(address[1])) not in conn.approved:
             data.server.error = "refused by the egress proxy: no decision approved this address"
             return
         tunnel = conn.tunnel
         if tunnel is not None and not _is_ip(tunnel.host):
             data.server.sni = tunnel.host  # the CONNECT name, never the client's choice
+
+    # ------------------------------------------------------------------ the internal route
+
+    def _internal_headers(self, flow: http.HTTPFlow, conn: Conn, meta: dict[str, Any], upgrade: bool) -> None:
+        """Check a call to cma.internal by its head; `request` answers it once the body is read.
+
+        No policy applies: the name is never a destination. What the request
+        says about who sends it (headers, path, body) is passed on as data
+        only; the sandbox is the socket's.
+        """
+        request = flow.request
+        meta.update(host=INTERNAL_HOST, port=request.port, scheme=request.scheme or "http")
+        if request.scheme != "http" or request.port != 80:
+            raise Refused(403, INTERNAL_USE, "internal:http-only")
+        if request.host_header is not None and not _authority_names(request.host_header, INTERNAL_HOST, 80, "http"):
+            raise Refused(421, f"the Host header {request.host_header!r} differs from the URI's host {INTERNAL_HOST}", "invalid:host-mismatch")
+        if request.method not in INTERNAL_METHODS:
+            raise Refused(405, f"{INTERNAL_HOST} answers GET and POST only", "internal:method")
+        if upgrade:
+            raise Refused(400, f"{INTERNAL_HOST} does not upgrade connections", "internal:upgrade")
+        try:
+            length = int(request.headers.get("content-length", "0") or 0)  # validated by mitmproxy (one, a number)
+        except ValueError:
+            raise Refused(400, "refused: an unreadable Content-Length", "invalid:request") from None
+        if length > INTERNAL_MAX_BODY:
+            raise Refused(413, f"a call's body may be at most {INTERNAL_MAX_BODY} bytes", "limit:body-size")
+        meta.update(internal=True, rule=INTERNAL_RULE, decision="allowed")
+        conn.internal = True  # read the body whole, bounded (ConnOptions)
+        request.stream = False  # mitmproxy marked it for streaming before this hook
+
+    async def _keep_awake(self, conn: Conn) -> None:
+        """A call waiting for the server is not an idle connection: internal_timeout bounds it, not idle_timeout.
+
+        Both idle clocks are fed while it waits: the sweeper's, and mitmproxy's
+        watchdog, which a hook disarms only for its *next* sleep, so one already
+        under way would close the connection (silently) during a long call.
+        """
+        tick = max(0.05, min(SWEEP_SECONDS, self.limits.idle_timeout / 4))
+        while True:
+            conn.last_activity = time.monotonic()
+            if conn.handler is not None:
+                conn.handler.timeout_watchdog.register_activity()
+            await asyncio.sleep(tick)
+
+    async def _call_server(self, sandbox: Sandbox, method: str, path: str, body: bytes) -> tuple[int, bytes, str]:
+        """The server's answer (status, body, content type) to a sandbox's call, or why there is none (503, 504).
+
+        The sandbox id is the only identity sent: the server looks the session
+        up in its own attachments. Ids are this engine's own; a reply to a
+        call that is no longer waited for is dropped.
+        """
+        if not self._control_open:
+            return _internal_error(503, "the server cannot be reached (the egress engine is restarting); try again")
+        self._last_call_id += 1
+        call_id = self._last_call_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = future
+        try:
+            self.outbox.send({"op": "internal", "id": call_id, "sandbox": sandbox.id, "method": method, "path": path,
+                              "body": base64.b64encode(body).decode("ascii")})
+            reply = await asyncio.wait_for(future, self.internal_timeout)
+        except asyncio.TimeoutError:
+            return _internal_error(504, f"the server did not answer within {self.internal_timeout:g} s")
+        except OSError:  # ConnectionError too: the channel closed while the call waited
+            return _internal_error(503, "the server cannot be reached (the egress engine is restarting); try again")
+        finally:
+            self._calls.pop(call_id, None)
+        status = reply.get("status")
+        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+            raise ValueError(f"the server answered an internal call with status {status!r}")
+        content_type = str(reply.get("content_type") or "application/octet-stream")
+        if any(ord(c) < 32 or ord(c) == 127 for c in content_type):
+            raise ValueError("the server answered an internal call with an unusable content type")
+        return status, base64.b64decode(reply.get("body") or "", validate=True), content_type
 
     # ------------------------------------------------------------------ decisions to actions
 
@@ -911,7 +1079,8 @@ class Engine:
         conn = self.conns.get(flow.client_conn.id)
         headers = flow.request.headers
         headers.pop("expect", None)  # no "100 Continue" for a refused request
-        body_coming = bool(flow.request.stream) or "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0")
+        body_coming = not meta.get("body_read") and (
+            bool(flow.request.stream) or "transfer-encoding" in headers or headers.get("content-length", "0").strip() not in ("", "0"))
         if body_coming and flow.response is None:
             # mitmproxy would read (or stream) the whole body before answering, and cannot answer
             # a streamed one at all: the answer goes out now and the connection closes
@@ -980,6 +1149,19 @@ def _hostport(host: str, port: int, scheme: str = "https") -> str:
     """A canonical host (as `normalize_host` gives it) with its port, the port left out when it is the scheme's default."""
     shown = _display_host(host)
     return shown if port == DEFAULT_PORTS.get(scheme) else f"{shown}:{port}"
+
+
+def _is_internal(host: str | None) -> bool:
+    """Whether a requested host is cma.internal (in any spelling `normalize_host` accepts)."""
+    try:
+        return bool(host) and normalize_host(host) == INTERNAL_HOST
+    except PolicyError:
+        return False
+
+
+def _internal_error(status: int, message: str) -> tuple[int, bytes, str]:
+    """An answer of the internal route made by the engine itself: JSON, like the server's."""
+    return status, json.dumps({"error": message}).encode(), "application/json"
 
 
 def _authority_names(authority: str | None, host: str, port: int, scheme: str) -> bool:

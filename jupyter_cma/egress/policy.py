@@ -116,6 +116,9 @@ if TYPE_CHECKING:
     from ..store import Store
 
 SYSTEM_API_RULE = "system:api-host"  # the rule of the system allowance (the worker's API host)
+# The server's own endpoint for sandboxes (its tool registry), plain http on port 80 only. The proxy answers it
+# itself before any policy, DNS or connection: it is never a destination, and no policy rule about it applies.
+INTERNAL_HOST = "cma.internal"
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # ws/wss are the http/https of a WebSocket upgrade: same ports, same rules.
 SCHEME_FAMILY = {"http": "http", "https": "https", "ws": "http", "wss": "https"}

@@ -17,11 +17,18 @@ secret store by name when a request needs one.
 
 The engine sends back one record per request, which goes to the `EgressLog`
 (SQLite and the live feed).
+
+It also relays the sandboxes' calls to `http://cma.internal/` (the internal
+route): each names only the sandbox whose socket it came in on, and the
+session it is made for is the one this server attached that socket to.
+`internal_handler` (the tool registry's `handle_internal`) answers it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import os
@@ -31,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +58,10 @@ ENGINE_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 RESTART_DELAY_MIN = 0.2
 STABLE_SECONDS = 30.0  # an engine that ran this long was not crash-looping: restart it without a pause
+INTERNAL_MAX_ANSWER = 8 * 1024 * 1024  # an internal call's answer (base64 on the channel: within its MAX_MESSAGE_BYTES)
+
+# (session_id, agent_id, method, path, body) → (status, body, content type); see EgressProxy.internal_handler.
+InternalHandler = Callable[[str | None, str | None, str, str, bytes], Awaitable[tuple[int, bytes, str]]]
 
 
 def default_engine_dir() -> Path:
@@ -76,9 +88,11 @@ def placeholder_work_secret(placeholder: str) -> str:
     ANTHROPIC_WORK_SECRET; the SDK sends `Authorization: Bearer <placeholder>`
     and the proxy swaps in the real token toward the API host only.
     """
-    import base64
-
     return base64.urlsafe_b64encode(json.dumps({"sessions_token": placeholder}).encode()).decode().rstrip("=")
+
+
+def _json_answer(status: int, error: str) -> tuple[int, bytes, str]:
+    return status, json.dumps({"error": error}).encode(), "application/json"
 
 
 @dataclass
@@ -113,13 +127,20 @@ class EgressProxy(LoggingConfigurable):
     request_burst = Int(400, help="Requests one sandbox may make at once above its rate.").tag(config=True)
     start_timeout = Float(60.0, help="Seconds to wait for the engine to start (the first start creates its CA).").tag(config=True)
     restart_delay_max = Float(10.0, help="Longest pause between restarts of an engine that keeps dying.").tag(config=True)
+    internal_timeout = Float(300.0, help="Seconds a sandbox's call to http://cma.internal/ (a tool) may take before "
+                             "the proxy answers 504.").tag(config=True)
 
-    def __init__(self, *, data_dir: Path, api_base_url: str, middleware: list[str], egress_log: EgressLog, **kwargs: Any) -> None:
+    def __init__(self, *, data_dir: Path, api_base_url: str, middleware: list[str], egress_log: EgressLog,
+                 internal_handler: InternalHandler | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir)
         self.api_base_url = api_base_url
         self.middleware = list(middleware)
         self.egress_log = egress_log
+        # Answers the sandboxes' calls to http://cma.internal/ with the session of the calling sandbox's attachment.
+        # None: such calls get 404 (no tool registry on this server).
+        self.internal_handler = internal_handler
+        self._internal_tasks: set[asyncio.Task[None]] = set()
         self.home = self.data_dir / "egress"
         self.confdir = self.home / "mitmproxy"
         self.ca_bundle = self.home / "ca-bundle.pem"
@@ -131,6 +152,7 @@ class EgressProxy(LoggingConfigurable):
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._outbox: channel.Outbox | None = None
+        self._inbox = channel.Inbox()
         self._ready: asyncio.Future[dict[str, Any]] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._started_at = 0.0
@@ -180,6 +202,8 @@ class EgressProxy(LoggingConfigurable):
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
+        for task in list(self._internal_tasks):
+            task.cancel()
         for sandbox_id in list(self.attachments):
             self.detach(sandbox_id)
         await self._kill()
@@ -212,6 +236,7 @@ class EgressProxy(LoggingConfigurable):
             engine_end.close()
         self._control = server_end
         self._outbox = channel.Outbox(server_end)
+        self._inbox = channel.Inbox()
         self._started_at = time.monotonic()
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
@@ -219,7 +244,8 @@ class EgressProxy(LoggingConfigurable):
         loop.add_reader(server_end.fileno(), self._on_control)
         asyncio.ensure_future(self._relay_stderr(self._proc))
         self._send({"op": "configure", "data_dir": str(self.data_dir), "confdir": str(self.confdir), "api_base_url": self.api_base_url,
-                    "middleware": self.middleware, "upstream_ca": self.upstream_ca or None, "limits": self._limits()})
+                    "middleware": self.middleware, "upstream_ca": self.upstream_ca or None, "limits": self._limits(),
+                    "internal_timeout": self.internal_timeout})
         ready = await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout)
         self.engine_setup_error = ready.get("setup_error")
         self._write_ca_bundle(Path(ready["ca_cert"]))
@@ -316,7 +342,10 @@ class EgressProxy(LoggingConfigurable):
                     self._close_control()  # the engine is gone; _supervise restarts it
                     return
                 try:
-                    message = json.loads(data)
+                    whole = self._inbox.feed(data)
+                    if whole is None:
+                        continue  # a fragment; the rest of the message follows
+                    message = json.loads(whole)
                 except ValueError:
                     self.log.warning("jupyter-cma: unreadable message from the egress engine")
                     continue
@@ -325,9 +354,50 @@ class EgressProxy(LoggingConfigurable):
                     self._ready.set_result(message)
                 elif op == "log":
                     rows.extend(message.get("rows") or [])
+                elif op == "internal":
+                    task = asyncio.ensure_future(self._answer_internal(message, self._outbox))
+                    self._internal_tasks.add(task)
+                    task.add_done_callback(self._internal_tasks.discard)
         finally:
             if rows:
                 self._record(rows)
+
+    async def _answer_internal(self, message: dict[str, Any], outbox: channel.Outbox | None) -> None:
+        """Answer a sandbox's call to cma.internal: who calls is this server's attachment of the socket, nothing else.
+
+        The reply goes back only to the engine that asked (`outbox`): call
+        ids are an engine's own, so a restarted engine must not get an answer
+        meant for its predecessor.
+        """
+        call_id = message.get("id")
+        status, body, content_type = await self._internal_answer(message)
+        if len(body) > INTERNAL_MAX_ANSWER:
+            self.log.warning("jupyter-cma: an internal call's answer of %d bytes is larger than %d; refused", len(body), INTERNAL_MAX_ANSWER)
+            status, body, content_type = _json_answer(502, f"the answer is larger than {INTERNAL_MAX_ANSWER} bytes")
+        if outbox is None or outbox is not self._outbox:
+            return  # that engine is gone; the sandbox's connection went with it
+        self._send({"op": "internal_reply", "id": call_id, "status": status, "body": base64.b64encode(body).decode("ascii"),
+                    "content_type": content_type})
+
+    async def _internal_answer(self, message: dict[str, Any]) -> tuple[int, bytes, str]:
+        attachment = self.attachments.get(str(message.get("sandbox")))
+        if attachment is None:
+            return _json_answer(403, "this sandbox is not attached to the egress proxy")
+        if self.internal_handler is None:
+            return _json_answer(404, "no tool registry on this server")
+        try:
+            body = base64.b64decode(message.get("body") or "", validate=True)
+        except (binascii.Error, TypeError):
+            return _json_answer(400, "the egress engine sent an unreadable body")
+        spec = attachment.spec  # the session this server attached the socket to; the message is not asked
+        try:
+            status, answer, content_type = await self.internal_handler(
+                spec.get("session_id"), spec.get("agent_id"), str(message.get("method")), str(message.get("path")), body)
+            return int(status), bytes(answer), str(content_type)
+        except Exception:
+            self.log.exception("jupyter-cma: the internal handler failed on %s %s for session %s",
+                               message.get("method"), str(message.get("path"))[:200], spec.get("session_id"))
+            return _json_answer(500, "the server failed to answer this call; its log has the details")
 
     def _record(self, rows: list[dict[str, Any]]) -> None:
         try:

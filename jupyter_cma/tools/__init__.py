@@ -1,0 +1,1 @@
+"""Custom tools that code inside a sandbox can call: `registry.ToolRegistry`, served at http://cma.internal/."""
