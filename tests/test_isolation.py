@@ -485,7 +485,14 @@ async def test_marker_cleanup_kills_a_sandbox_whose_server_is_gone(bwrap, tmp_pa
         kernel = await tier.take_kernel()
         # A child in a session of its own: not in the kernel's process group.
         await run(kernel, "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True).pid")
-        sleeper = host_pid_of(kernel_dir, kernel.directory, "sleep")
+
+        def sleeping() -> int | None:  # Popen returns before the child has executed `sleep`
+            try:
+                return host_pid_of(kernel_dir, kernel.directory, "sleep")
+            except AssertionError:
+                return None
+
+        sleeper = await wait_until(sleeping, 10, what="the sleep process to start")
         marked = kernel_processes(kernel_dir)[str(kernel.directory)]
         assert kernel.pid in marked and sleeper in marked and all(pid_alive(p) for p in marked)
         # Its server is gone (owner.json names a process that exited) while the sandbox lives on:
