@@ -15,3 +15,4 @@ bench: setup
 	.venv/bin/python bench/bench_webhooks.py
 	.venv/bin/python bench/bench_kernel.py
 	.venv/bin/python bench/bench_proxy.py
+	.venv/bin/python bench/bench_container.py
