@@ -236,8 +236,8 @@ class Bench:
 
     async def tier(self, pool_size: int) -> ContainerTier:
         tier = ContainerTier(pool_size=pool_size, data_dir=str(self.data), store=self.store, egress_hook=self.egress_hook,
-                             api_base_url=self.info["base_url"], ca_bundle=str(self.proxy.ca_bundle), stop_timeout=2.0,
-                             auto_build=False)  # built (or found up to date) once before the run: one image for every part
+                             api_base_url=self.info["base_url"], ca_bundle=str(self.proxy.ca_bundle), stop_timeout=2.0)
+        tier.image.auto_build = False  # built (or found up to date) once before the run: one image for every part
         self.tiers.append(tier)
         await tier.start()
         await tier.image_ready()

@@ -388,6 +388,9 @@ class CMAApp(ExtensionApp):
         isolation = getattr(self.sandbox_tiers["kernel"], "isolation_status", None)
         if isolation is not None:
             probe["kernel"].update(isolation())
+        container = getattr(self.sandbox_tiers["container"], "status", None)
+        if container is not None:
+            probe["container"].update(container())  # image (or why it is not ready) and the warm pool
         self.tier_probe = probe
 
     async def _reap_ended(self) -> None:

@@ -195,7 +195,8 @@ class _WorkspaceCommand(_DataDirApp):
         store = Store(database)
 
         async def main() -> object:
-            tier = ContainerTier(parent=self, data_dir=str(data_dir), store=store, auto_build=False)
+            tier = ContainerTier(parent=self, data_dir=str(data_dir), store=store)
+            tier.image.auto_build = False
             try:
                 return await work(tier)  # type: ignore[operator]
             finally:
@@ -213,7 +214,6 @@ class WorkspaceExportApp(_WorkspaceCommand):
     name = "jupyter-cma-workspace-export"
     description = __doc__
     action = "export"
-    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
 
     def start(self) -> None:
         import contextlib
@@ -255,7 +255,6 @@ class WorkspaceImportApp(_WorkspaceCommand):
     name = "jupyter-cma-workspace-import"
     description = __doc__
     action = "import"
-    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
 
     def start(self) -> None:
         import sys
@@ -297,7 +296,6 @@ class CleanupApp(_DataDirApp):
     yes = Bool(False, help="Remove (default: only list what would be removed).").tag(config=True)
     all_data_dirs = Bool(False, help="Every data directory's leftovers, not only this server's.").tag(config=True)
     volumes = Bool(False, help="Remove the volumes that hold sessions' files too.").tag(config=True)
-    aliases = {"data-dir": "_DataDirApp.cma_data_dir"}
     flags = {
         "yes": ({"CleanupApp": {"yes": True}}, "Remove (the default is a dry run)."),
         "all": ({"CleanupApp": {"all_data_dirs": True}}, "Clean up after every data directory, not only this server's."),

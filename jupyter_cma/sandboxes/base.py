@@ -14,11 +14,12 @@ users swap implementations by configuration.
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from traitlets.config import LoggingConfigurable
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
     from ..anthropic_api import Secret
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,23 @@ class Tier(LoggingConfigurable):
     def tools_for_agent(self) -> list[dict[str, Any]]:
         """The agent `tools` definition that fits this tier (what its sandboxes can run)."""
         return [{"type": "agent_toolset_20260401"}]
+
+
+async def finish_shielded(aw: Awaitable[T]) -> T:
+    """Run `aw` to completion even if the calling task is cancelled (again) meanwhile; then re-raise that."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                if task.cancelled():
+                    raise
+                result = task.result()
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

@@ -55,11 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from traitlets import Bool, Callable as CallableTrait, Dict, Float, Instance, Integer, Unicode, default, validate
-from traitlets import TraitError
+from traitlets import Callable as CallableTrait
+from traitlets import Dict, Float, Instance, Integer, TraitError, Unicode, default, validate
 
 from ..anthropic_api import item_credential
-from .base import ClaimedItem, Sandbox, Tier, WorkerSettings
+from .base import ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
 from .image import ImageSettings
 from .isolation import proxy_environment
 
@@ -285,7 +285,6 @@ class ContainerTier(Tier):
         "when it ends. The container tier refuses to start a worker without a placeholder (fail closed).",
     )
     store = Instance("jupyter_cma.store.Store", allow_none=True, help="The server's store: workspace volumes and agents' sizes.")
-    auto_build = Bool(True, config=True, help="Build the sandbox image at start when missing or out of date (default True).")
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -327,10 +326,7 @@ class ContainerTier(Tier):
     def _client(self) -> docker.DockerClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            import docker
-
-            client = docker.DockerClient(**self._client_kwargs()) if self.docker_url else docker.from_env()
-            self._local.client = client
+            client = self._local.client = self._new_docker_client()
         return client
 
     async def _docker(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -390,7 +386,7 @@ class ContainerTier(Tier):
 
             from .image import build_sandbox_image
 
-            if self.auto_build:
+            if self.image.auto_build:
                 return build_sandbox_image(client, self.image, progress=lambda message, **_: log.debug("image: %s", message))
             try:
                 return client.images.get(self.image.tag).id
@@ -650,25 +646,19 @@ class ContainerTier(Tier):
         if volume is None or any(s.session_id == session_id for s in self._slots.values()):
             return False
 
-        def remove(client: docker.DockerClient) -> bool:
+        def remove(client: docker.DockerClient) -> None:
             import docker.errors
 
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 client.volumes.get(volume).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            return True
 
-        removed = await self._docker(remove)
-        if removed and self.store is not None:
+        await self._docker(remove)
+        if self.store is not None:
             self.store.update_session(session_id, workspace_volume=None)
-        return removed
+        return True
 
     def create(self, item: ClaimedItem, workspace: Path) -> ContainerSandbox:
         return ContainerSandbox(item, workspace, tier=self)
-
-    def tools_for_agent(self) -> list[dict[str, Any]]:
-        return [{"type": "agent_toolset_20260401"}]
 
     def status(self) -> dict[str, Any]:
         return {"image": self.image.tag, "image_id": self.image_id, "image_error": self.image_error,
@@ -845,7 +835,7 @@ class ContainerSandbox(Sandbox):
         except asyncio.CancelledError:
             self._state = "stopped"
             if slot is not None:
-                await _finish_shielded(self._stop(slot, worker))
+                await finish_shielded(self._stop(slot, worker))
             raise
         except ContainerFailed as exc:
             self._state, self._error = "failed", str(exc)
@@ -855,7 +845,7 @@ class ContainerSandbox(Sandbox):
             raise
         finally:
             if slot is not None:
-                await _finish_shielded(self._release(slot, attached))
+                await finish_shielded(self._release(slot, attached))
 
     async def _after_crash(self, slot: Slot, state: dict[str, Any], worker: WorkerSettings) -> str:
         how = _describe_exit(state)
@@ -908,14 +898,3 @@ def _write_assignment(directory: Path, assignment: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(assignment))
     tmp.chmod(0o644)
     os.replace(tmp, directory / "assignment.json")
-
-
-async def _finish_shielded(aw: Any) -> Any:
-    """Run cleanup to the end even when the caller is being cancelled."""
-    task = asyncio.ensure_future(aw)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await task
-        raise

@@ -96,11 +96,10 @@ def _report(progress: Progress | None, message: str, step: int | None = None, to
 class ProgressBar:
     """A progress callback drawn with tqdm: a bar in a terminal, a widget in a notebook (tqdm.auto)."""
 
-    def __init__(self, description: str = "sandbox image", *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, description: str = "sandbox image") -> None:
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=1, desc=description, unit="step", bar_format="{desc}: {bar} {n_fmt}/{total_fmt} {postfix}")
-        self._log = log
 
     def __call__(self, message: str, step: int | None = None, total: int | None = None) -> None:
         if total is not None and total != self._bar.total:
@@ -108,8 +107,6 @@ class ProgressBar:
         if step is not None:
             self._bar.n = step
         self._bar.set_postfix_str(message[:70], refresh=True)
-        if self._log is not None:
-            self._log(message)
 
     def close(self) -> None:
         self._bar.n = self._bar.total

@@ -52,16 +52,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets import Callable as CallableTrait
 
 from . import isolation as iso
-from .base import ClaimedItem, Sandbox, Tier, WorkerSettings
+from .base import ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
 
 if TYPE_CHECKING:
     from anthropic.lib.tools import BetaAsyncFunctionTool
@@ -70,7 +70,6 @@ if TYPE_CHECKING:
     from jupyter_client.manager import AsyncKernelManager
 
 Recorder = Callable[[str, dict[str, Any]], None]
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # The SDK's per-call bound (anthropic.lib.tools._beta_session_runner.TOOL_TIMEOUT).
@@ -779,7 +778,7 @@ class KernelTier(Tier):
             return True
         try:
             # Never abandoned half-way (a cancel waits for it): the files are either moved or not.
-            await _finish_shielded(asyncio.to_thread(
+            await finish_shielded(asyncio.to_thread(
                 iso.adopt_workspace, kernel.companion, Path(os.path.abspath(workspace)), link=self._links(workspace)
             ))
         except iso.CrossDevice as exc:
@@ -791,7 +790,7 @@ class KernelTier(Tier):
                 )
             return False
         except OSError as exc:
-            await _finish_shielded(kernel.shutdown())
+            await finish_shielded(kernel.shutdown())
             raise KernelStartError(f"could not give the kernel its workspace: {exc}") from exc
         kernel.workspace = Path(workspace)
         return True
@@ -807,7 +806,7 @@ class KernelTier(Tier):
         try:
             return await self._hand_over(kernel, workspace)
         except BaseException:
-            await _finish_shielded(self.release_kernel(kernel))
+            await finish_shielded(self.release_kernel(kernel))
             raise
 
     async def release_kernel(self, kernel: Kernel) -> None:
@@ -882,7 +881,7 @@ class KernelTier(Tier):
             if isinstance(exc, GeneratorExit):
                 raise  # the coroutine is being closed without a loop: nothing can be awaited
             tail = _log_tail(directory / "kernel.log")
-            await _finish_shielded(self._discard_failed_start(directory, manager, client, companion))
+            await finish_shielded(self._discard_failed_start(directory, manager, client, companion))
             if not isinstance(exc, Exception):
                 raise
             self.last_start_error = f"{type(exc).__name__}: {exc}"
@@ -1084,14 +1083,14 @@ class KernelSandbox(Sandbox):
             self._state = "ended"
         except asyncio.CancelledError:
             self._state = "stopped"
-            await _finish_shielded(self._stop_flow())
+            await finish_shielded(self._stop_flow())
             raise
         except BaseException as exc:
             self._state = "failed"
             self._error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            await _finish_shielded(self._release())
+            await finish_shielded(self._release())
 
     async def _stop_flow(self) -> None:
         """serve() was cancelled: end the worker flow promptly.
@@ -1144,7 +1143,7 @@ class KernelSandbox(Sandbox):
                     raise KernelStartError(f"could not enter the workspace in the kernel ({ex.status}): {_plain_error(ex)}")
             await self._tier._egress_event("attach", kernel, self.session_id)
         except BaseException:
-            await _finish_shielded(self._release_kernel(kernel))
+            await finish_shielded(self._release_kernel(kernel))
             raise
         self._kernel = kernel
         self._kernels_started += 1
@@ -1278,26 +1277,6 @@ class KernelSandbox(Sandbox):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def _finish_shielded(aw: Awaitable[T]) -> T:
-    """Run `aw` to completion even if the calling task is cancelled (again) meanwhile; then re-raise that."""
-    task = asyncio.ensure_future(aw)
-    cancelled = False
-    while True:
-        try:
-            result = await asyncio.shield(task)
-            break
-        except asyncio.CancelledError:
-            if task.done():
-                if task.cancelled():
-                    raise
-                result = task.result()
-                break
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return result
 
 
 def _tool_error(content: Any) -> Exception:
