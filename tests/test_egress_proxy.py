@@ -65,8 +65,7 @@ class Upstream:
             protocol_version = "HTTP/1.1"
 
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._body()
                 upstream.requests.append({
                     "method": self.command, "path": self.path, "body": body.decode("utf-8", "replace"),
                     "headers": [(k.lower(), v) for k, v in self.headers.items()],
@@ -90,6 +89,20 @@ class Upstream:
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+
+            def _body(self) -> bytes:
+                # A chunked body is read whole before answering, as real servers do: an answer
+                # sent early would race the proxy's cut-off of a body over the limit.
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return self.rfile.read(length) if length else b""
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline().strip():  # trailers, up to the blank line
+                    pass
+                return body
 
             do_GET = do_POST = do_PUT = _answer
 
