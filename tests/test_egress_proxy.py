@@ -1,8 +1,9 @@
-"""The egress proxy through real sandboxes: bubblewrap kernels, the real engine process, loopback upstreams.
+"""The egress proxy through real sandboxes of both tiers, the real engine process, loopback upstreams.
 
-Every request here starts inside a sandboxed kernel, leaves through its proxy
-port (bridged to its own Unix socket), and is decided by the engine (mitmproxy
-in its own process). Upstream servers listen on the host's loopback only and
+Every request here starts inside a sandbox (a bubblewrap kernel, or a
+container of the container tier: each test runs on both), leaves through its
+proxy port (bridged to its own Unix socket), and is decided by the engine
+(mitmproxy in its own process). Upstream servers listen on the host's loopback only and
 are reached as operator-declared private services, which is how an internal
 address is meant to be reached; everything else that names an internal
 address must be refused. The cases follow the threat list of the egress
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -30,6 +33,7 @@ from jupyter_cma.egress.log import EgressLog
 from jupyter_cma.egress.policy import PolicyStore
 from jupyter_cma.egress.proxy import EgressProxy
 from jupyter_cma.egress.secrets import SecretStore
+from jupyter_cma.sandboxes.container import ContainerTier, Slot
 from jupyter_cma.sandboxes.kernel import Kernel, KernelTier
 from jupyter_cma.store import Store
 from tests.helpers import wait_until
@@ -143,6 +147,14 @@ def test_ca(tmp_path_factory) -> dict[str, str]:
     return {"ca": str(d / "ca.pem"), "cert": str(d / "leaf.pem"), "key": str(d / "leaf.key"), "pem": (d / "ca.pem").read_text()}
 
 
+@pytest.fixture(params=["kernel", "container"])
+def tier(request) -> str:
+    """Each test runs in a kernel sandbox and in a container: egress must be decided the same way for both."""
+    if request.param == "container":
+        request.getfixturevalue("docker_client")  # fails in CI without an engine, skips elsewhere
+    return request.param
+
+
 # --------------------------------------------------------------------------- what runs inside the sandbox
 
 
@@ -236,12 +248,69 @@ class Box:
         values = [o for o in ex.outputs if o["output_type"] == "execute_result"]
         return ast.literal_eval(values[-1]["data"]["text/plain"]) if values else None
 
+    def alive(self) -> bool:
+        return self.kernel.alive()
+
+    async def close(self) -> None:
+        pass  # the kernel tier shuts its kernels down
+
+
+# A Python that keeps its globals between runs, like a kernel: one JSON-encoded
+# program per line in, the repr of its last expression back on a marked line.
+REPL = r'''
+import ast, json, sys
+namespace = {}
+for line in sys.stdin:
+    tree = ast.parse(json.loads(line))
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    try:
+        exec(compile(tree, "<box>", "exec"), namespace)
+        value = eval(compile(ast.Expression(last.value), "<box>", "eval"), namespace) if last else None
+        answer = {"value": None if value is None else repr(value)}
+    except BaseException as exc:
+        answer = {"error": repr(exc)}
+    print("\x00box " + json.dumps(answer), flush=True)
+'''
+
+
+class ContainerBox(Box):
+    """One container of the container tier attached to the proxy; code runs in a Python started by `docker exec`."""
+
+    def __init__(self, tier: ContainerTier, slot: Slot, session_id: str, placeholder: str | None) -> None:
+        self.tier, self.slot, self.session_id, self.placeholder = tier, slot, session_id, placeholder
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def run(self, code: str) -> Any:
+        if self.process is None:
+            self.process = await asyncio.create_subprocess_exec(
+                "docker", "exec", "-i", self.slot.name, "python3", "-u", "-c", REPL,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**24)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(code).encode() + b"\n")
+        await self.process.stdin.drain()
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), 90)
+            assert line, "the container's Python ended"
+            if line.startswith(b"\x00box "):
+                answer = json.loads(line[5:])
+                assert "error" not in answer, answer["error"]
+                return None if answer["value"] is None else ast.literal_eval(answer["value"])
+
+    def alive(self) -> bool:
+        return not self.slot.exited.done()
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        await self.tier._discard(self.slot, keep_volume=False)
+
 
 class Rig:
     """Store, policies, secrets, log, the proxy (engine process), a kernel tier, and loopback upstreams."""
 
     def __init__(self, tmp_path: Path, test_ca: dict[str, str], api_base_url: str = "https://api.anthropic.com",
-                 internal_handler: Any = None, **limits: Any) -> None:
+                 internal_handler: Any = None, tier: str = "kernel", **limits: Any) -> None:
         self.data = tmp_path / "cma"
         self.data.mkdir()
         self.store = Store(self.data / "cma.sqlite3")
@@ -254,7 +323,8 @@ class Rig:
         self.plain, self.other, self.secure = Upstream("plain"), Upstream("other"), Upstream("secure", tls)
         self.proxy = EgressProxy(data_dir=self.data, api_base_url=api_base_url, middleware=[], egress_log=self.log,
                                  upstream_ca=test_ca["ca"], internal_handler=internal_handler, **limits)
-        self.tier: KernelTier | None = None
+        self.tier_name = tier
+        self.tier: KernelTier | ContainerTier | None = None
         self.boxes: list[Box] = []
 
     def services(self) -> list[dict[str, str]]:
@@ -269,14 +339,19 @@ class Rig:
         return self.policies.create({"name": "test", "scope": {"environment": True}, "private_services": self.services(), **extra}).id
 
     async def __aenter__(self) -> Rig:
-        require_bwrap()
         assert await self.proxy.start(), self.proxy.error
-        self.tier = KernelTier(pool_size=0, kernel_dir=str(self.data / "kernels"), data_dir=str(self.data),
-                               ca_bundle=str(self.proxy.ca_bundle), require_isolation=True)
+        if self.tier_name == "container":
+            self.tier = ContainerTier(pool_size=0, data_dir=str(self.data), ca_bundle=str(self.proxy.ca_bundle))
+        else:
+            require_bwrap()
+            self.tier = KernelTier(pool_size=0, kernel_dir=str(self.data / "kernels"), data_dir=str(self.data),
+                                   ca_bundle=str(self.proxy.ca_bundle), require_isolation=True)
         await self.tier.start()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        for box in self.boxes:
+            await box.close()
         if self.tier is not None:
             await self.tier.close()
         await self.proxy.stop()
@@ -286,13 +361,21 @@ class Rig:
 
     async def box(self, session_id: str = "sesn_a", *, agent_id: str | None = "agent_x", metadata: dict[str, str] | None = None,
                   api_token: str | None = None) -> Box:
-        assert self.tier is not None
-        kernel = await self.tier.take_kernel()
-        placeholder = self.proxy.attach(kernel.id, str(kernel.egress_socket), session_id=session_id, agent_id=agent_id,
-                                        metadata=metadata, api_token=api_token)
-        box = Box(kernel, session_id, placeholder)
-        await box.run(CLIENT + "None")
+        """A sandbox of the rig's tier, attached to the proxy for `session_id`, with CLIENT's helpers defined."""
+        attach = functools.partial(self.proxy.attach, session_id=session_id, agent_id=agent_id, metadata=metadata, api_token=api_token)
+        box: Box
+        if isinstance(self.tier, ContainerTier):
+            slot, _ = await self.tier.take(session_id, self.tier.default_size)
+            await self.tier._start(slot)
+            await self.tier._wait_ready(slot)
+            box = ContainerBox(self.tier, slot, session_id, attach(slot.id, str(slot.socket_path), socket_mode=0o666))
+        else:
+            assert self.tier is not None
+            kernel = await self.tier.take_kernel()
+            box = Box(kernel, session_id, attach(kernel.id, str(kernel.egress_socket)))
         self.boxes.append(box)
+        where = await box.run(CLIENT + "socket.gethostname()")
+        assert where == ("sandbox" if isinstance(box, ContainerBox) else socket.gethostname())  # the code runs where it should
         return box
 
     async def rows(self, count: int, **filters: Any) -> list[dict[str, Any]]:
@@ -308,8 +391,8 @@ def decisions(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 # --------------------------------------------------------------------------- allowed traffic
 
 
-async def test_allowed_requests_pass_and_are_logged(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_allowed_requests_pass_and_are_logged(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         pid = rig.policy()
         box = await rig.box("sesn_allowed", agent_id="agent_1")
         assert await box.run("fetch('http://plain.test/some/path?token=abc123')") == (200, "hello from plain")
@@ -344,8 +427,8 @@ with socket.create_connection(PROXY, timeout=10) as s:
     assert "abc123" not in json.dumps(rows)
 
 
-async def test_a_direct_socket_udp_and_dns_fail_at_once(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_a_direct_socket_udp_and_dns_fail_at_once(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.policy()
         box = await rig.box()
         outcome = await box.run('''
@@ -376,9 +459,9 @@ def dns():
 # --------------------------------------------------------------------------- addresses
 
 
-async def test_internal_addresses_are_refused_after_resolution(tmp_path, test_ca):
+async def test_internal_addresses_are_refused_after_resolution(tmp_path, test_ca, tier):
     """With every name allowed by policy, the address check alone must refuse all of these."""
-    async with Rig(tmp_path, test_ca) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         ports = {"jupyter": 8888, "docker": 2375, "proxy": 3128, "upstream": rig.plain.port}
         # Even an explicit allow of a loopback address and port is not enough: only private services reach inside.
         rig.policy(allow=["*", *(f"127.0.0.1:{p}" for p in ports.values())], allow_all=True)
@@ -412,8 +495,8 @@ async def test_internal_addresses_are_refused_after_resolution(tmp_path, test_ca
 # --------------------------------------------------------------------------- names and parsing
 
 
-async def test_names_are_matched_exactly_and_parsed_once(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_names_are_matched_exactly_and_parsed_once(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         pid = rig.policy(allow=["*.wild.test"])
         box = await rig.box("sesn_names")
         answers = await box.run('''[
@@ -445,8 +528,8 @@ async def test_names_are_matched_exactly_and_parsed_once(tmp_path, test_ca):
     assert {r["rule"] for r in denied} >= {f"policy:{pid}:not-allowed", "invalid:host-mismatch", "invalid:request-line", "invalid:scheme"}
 
 
-async def test_the_connect_target_is_the_truth_inside_the_tunnel(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_the_connect_target_is_the_truth_inside_the_tunnel(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.secrets.set("TOKEN_A", SECRET)
         # An injection toward secure.test makes its tunnel one the proxy opens (its CA signs for the sandbox).
         rig.policy(inject=[{"host": "secure.test", "header": "Authorization", "secret": "TOKEN_A", "prefix": "Bearer "}])
@@ -480,8 +563,8 @@ direct''')
 # --------------------------------------------------------------------------- protocol
 
 
-async def test_smuggling_shapes_and_websockets(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_smuggling_shapes_and_websockets(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         pid = rig.policy()
         box = await rig.box("sesn_proto")
         upgrade = "GET http://plain.test/ws HTTP/1.1\\r\\nHost: plain.test\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n"
@@ -504,8 +587,8 @@ async def test_smuggling_shapes_and_websockets(tmp_path, test_ca):
 # --------------------------------------------------------------------------- credentials
 
 
-async def test_injected_secrets_reach_only_their_target_and_appear_nowhere_else(tmp_path, test_ca, caplog):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_injected_secrets_reach_only_their_target_and_appear_nowhere_else(tmp_path, test_ca, caplog, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.secrets.set("TOKEN_A", SECRET)
         rig.policy(inject=[{"host": "secure.test", "header": "Authorization", "secret": "TOKEN_A", "prefix": "Bearer "}])
         box = await rig.box("sesn_secret")
@@ -541,8 +624,8 @@ def scan(root):
     assert SECRET not in stored
 
 
-async def test_a_missing_secret_refuses_the_request(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_a_missing_secret_refuses_the_request(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.policy(inject=[{"host": "secure.test", "header": "X-Api-Key", "secret": "NOT_SET"}])
         box = await rig.box("sesn_missing")
         status, body = await box.run("fetch('https://secure.test/')")
@@ -550,11 +633,11 @@ async def test_a_missing_secret_refuses_the_request(tmp_path, test_ca):
     assert rig.secure.requests == []
 
 
-async def test_the_api_placeholder_is_swapped_toward_the_api_host_only(tmp_path, test_ca):
+async def test_the_api_placeholder_is_swapped_toward_the_api_host_only(tmp_path, test_ca, tier):
     """The credential-free worker: a sandbox holds a placeholder; the proxy sends the session's real token."""
     api = Upstream("api")
     try:
-        async with Rig(tmp_path, test_ca, api_base_url=f"http://127.0.0.1:{api.port}") as rig:
+        async with Rig(tmp_path, test_ca, tier=tier, api_base_url=f"http://127.0.0.1:{api.port}") as rig:
             rig.policy()
             a = await rig.box("sesn_api_a", api_token=TOKEN)
             b = await rig.box("sesn_api_b", api_token="sessions-token-of-b")
@@ -584,10 +667,10 @@ async def test_the_api_placeholder_is_swapped_toward_the_api_host_only(tmp_path,
 # --------------------------------------------------------------------------- robustness
 
 
-async def test_limits_bound_one_sandbox_and_spare_the_others(tmp_path, test_ca):
+async def test_limits_bound_one_sandbox_and_spare_the_others(tmp_path, test_ca, tier):
     limits = dict(max_header_bytes=8192, header_timeout=2.0, max_body_bytes=100_000, connections_per_sandbox=4,
                   requests_per_second=5.0, request_burst=10)
-    async with Rig(tmp_path, test_ca, **limits) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier, **limits) as rig:
         rig.policy()
         noisy, quiet = await rig.box("sesn_noisy"), await rig.box("sesn_quiet")
         big_head = await noisy.run('raw(b"GET http://plain.test/ HTTP/1.1\\r\\nHost: plain.test\\r\\nX-Big: " + b"a" * 20000 + b"\\r\\n\\r\\n")')
@@ -631,8 +714,8 @@ extra[0]''')
     assert [r["path"] for r in rig.plain.requests].count("/quiet") == 1
 
 
-async def test_a_policy_edit_applies_to_the_next_request(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_a_policy_edit_applies_to_the_next_request(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         pid = rig.policy()
         box = await rig.box("sesn_edit")
         before = await box.run("keep_alive(b'GET http://plain.test/1 HTTP/1.1\\r\\nHost: plain.test\\r\\n\\r\\n')")
@@ -662,8 +745,8 @@ on_held(b"/first")'''.replace("{pem!r}", repr(test_ca["pem"])))
     assert still[0] == 403 and other == (200, "hello from other")
 
 
-async def test_killing_the_engine_is_survived(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_killing_the_engine_is_survived(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.policy()
         box = await rig.box("sesn_kill")
         assert await box.run("fetch('http://plain.test/before')") == (200, "hello from plain")
@@ -672,15 +755,15 @@ async def test_killing_the_engine_is_survived(tmp_path, test_ca):
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: rig.proxy.running and rig.proxy.pid != pid, 30, what="the engine restarted")
         assert rig.proxy.restarts == 1 and "SIGKILL" in (rig.proxy.last_exit or "")
-        # The same kernel (never restarted) goes on through the new engine, on the same socket.
+        # The same sandbox (never restarted) goes on through the new engine, on the same socket.
         assert await box.run("fetch('http://plain.test/after')") == (200, "hello from plain")
-        assert box.kernel.alive()
+        assert box.alive()
         await rig.rows(2, session_id="sesn_kill")
     assert [r["path"] for r in rig.plain.requests] == ["/before", "/after"]
 
 
-async def test_without_an_engine_sandboxes_have_no_network(tmp_path, test_ca):
-    async with Rig(tmp_path, test_ca) as rig:
+async def test_without_an_engine_sandboxes_have_no_network(tmp_path, test_ca, tier):
+    async with Rig(tmp_path, test_ca, tier=tier) as rig:
         rig.policy()
         rig.proxy.engine_python = str(tmp_path / "no-such-python")
         await rig.proxy.stop()
@@ -748,9 +831,9 @@ def test_the_placeholder_work_secret_carries_only_the_placeholder():
     assert _sessions_token_from_secret(payload) == "cma-placeholder-abc"
 
 
-async def test_what_the_proxy_cannot_read_or_bound_never_goes_upstream(tmp_path, test_ca):
+async def test_what_the_proxy_cannot_read_or_bound_never_goes_upstream(tmp_path, test_ca, tier):
     """Shapes that slip past a parser: each is refused before any byte of it reaches the upstream."""
-    async with Rig(tmp_path, test_ca, max_header_bytes=8192, header_timeout=5.0) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier, max_header_bytes=8192, header_timeout=5.0) as rig:
         rig.secrets.set("TOKEN_A", SECRET)
         # An injection toward plain.test over https makes its tunnels ones the proxy must read.
         rig.policy(inject=[{"host": "plain.test", "header": "X-Key", "secret": "TOKEN_A"}])

@@ -22,7 +22,7 @@ from jupyter_cma.egress.policy import INTERNAL_HOST
 from jupyter_cma.egress.proxy import Attachment, EgressProxy
 from jupyter_cma.store import Store
 from jupyter_cma.tools.registry import ToolRegistry
-from tests.test_egress_proxy import Rig, test_ca  # noqa: F401  (test_ca is a module fixture there)
+from tests.test_egress_proxy import Rig, test_ca, tier  # noqa: F401  (test_ca and tier are fixtures there)
 
 # What runs in the kernel, after test_egress_proxy's CLIENT (fetch, raw): one call to the route.
 TOOL_CLIENT = r'''
@@ -105,9 +105,9 @@ def internal_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 # --------------------------------------------------------------------------- through real sandboxes
 
 
-async def test_a_sandbox_calls_tools_as_the_session_its_socket_serves(tmp_path, test_ca):
+async def test_a_sandbox_calls_tools_as_the_session_its_socket_serves(tmp_path, test_ca, tier):
     tools = Tools()
-    async with Rig(tmp_path, test_ca, internal_handler=tools.handle) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier, internal_handler=tools.handle) as rig:
         # Every host allowed, and cma.internal itself declared as a private service leading to an upstream:
         # still nothing sent to the name may leave the proxy.
         services = [*rig.services(), {"name": INTERNAL_HOST, "target": f"127.0.0.1:{rig.other.port}"}]
@@ -169,10 +169,10 @@ async def test_a_sandbox_calls_tools_as_the_session_its_socket_serves(tmp_path, 
     assert rig.other.requests == [] and rig.secure.requests == []  # other is where a policy sends cma.internal
 
 
-async def test_what_the_route_does_not_serve_is_refused(tmp_path, test_ca):
+async def test_what_the_route_does_not_serve_is_refused(tmp_path, test_ca, tier):
     """No policy at all (every destination denied): the route works, and refuses what it does not serve."""
     tools = Tools()
-    async with Rig(tmp_path, test_ca, internal_handler=tools.handle) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier, internal_handler=tools.handle) as rig:
         box = await rig.box("sesn_errors")
         await box.run(TOOL_CLIENT + "None")
         answers = await box.run(r'''{
@@ -225,9 +225,9 @@ async def test_what_the_route_does_not_serve_is_refused(tmp_path, test_ca):
     assert rig.plain.requests == [] and rig.other.requests == []
 
 
-async def test_a_call_without_an_answer_in_time_gets_504_and_without_a_registry_404(tmp_path, test_ca):
+async def test_a_call_without_an_answer_in_time_gets_504_and_without_a_registry_404(tmp_path, test_ca, tier):
     tools = Tools()
-    async with Rig(tmp_path, test_ca, internal_handler=tools.handle, internal_timeout=4.0, idle_timeout=1.0) as rig:
+    async with Rig(tmp_path, test_ca, tier=tier, internal_handler=tools.handle, internal_timeout=4.0, idle_timeout=1.0) as rig:
         box = await rig.box("sesn_slow")
         await box.run(TOOL_CLIENT + "None")
         # A call waiting for its tool is not an idle connection: it outlives idle_timeout, up to internal_timeout.
