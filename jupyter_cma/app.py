@@ -308,7 +308,7 @@ class CMAApp(ExtensionApp):
             "ready": not missing and not self.setting_errors,
             "missing": missing,
             "errors": self.setting_errors,
-            "tiers": self.tier_probe or {"container": {"available": None, "reason": "probing"}, "kernel": {"available": None, "reason": "probing"}},
+            "tiers": self.tiers_status(),
             "default_tier": self.resolve_default_tier(),
             "sessions": self.sessions.status(),
             "dispatch": None if self.dispatcher is None else {"drains": self.dispatcher.drains, "claimed": self.dispatcher.claimed},
@@ -383,15 +383,18 @@ class CMAApp(ExtensionApp):
             await asyncio.sleep(seconds)
 
     async def _probe_tiers(self) -> None:
-        probe = await asyncio.to_thread(probe_tiers)
-        # What the machine could do is the probe's; what kernels actually get is the tier's own view.
+        self.tier_probe = await asyncio.to_thread(probe_tiers)
+
+    def tiers_status(self) -> dict[str, dict[str, Any]]:
+        """What the machine can run (the periodic probe), with each tier's own view of now on top."""
+        tiers = {name: dict(self.tier_probe.get(name) or {"available": None, "reason": "probing"}) for name in ("container", "kernel")}
         isolation = getattr(self.sandbox_tiers["kernel"], "isolation_status", None)
         if isolation is not None:
-            probe["kernel"].update(isolation())
+            tiers["kernel"].update(isolation())  # what kernels actually get
         container = getattr(self.sandbox_tiers["container"], "status", None)
         if container is not None:
-            probe["container"].update(container())  # image (or why it is not ready) and the warm pool
-        self.tier_probe = probe
+            tiers["container"].update(container())  # image (or why it is not ready) and the warm pool
+        return tiers
 
     async def _reap_ended(self) -> None:
         from anthropic import NotFoundError

@@ -1,17 +1,18 @@
-"""`jupyter cma demo`: the README scenario through the product, offline.
+"""`jupyter cma demo`: the README scenario through the product, offline, on each sandbox tier.
 
-    emulator ──webhook──▶ Jupyter server with jupyter-cma ──▶ kernel sandbox
+    emulator ──webhook──▶ Jupyter server with jupyter-cma ──▶ kernel sandbox, then container sandbox
         ▲                          │ (claims the work item, runs the tools)
         └──────────── tool results ┘
 
 It starts the emulator (in place of Anthropic's API) with webhooks pointed at
 a Jupyter server it also starts, with jupyter-cma configured for the
-emulator's environment. Through jupyter-cma's REST API it creates an agent on
-the kernel tier and a session, then sends the request "write a Python script
-that prints the squares of 1..10, run it, and report the result" as an app
-would. The emulator's demo brain writes `squares.py` and runs it with the
-kernel's `python` tool; the transcript streams live, and the run ends with
-the reported result and the cold start the server measured.
+emulator's environment. Through jupyter-cma's REST API it creates an agent
+per tier and a session for each, then sends the request "write a Python
+script that prints the squares of 1..10, run it, and report the result" as
+an app would. The emulator's demo brain writes `squares.py` and runs it with
+the tools the tier gives: the kernel's `python` tool, or `bash` in the
+container. The transcripts stream live; each run ends with the reported
+result and the cold start the server measured.
 """
 
 from __future__ import annotations
@@ -45,10 +46,15 @@ class DemoApp(Application):
     """Run the README scenario through jupyter-cma against the built-in emulator."""
 
     name = "jupyter-cma-demo"
-    description = "Run the README scenario (squares of 1..10): emulator → webhook → Jupyter server → kernel sandbox."
+    description = "Run the README scenario (squares of 1..10): emulator → webhook → Jupyter server → a sandbox of each tier."
 
     prompt = Unicode(PROMPT, help="What to ask the agent (default: the README scenario).").tag(config=True)
-    tier = Unicode("kernel", help="The sandbox tier of the demo agent (default kernel).").tag(config=True)
+    tier = Unicode(
+        "auto",
+        help="The sandbox tier(s) to run the scenario on: kernel, container, or auto (default): the kernel tier, then "
+        "the container tier when a Docker engine answers.",
+    ).tag(config=True)
+    container_wait = Float(300.0, help="Seconds to wait for the container tier's image and first warm container (default 300).").tag(config=True)
     timeout = Float(120.0, help="Seconds to wait for the agent's turn to end (default 120).").tag(config=True)
     model_delay = Float(0.2, help="Seconds each emulated model request takes, so the transcript reads like a real run (default 0.2).").tag(config=True)
     aliases = {"prompt": "DemoApp.prompt", "tier": "DemoApp.tier", "timeout": "DemoApp.timeout", "model-delay": "DemoApp.model_delay"}
@@ -83,19 +89,61 @@ class DemoApp(Application):
             status = await api.wait_ready(server)
             print(f"emulator  {info['base_url']}  environment {info['environment_id']}")
             print(f"server    http://127.0.0.1:{port}  mode {status['mode']}  (log {work}/server.log)")
-            agent = await api.call("POST", "/agents", {"name": "squares-demo", "tier": self.tier})
-            session = await api.call("POST", "/sessions", {"agent_id": agent["id"], "title": "squares demo"})
-            print(f"session   {session['id']}  agent {agent['id']} on the {agent['tier']} tier\n")
-            try:
-                return await asyncio.wait_for(self._converse(info, api, session["id"]), self.timeout)
-            except asyncio.TimeoutError:
-                print(f"\nno answer within {self.timeout:.0f}s; see {work}/server.log", file=sys.stderr)
-                return 1
+            tiers = await self._tiers(api)
+            failed = not tiers
+            for tier in tiers:
+                failed = (await self._on_tier(info, api, tier, work)) != 0 or failed
+            return 1 if failed else 0
         finally:
             for proc in (server, emulator):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(15)
+            _remove_sandboxes(os.path.join(work, "cma"))
+
+    async def _tiers(self, api: _Api) -> list[str]:
+        """The tiers to run on; in auto mode the container tier only where a Docker engine answers."""
+        if self.tier in ("kernel", "container"):
+            return [self.tier]
+        if self.tier != "auto":
+            print(f"--tier must be kernel, container or auto, not {self.tier!r}", file=sys.stderr)
+            return []
+        probe = await api.wait_probed()
+        if probe["container"].get("available"):
+            return ["kernel", "container"]
+        print(f"\n(the container tier is skipped: {probe['container'].get('reason')})")
+        return ["kernel"]
+
+    async def _on_tier(self, info: dict[str, Any], api: _Api, tier: str, work: str) -> int:
+        if tier == "container" and not await self._container_tier_ready(api):
+            return 1
+        agent = await api.call("POST", "/agents", {"name": f"squares-demo ({tier})", "tier": tier})
+        session = await api.call("POST", "/sessions", {"agent_id": agent["id"], "title": f"squares demo ({tier} tier)"})
+        print(f"\nsession   {session['id']}  agent {agent['id']} on the {agent['tier']} tier\n")
+        try:
+            return await asyncio.wait_for(self._converse(info, api, session["id"]), self.timeout)
+        except asyncio.TimeoutError:
+            print(f"\nno answer within {self.timeout:.0f}s; see {work}/server.log", file=sys.stderr)
+            return 1
+
+    async def _container_tier_ready(self, api: _Api) -> bool:
+        """Wait for the sandbox image and a warm container (the first start of a machine may build the image)."""
+        deadline = time.monotonic() + self.container_wait
+        shown = False
+        while time.monotonic() < deadline:
+            container = (await api.call("GET", "/status"))["tiers"]["container"]
+            pool = container.get("pool") or {}
+            if container.get("image_error"):
+                print(f"the container tier cannot start: {container['image_error']}", file=sys.stderr)
+                return False
+            if container.get("image_id") and (pool.get("ready") or not pool.get("size")):
+                return True
+            if not shown:
+                print(f"\nwaiting for the container tier (image {container.get('image')}, warm pool)…")
+                shown = True
+            await asyncio.sleep(0.5)
+        print(f"the container tier was not ready within {self.container_wait:.0f}s: {pool.get('last_error')}", file=sys.stderr)
+        return False
 
     async def _converse(self, info: dict[str, Any], api: _Api, session_id: str) -> int:
         from anthropic import AsyncAnthropic
@@ -118,7 +166,7 @@ class DemoApp(Application):
                         answer = event.content[0].text
                         _show("agent", answer)
                     elif event.type in ("agent.tool_use", "agent.custom_tool_use"):
-                        shown = event.input.get("code") or json.dumps(event.input)
+                        shown = event.input.get("code") or event.input.get("command") or json.dumps(event.input)
                         _show(f"tool {event.name}", shown)
                     elif event.type in ("user.tool_result", "user.custom_tool_result"):
                         first_result = first_result or time.monotonic()
@@ -166,6 +214,32 @@ class _Api:
             except (SystemExit, OSError):
                 await asyncio.sleep(0.2)
         raise SystemExit("the Jupyter server did not answer within 60 s")
+
+    async def wait_probed(self) -> dict[str, Any]:
+        """The tiers once the server has probed what this machine can run."""
+        deadline = time.monotonic() + 60
+        while True:
+            tiers = (await self.call("GET", "/status"))["tiers"]
+            if tiers["container"].get("available") is not None or time.monotonic() > deadline:
+                return tiers
+            await asyncio.sleep(0.2)
+
+
+def _remove_sandboxes(data_dir: str) -> None:
+    """The demo's sessions are throw-away: their containers and workspace volumes go with the demo (`jupyter cma cleanup`)."""
+    try:
+        import docker
+
+        from .sandboxes.cleanup import apply_cleanup, plan_cleanup
+
+        client = docker.from_env(timeout=10)
+    except Exception:
+        return  # no engine: the demo made no container
+    try:
+        for error in apply_cleanup(plan_cleanup(client, data_dir), volumes=True):
+            print(f"cleanup: {error}", file=sys.stderr)
+    finally:
+        client.close()
 
 
 def _show(who: str, text: str) -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 import requests
 
+from jupyter_cma.sandboxes.cleanup import apply_cleanup, plan_cleanup
+
 from tests.emulator_fixtures import emulator, short_lease_emulator  # noqa: F401  (fixtures used by many modules)
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
+def docker_client(tmp_path_factory) -> Iterator[docker.DockerClient]:
     """A client for the local Docker engine, for tests that need containers.
 
     Without an engine such tests are skipped locally, but fail in CI (``CI=true``),
@@ -28,7 +31,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     yield client
+    _remove_what_this_run_made(client, tmp_path_factory.getbasetemp())
     client.close()
+
+
+def _remove_what_this_run_made(client: docker.DockerClient, basetemp: Path) -> None:
+    """Sessions' volumes outlive their servers by design; the tests' ones (data directories under this run's
+    temporary directory) go when the run ends, through the same code as `jupyter cma cleanup --all --volumes`."""
+    plan = plan_cleanup(client, str(basetemp), all_data_dirs=True)
+    mine = str(basetemp.absolute())
+    for kind in ("containers", "volumes", "session_volumes", "directories"):
+        setattr(plan, kind, [f for f in getattr(plan, kind) if f.data_dir.startswith(mine)])
+    apply_cleanup(plan, volumes=True)
 
 
 # In CI every tier and every test must really run: a skip there is a failure.
