@@ -146,10 +146,12 @@ class WorkspaceApp(JupyterApp):
 
     jupyter cma workspace export SESSION FILE   (FILE '-': standard output)
     jupyter cma workspace import SESSION FILE   (FILE '-': standard input)
+    jupyter cma workspace push SESSION          (into the object store: c.WorkspaceObjectStore.url, or --url)
+    jupyter cma workspace pull SESSION          (from the object store)
 
-    Both open the server's database (--data-dir) and use its Docker engine; an
-    import is refused while a container uses the session's volume, and records
-    the volume for the session, whose next container then mounts it.
+    They open the server's database (--data-dir) and use its Docker engine; an
+    import or pull is refused while a container uses the session's volume, and
+    records the volume for the session, whose next container then mounts it.
     """
 
     name = "jupyter-cma-workspace"
@@ -157,6 +159,8 @@ class WorkspaceApp(JupyterApp):
     subcommands = {
         "export": ("jupyter_cma.cli.WorkspaceExportApp", "Write SESSION's workspace to FILE as a tar.gz."),
         "import": ("jupyter_cma.cli.WorkspaceImportApp", "Put the files of FILE (a tar or tar.gz) into SESSION's workspace."),
+        "push": ("jupyter_cma.cli.WorkspacePushApp", "Put SESSION's workspace into the object store (WorkspaceObjectStore.url)."),
+        "pull": ("jupyter_cma.cli.WorkspacePullApp", "Put the object store's copy of SESSION's workspace into its volume here."),
     }
 
     def start(self) -> None:
@@ -169,15 +173,17 @@ class WorkspaceApp(JupyterApp):
 class _WorkspaceCommand(_DataDirApp):
     action = ""
 
-    def arguments(self) -> tuple[str, str]:
+    operands: tuple[str, ...] = ("SESSION", "FILE")
+    options = "[--data-dir DIR]"
+
+    def arguments(self) -> list[str]:
         import re
 
-        if len(self.extra_args) != 2:
-            self.fail(f"usage: jupyter cma workspace {self.action} SESSION FILE [--data-dir DIR]")
-        session_id, path = self.extra_args
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", session_id):
-            self.fail(f"{session_id!r} is not a session id")
-        return session_id, path
+        if len(self.extra_args) != len(self.operands):
+            self.fail(f"usage: jupyter cma workspace {self.action} {' '.join(self.operands)} {self.options}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", self.extra_args[0]):
+            self.fail(f"{self.extra_args[0]!r} is not a session id")
+        return list(self.extra_args)
 
     def run(self, work: object) -> object:
         """Run `work(tier)` with a container tier on the data directory's database (opened read-write)."""
@@ -189,7 +195,7 @@ class _WorkspaceCommand(_DataDirApp):
 
         data_dir = Path(self.resolved_data_dir())
         database = data_dir / "cma.sqlite3"
-        if self.action == "export" and not database.is_file():
+        if self.action in ("export", "push") and not database.is_file():
             self.fail(f"there is no jupyter-cma database at {database}; pass the server's --data-dir")
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = Store(database)
@@ -281,6 +287,60 @@ class WorkspaceImportApp(_WorkspaceCommand):
             self.fail(f"the import failed: {type(exc).__name__}: {exc}")
         print(f"imported {result['files']} files, {result['directories']} directories and {result['links']} links "  # type: ignore[index]
               f"({result['bytes']} bytes) into volume {result['volume']}; session {session_id}'s next container mounts it")  # type: ignore[index]
+
+
+class _ObjectStoreCommand(_WorkspaceCommand):
+    operands = ("SESSION",)
+    options = "[--url s3://BUCKET/PREFIX] [--endpoint-url URL] [--data-dir DIR]"
+    aliases = {**_DataDirApp.aliases, "url": "WorkspaceObjectStore.url", "endpoint-url": "WorkspaceObjectStore.endpoint_url"}
+
+    def start(self) -> None:
+        from .sandboxes.objectstore import ObjectStoreError
+        from .sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+
+        (session_id,) = self.arguments()
+
+        async def work(tier: object) -> object:
+            method = getattr(tier, f"{self.action}_workspace")
+            return await method(session_id)
+
+        try:
+            result = self.run(work)
+        except (LookupError, ObjectStoreError, WorkspaceBusy) as exc:
+            self.fail(str(exc))
+        except WorkspaceArchiveError as exc:
+            self.fail(f"the store's object was refused, nothing was written: {exc}")
+        except Exception as exc:
+            self.fail(f"the {self.action} failed: {type(exc).__name__}: {exc}")
+        if result is None:
+            self.fail(f"the object store has no workspace for session {session_id}; push it from the host it ran on")
+        self.report(session_id, result)  # type: ignore[arg-type]
+
+    def report(self, session_id: str, result: dict) -> None:
+        raise NotImplementedError
+
+
+class WorkspacePushApp(_ObjectStoreCommand):
+    """Put a session's workspace into the object store (WorkspaceObjectStore.url), from where another host pulls it."""
+
+    name = "jupyter-cma-workspace-push"
+    description = __doc__
+    action = "push"
+
+    def report(self, session_id: str, result: dict) -> None:
+        print(f"pushed {result['files']} files ({result['bytes']} bytes) of session {session_id} to {result['object']}")
+
+
+class WorkspacePullApp(_ObjectStoreCommand):
+    """Put the object store's copy of a session's workspace into its volume here; its next container mounts it."""
+
+    name = "jupyter-cma-workspace-pull"
+    description = __doc__
+    action = "pull"
+
+    def report(self, session_id: str, result: dict) -> None:
+        print(f"pulled {result['files']} files ({result['bytes']} bytes) of session {session_id} from {result['object']} "
+              f"into volume {result['volume']}; its next container mounts it")
 
 
 class CleanupApp(_DataDirApp):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from typing import Any
 
 import docker
@@ -152,7 +153,7 @@ async def test_two_sessions_cannot_see_each_other(harness, docker_client):
     assert (h.ext.sessions.describe(a) or {}).get("state") == "serving", "A must still be running while B looks"
     listing, sockets, processes, rest = tool_results(events)[-1].split("---\n")
     assert "a.txt" not in listing
-    assert sorted(sockets.split()) == ["assignment.json", "egress.sock"]  # only its own socket
+    assert sorted(sockets.split()) == ["assignment", "egress.sock"]  # only its own socket and assignment FIFO
     assert "marker-of-a" not in processes and "sleep 300" not in processes
     assert "No such file" in rest
     await h.turn_ends(a, timeout=120)
@@ -215,7 +216,8 @@ def _exec_with_stdin(client: docker.DockerClient, container: str, argv: list[str
 async def test_the_container_holds_no_real_credential(harness, docker_client):
     h = await harness.start()
     agent = await container_agent(h)
-    sid = await h.session(agent, script(bash("echo started"), bash("sleep 20")))
+    decoy = f"cma-scan-decoy-{secrets.token_hex(8)}"  # planted by the agent: the scan must find it (a positive control)
+    sid = await h.session(agent, script(bash(f"echo {decoy} > /tmp/planted; echo started"), bash("sleep 20")))
     status = await wait_until(lambda: (h.ext.sessions.describe(sid) or {}).get("in_tool") == "bash"
                               and (h.ext.sessions.describe(sid) or {}).get("tool_calls", 0) >= 1 and h.ext.sessions.describe(sid),
                               120, what="the second call running")
@@ -225,9 +227,6 @@ async def test_the_container_holds_no_real_credential(harness, docker_client):
     info = h.emulator.info
     real = {"api key": info["api_key"], "environment key": info["environment_key"], "webhook secret": info["webhook_secret"],
             "sessions token": token, "work item secret": item_secret}
-    assignment = json.loads((h.ext.sandbox_tiers["container"].containers_dir / status["container"]["name"].removeprefix("jupyter-cma-")
-                             / "assignment.json").read_text())
-    placeholder_secret = assignment["work_secret"]
 
     # 1. What the engine knows about the container: its configuration, environment, labels, mounts.
     inspected = json.dumps(docker_client.api.inspect_container(name))
@@ -238,11 +237,11 @@ async def test_the_container_holds_no_real_credential(harness, docker_client):
     assert "sleep 20" in procs.replace("\0", " ")  # the scan sees the agent's processes
     assert [k for k, v in real.items() if v in procs] == []
     # 3. Every file (root filesystem, tmpfs, workspace, socket directory), searched with patterns fed on stdin.
-    patterns = "\n".join([*real.values(), placeholder_secret]).encode() + b"\n"
-    found = _exec_with_stdin(docker_client, name, ["grep", "-rlF", "-f", "/dev/stdin", "/", "--exclude-dir=proc", "--exclude-dir=sys",
+    patterns = "\n".join([*real.values(), decoy]).encode() + b"\n"
+    found = _exec_with_stdin(docker_client, name, ["grep", "-rlF", "-D", "skip", "-f", "/dev/stdin", "/", "--exclude-dir=proc", "--exclude-dir=sys",
                                                    "--exclude-dir=dev"], patterns)
     files = found.split()
-    assert "/run/cma/assignment.json" in files, files  # the placeholder is there: the scan finds what is present
+    assert "/tmp/planted" in files, files  # the scan finds what is present
     for path in files:
         content = container.exec_run(["cat", path], user="0").output.decode(errors="replace")
         assert [k for k, v in real.items() if v in content] == [], path

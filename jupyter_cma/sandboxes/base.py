@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# Seconds between handing out a pooled sandbox and starting its replacement: a start costs
+# about half a second (kernel) to a second (container) of CPU, which would otherwise compete
+# with the session that just took the sandbox (its first requests and tool call).
+REFILL_DELAY = 1.0
+
 
 @dataclass(frozen=True)
 class ClaimedItem:

@@ -49,6 +49,7 @@ import re
 import secrets
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,9 +60,10 @@ from traitlets import Callable as CallableTrait
 from traitlets import Dict, Float, Instance, Integer, TraitError, Unicode, default, validate
 
 from ..anthropic_api import item_credential
-from .base import ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
+from .base import REFILL_DELAY, ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
 from .image import ImageSettings
 from .isolation import proxy_environment
+from .objectstore import ObjectStoreError, WorkspaceObjectStore
 
 if TYPE_CHECKING:
     import docker
@@ -152,6 +154,10 @@ class Slot:
     @property
     def socket_path(self) -> Path:
         return self.directory / "egress.sock"
+
+    @property
+    def assignment_path(self) -> Path:
+        return self.directory / "assignment"
 
     @property
     def name(self) -> str:
@@ -304,6 +310,7 @@ class ContainerTier(Tier):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.image = ImageSettings(parent=self)
+        self.object_store = WorkspaceObjectStore(parent=self)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="cma-docker")
         self._local = threading.local()
         self._pool: list[Slot] = []
@@ -452,6 +459,8 @@ class ContainerTier(Tier):
         directory.mkdir(mode=0o755)
         directory.chmod(0o755)  # the container's user (not this server's) must reach the socket in it
         slot = Slot(id=slot_id, directory=directory, volume=volume or VOLUME_PREFIX + slot_id, size=size, session_id=session_id)
+        os.mkfifo(slot.assignment_path)
+        slot.assignment_path.chmod(0o644)  # the container's worker reads it; only this server writes
         self._slots[slot_id] = slot
 
         def create(client: docker.DockerClient) -> str:
@@ -591,7 +600,13 @@ class ContainerTier(Tier):
 
     async def take(self, session_id: str, size: str) -> tuple[Slot, bool]:
         """A container for the session: a pooled one if it has no volume yet and fits, else a new one on its volume."""
+        if self.store is not None and self.store.session(session_id) is None:
+            # The server records a session before serving it; without its row the volume could not be recorded,
+            # and the session's next container would start on an empty workspace.
+            raise ContainerFailed(f"session {session_id} is not in the server's store; its workspace could not be recorded")
         volume = self._volume_of(session_id)
+        if volume is None and self.object_store.sync and self.object_store.enabled:
+            volume = await self._pull_for_start(session_id)
         if volume is None and size == self.default_size:
             while self._pool:
                 slot = self._pool.pop(0)
@@ -599,7 +614,7 @@ class ContainerTier(Tier):
                     self._remember_volume(session_id, slot.volume)
                     slot.session_id = session_id
                     if self._wake is not None:
-                        self._wake.set()  # refill
+                        asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)  # refill
                     return slot, True
         if volume is None:
             volume = VOLUME_PREFIX + session_id
@@ -607,6 +622,19 @@ class ContainerTier(Tier):
             self._remember_volume(session_id, volume)
         slot = await self._new_slot(size, volume=volume, session_id=session_id)
         return slot, False
+
+    async def _pull_for_start(self, session_id: str) -> str | None:
+        """A session with no workspace here may have run on another host: its volume, pulled from the store, or None."""
+        try:
+            pulled = await self.pull_workspace(session_id)
+        except (ObjectStoreError, OSError, ValueError) as exc:
+            # Starting on an empty workspace would hide the session's files from it: refuse instead.
+            raise ContainerFailed(f"the session's workspace could not be pulled from the object store, so no container was "
+                                  f"started on an empty one: {exc}") from None
+        if pulled is None:
+            return None
+        log.info("container tier: session %s: workspace pulled from %s (%s files)", session_id, pulled["object"], pulled.get("files"))
+        return self._volume_of(session_id)
 
     def _ensure_volume(self, client: docker.DockerClient, name: str, session_id: str) -> None:
         import docker.errors
@@ -662,7 +690,7 @@ class ContainerTier(Tier):
 
     def status(self) -> dict[str, Any]:
         return {"image": self.image.tag, "image_id": self.image_id, "image_error": self.image_error,
-                "pool": self.pool_status(), "containers": len(self._slots)}
+                "pool": self.pool_status(), "containers": len(self._slots), "object_store": self.object_store.describe()}
 
     # ------------------------------------------------------------------ terminals and workspace transfer
 
@@ -740,6 +768,31 @@ class ContainerTier(Tier):
                                           volume_labels=self._labels("workspace", session_id))
 
 
+    async def push_workspace(self, session_id: str) -> dict[str, Any]:
+        """Export the session's workspace into the object store (WorkspaceObjectStore); LookupError if it has none here."""
+        if not self.object_store.enabled:
+            raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
+        with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
+            summary = await self.export_workspace(session_id, spool)
+            spool.seek(0)
+            location = await asyncio.to_thread(self.object_store.upload, session_id, spool)
+        return {**summary, "object": location}
+
+    async def pull_workspace(self, session_id: str) -> dict[str, Any] | None:
+        """Import the session's object from the object store into its volume; None when the store has none for it.
+
+        The object is checked like any imported archive; refused while a container serves the session.
+        """
+        if not self.object_store.enabled:
+            raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
+        with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
+            if not await asyncio.to_thread(self.object_store.download, session_id, spool):
+                return None
+            spool.seek(0)
+            summary = await self.import_workspace(session_id, spool)
+        return {**summary, "object": self.object_store.location(session_id)}
+
+
 class ContainerSandbox(Sandbox):
     """Serves one claimed item in a container of its own; the worker flow runs inside."""
 
@@ -754,6 +807,7 @@ class ContainerSandbox(Sandbox):
         self._size: str | None = None
         self._error: str | None = None
         self._exit: dict[str, Any] | None = None
+        self._sync: dict[str, Any] | None = None  # the last push to the object store (sync on)
         self._served = False
 
     @property
@@ -786,6 +840,7 @@ class ContainerSandbox(Sandbox):
             "exit": self._exit,
             "error": self._error,
             "log": str(self._tier.log_path(self.session_id)),
+            "workspace_sync": self._sync,
         }
 
     async def serve(self, worker: WorkerSettings) -> None:
@@ -820,10 +875,11 @@ class ContainerSandbox(Sandbox):
                 "api_base_url": tier.api_base_url or str(worker.client.base_url),
                 "max_idle": worker.max_idle,
             }
-            _write_assignment(slot.directory, assignment)
-            slot.assigned_at = time.monotonic()
             if not self._pooled:
                 await tier._start(slot)
+                await tier._wait_ready(slot)
+            _send_assignment(slot.assignment_path, assignment)
+            slot.assigned_at = time.monotonic()
             self._state = "serving"
             # Shielded so that a cancel (a stop) lands here at once; the stop itself is below.
             state = await asyncio.shield(slot.exited)
@@ -890,11 +946,36 @@ class ContainerSandbox(Sandbox):
         if attached:
             await self._tier.detach_egress(slot, self.session_id)
         await self._tier._discard(slot)
+        if self._tier.object_store.sync and self._tier.object_store.enabled:
+            await self._push_workspace()
+
+    async def _push_workspace(self) -> None:
+        """With sync on, the workspace goes to the object store once the container is gone (nothing writes to it then).
+
+        Before this sandbox is let go, so that the session's next container (here or on another host) starts from it.
+        A failure is shown in the session's status; the files stay in the volume here.
+        """
+        try:
+            pushed = await self._tier.push_workspace(self.session_id)
+            self._sync = {"object": pushed["object"], "bytes": pushed.get("bytes"), "files": pushed.get("files"), "at": time.time()}
+        except Exception as exc:
+            self._sync = {"error": f"the workspace could not be pushed to the object store: {exc}"[:1000], "at": time.time()}
+            log.warning("session %s: %s", self.session_id, self._sync["error"])
 
 
-def _write_assignment(directory: Path, assignment: dict[str, Any]) -> None:
-    """Put the assignment in place whole (the worker polls for the name)."""
-    tmp = directory / ".assignment.json.tmp"
-    tmp.write_text(json.dumps(assignment))
-    tmp.chmod(0o644)
-    os.replace(tmp, directory / "assignment.json")
+def _send_assignment(fifo: Path, assignment: dict[str, Any]) -> None:
+    """Hand the assignment to the container's worker through its FIFO (it holds the read end open once ready).
+
+    It is far smaller than a pipe's buffer, so the write does not block.
+    """
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:  # ENXIO: nobody reads, the worker is not waiting
+        raise ContainerFailed(f"the container's worker is not waiting for its assignment ({exc.strerror})") from None
+    try:
+        os.set_blocking(fd, True)
+        data = memoryview(json.dumps(assignment).encode())
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)

@@ -61,7 +61,7 @@ from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, def
 from traitlets import Callable as CallableTrait
 
 from . import isolation as iso
-from .base import ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
+from .base import REFILL_DELAY, ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
 
 if TYPE_CHECKING:
     from anthropic.lib.tools import BetaAsyncFunctionTool
@@ -82,10 +82,6 @@ RECORD_LIMIT = 1024 * 1024  # characters of one stream output kept in a recorded
 IMAGE_LIMIT = 5 * 1024 * 1024  # base64 bytes of one image block (the SDK's read tool cap)
 MAX_IMAGES = 10  # image blocks per python result
 DEATH_POLL = 0.1  # seconds between checks that the kernel process still runs during a call
-# Seconds between handing out a pool kernel and starting its replacement: a kernel start
-# costs about half a second of CPU, which would otherwise compete with the session that
-# just took the kernel (its first requests and tool call).
-REFILL_DELAY = 1.0
 KERNEL_SHUTDOWN_TIMEOUT = 10.0
 ENV_MARKER = "JUPYTER_CMA_KERNEL_DIR"
 # Never handed to kernels: they run model-written code. (A custom `*_env` credential

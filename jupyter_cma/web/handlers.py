@@ -519,6 +519,45 @@ class SessionWorkspaceHandler(CMAHandler):
         self.finish({"session_id": session_id, **result})
 
 
+class SessionWorkspaceSyncHandler(CMAHandler):
+    """`POST cma/api/sessions/{id}/workspace/push`: the session's workspace into the object store
+    (`WorkspaceObjectStore.url`); `…/pull`: the store's object for the session into its volume here (refused while a
+    sandbox serves it). How a session moves to another host: push here, pull there (or `WorkspaceObjectStore.sync`)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, session_id: str, action: str) -> None:
+        from ..sandboxes.objectstore import ObjectStoreError
+        from ..sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+
+        tier = _container_tier(self.ctx)
+        if not tier.object_store.enabled:
+            raise tornado.web.HTTPError(409, "no object store is configured on this server: set WorkspaceObjectStore.url "
+                                        "(s3://bucket/prefix) and, for an S3-compatible service, WorkspaceObjectStore.endpoint_url")
+        if action == "pull" and session_id in self.ctx.sessions.live:
+            raise tornado.web.HTTPError(409, f"a sandbox is serving session {session_id} now; stop it first "
+                                        f"(POST cma/api/sessions/{session_id}/stop) or wait until it sleeps, then pull")
+        try:
+            if action == "push":
+                result = await tier.push_workspace(session_id)
+            else:
+                result = await tier.pull_workspace(session_id)
+                if result is None:
+                    raise tornado.web.HTTPError(404, f"the object store has no workspace for session {session_id} "
+                                                f"({tier.object_store.location(session_id)}); push it from the host it ran on")
+        except LookupError as exc:
+            raise tornado.web.HTTPError(404, f"{exc}; nothing to push") from None
+        except WorkspaceBusy as exc:
+            raise tornado.web.HTTPError(409, f"the workspace was not pulled: {exc}") from None
+        except WorkspaceArchiveError as exc:
+            raise tornado.web.HTTPError(502, f"the store's object was refused, nothing was written: {exc}") from None
+        except ObjectStoreError as exc:
+            raise tornado.web.HTTPError(502, str(exc)) from None
+        user = self.current_user.username if self.current_user else "unknown"
+        self.log.info("jupyter-cma: workspace of session %s: %s by %s: %s", session_id, action, user, result)
+        self.finish({"session_id": session_id, "action": action, **result})
+
+
 class WebhookDeliveriesHandler(CMAHandler):
     """`GET cma/api/webhooks`: received deliveries, newest first; pass `next_before` back as `before` for the next page."""
 
@@ -842,6 +881,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{api}/sessions/{sid}/notebook", SessionNotebookHandler, kw),
         (rf"{api}/sessions/{sid}/terminal", SessionTerminalHandler, kw),
         (rf"{api}/sessions/{sid}/workspace", SessionWorkspaceHandler, kw),
+        (rf"{api}/sessions/{sid}/workspace/(?P<action>push|pull)", SessionWorkspaceSyncHandler, kw),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, kw),
         (rf"{api}/egress/log", EgressLogHandler, kw),
         (rf"{api}/egress/policies", EgressPoliciesHandler, kw),

@@ -4,9 +4,11 @@
 
 1. Import the SDK (about a second), then print `{"cma": "ready"}`: a pooled
    container is warm from here on.
-2. Wait for `/run/cma/assignment.json`, which the server writes into the
-   container's private socket directory: the work item (id, environment,
-   session), the API's base URL, `max_idle`, and the item's secret. That secret
+2. Wait for the assignment on `/run/cma/assignment`, a FIFO the server made in
+   the container's private socket directory (opened before `ready`, so the
+   wait costs no CPU and ends the moment the server writes): the work item
+   (id, environment, session), the API's base URL, `max_idle`, and the item's
+   secret. It is never a file on disk. That secret
    carries a *placeholder* sessions token: the egress proxy swaps in the real
    one on requests to the API host, so nothing in this container is a real
    credential.
@@ -35,6 +37,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -43,11 +46,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ASSIGNMENT = Path(os.environ.get("CMA_ASSIGNMENT", "/run/cma/assignment.json"))
+ASSIGNMENT = Path(os.environ.get("CMA_ASSIGNMENT", "/run/cma/assignment"))
 WORKDIR = Path(os.environ.get("CMA_WORKDIR", "/workspace"))
 PROXY = "http://127.0.0.1:3128"
 INTERNAL = "http://cma.internal"
-ASSIGNMENT_POLL = 0.005  # seconds; a stat() every 5 ms costs nothing measurable while pooled
 EXIT_FAILED = 3
 
 log = logging.getLogger("cma_sandbox")
@@ -72,12 +74,26 @@ class _LeaseWatch(logging.Handler):
             emit("lease_lost")
 
 
-def _wait_for_assignment() -> dict[str, Any]:
-    while True:
-        try:
-            return json.loads(ASSIGNMENT.read_text())
-        except (FileNotFoundError, ValueError):  # not there yet (the server renames it into place whole)
-            time.sleep(ASSIGNMENT_POLL)
+def _open_assignment() -> int:
+    """The FIFO's read end, opened before "ready" so that the server's write finds a reader.
+
+    Non-blocking: a blocking open would wait for the writer. Until one has
+    written, poll() reports nothing (Linux reports a hang-up only after a
+    writer came and went).
+    """
+    return os.open(ASSIGNMENT, os.O_RDONLY | os.O_NONBLOCK)
+
+
+def _wait_for_assignment(fd: int) -> dict[str, Any]:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()  # asleep until the server writes
+    os.set_blocking(fd, True)
+    chunks = []
+    while chunk := os.read(fd, 65536):  # to the end: the server closes its end after writing
+        chunks.append(chunk)
+    os.close(fd)
+    return json.loads(b"".join(chunks))
 
 
 def _internal(path: str, body: dict[str, Any] | None = None, timeout: float = 330.0) -> Any:
@@ -180,8 +196,9 @@ def main() -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stopped_while_waiting)
+    fd = _open_assignment()
     emit("ready", pid=os.getpid())
-    assignment = _wait_for_assignment()
+    assignment = _wait_for_assignment(fd)
     emit("assigned", session_id=assignment.get("session_id"), work_id=assignment.get("work_id"))
     try:
         asyncio.run(serve(assignment))

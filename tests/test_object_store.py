@@ -1,0 +1,209 @@
+"""Workspaces through an S3-compatible object store: how a container session moves between hosts.
+
+The store is a real S3-compatible service on loopback (moto's server, spoken
+to over HTTP by boto3); the server, the container tier, the Docker engine and
+the emulator are the real ones. "Another host" is a data directory and Docker
+volume that do not have the session's workspace: its local volume removed, or
+a second data directory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from jupyter_cma.sandboxes.cleanup import apply_cleanup, plan_cleanup
+from tests.test_container_extras import api_error
+from tests.test_container_tier import (  # noqa: F401  (fixtures of the container tests)
+    bash,
+    container_agent,
+    pool_size,
+    reap_interval,
+    session_containers,
+    tool_results,
+    wait_state,
+)
+from tests.test_container_tier import jp_server_config as container_server_config  # noqa: F401
+from tests.test_dispatch import cma_emulator, cma_mode, harness, script  # noqa: F401
+from tests.test_dispatch import jp_server_config as dispatch_server_config  # noqa: F401
+
+# What the store is given as credentials; the test checks they appear in no answer.
+ACCESS_KEY = "AKIATESTWORKSPACES01"
+SECRET_KEY = "test-secret-key-for-the-object-store-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[dict[str, Any]]:
+    """An S3-compatible service on loopback with a bucket `workspaces`; boto3's environment points at its credentials."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    # The service keeps its buckets in this process's memory, across servers: start from none.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="workspaces")
+    try:
+        yield {"endpoint": endpoint, "client": client, "url": "s3://workspaces/team-a"}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def sync() -> bool:
+    return True
+
+
+@pytest.fixture
+def store_endpoint(s3) -> str:
+    return s3["endpoint"]
+
+
+@pytest.fixture
+def jp_server_config(container_server_config, s3, sync, store_endpoint):  # noqa: F811
+    return {**container_server_config, "WorkspaceObjectStore": {"url": s3["url"], "endpoint_url": store_endpoint, "sync": sync}}
+
+
+def objects(s3: dict[str, Any]) -> dict[str, int]:
+    listing = s3["client"].list_objects_v2(Bucket="workspaces").get("Contents") or []
+    return {o["Key"]: o["Size"] for o in listing}
+
+
+def forget_workspace_here(h: Any) -> None:
+    """What another host looks like to the session: no volume of it (removed with `jupyter cma cleanup --volumes`)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        errors = apply_cleanup(plan_cleanup(client, h.ext.data_dir), volumes=True)
+    finally:
+        client.close()
+    assert errors == []
+
+
+async def test_with_sync_a_session_continues_on_a_host_that_never_had_its_workspace(harness, docker_client, s3):
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo kept > notes.txt && mkdir -p d && echo deep > d/f && echo done")))
+    await h.turn_ends(sid, timeout=120)
+    await wait_state(h, sid, "sleeping")
+    # The container ended: the workspace was pushed before the session let its sandbox go.
+    assert list(objects(s3)) == [f"team-a/{sid}.tar.gz"]
+    status = await h.api("GET", "status")
+    assert status["tiers"]["container"]["object_store"] == {"url": s3["url"], "endpoint_url": s3["endpoint"], "sync": True}
+
+    volume = h.ext.store.session(sid)["workspace_volume"]
+    forget_workspace_here(h)
+    assert h.ext.store.session(sid)["workspace_volume"] is None
+    assert volume not in [v.name for v in docker_client.volumes.list()]
+
+    await h.send(sid, script(bash("cat notes.txt d/f; stat -c %U notes.txt")))
+    events = await h.turn_ends(sid, turns=2, timeout=120)
+    assert tool_results(events)[-1].split() == ["kept", "deep", "agent"]  # pulled before its container started
+    assert h.ext.store.session(sid)["workspace_volume"] is not None
+    await wait_state(h, sid, "sleeping")
+    assert list(objects(s3)) == [f"team-a/{sid}.tar.gz"]  # pushed again, same object
+
+
+@pytest.mark.parametrize("sync", [False])
+async def test_push_and_pull_by_hand_over_rest(harness, docker_client, s3):
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo by-hand > notes.txt")))
+    await h.turn_ends(sid, timeout=120)
+    await wait_state(h, sid, "sleeping")
+    assert objects(s3) == {}  # sync off: nothing goes by itself
+
+    pushed = await h.api("POST", f"sessions/{sid}/workspace/push", {})
+    assert pushed["object"] == f"s3://workspaces/team-a/{sid}.tar.gz" and pushed["files"] == 1
+    assert objects(s3)[f"team-a/{sid}.tar.gz"] > 0
+
+    forget_workspace_here(h)
+    pulled = await h.api("POST", f"sessions/{sid}/workspace/pull", {})
+    assert pulled["files"] == 1 and pulled["object"] == pushed["object"]
+    await h.send(sid, script(bash("cat notes.txt")))
+    events = await h.turn_ends(sid, turns=2, timeout=120)
+    assert tool_results(events)[-1].strip() == "by-hand"
+
+    # What cannot be done is said, with what to do.
+    assert "push it from the host it ran on" in await api_error(h, 404, "POST", "sessions/sesn_nowhere/workspace/pull", b"")
+    assert "nothing to push" in await api_error(h, 404, "POST", "sessions/sesn_nowhere/workspace/push", b"")
+
+
+@pytest.mark.parametrize("store_endpoint", ["http://127.0.0.1:9"])  # nothing listens there
+async def test_an_unreachable_store_is_reported_without_credentials_and_fails_closed(harness, docker_client, s3):
+    h = await harness.start()
+    agent = await container_agent(h)
+    # With sync on, a session with no workspace here may have one in the store (it ran on another host):
+    # when the store cannot be asked, it is not started on an empty workspace.
+    sid = await h.session(agent, script(bash("echo never-runs")))
+    await wait_state(h, sid, "failed", timeout=120)
+    reason = h.ext.store.session(sid)["reason"]
+    assert "could not be pulled from the object store" in reason and f"s3://workspaces/team-a/{sid}.tar.gz" in reason, reason
+    assert ACCESS_KEY not in reason and SECRET_KEY not in reason
+    assert not session_containers(docker_client, sid)
+    # A push that cannot reach the store says so (502) and keeps the files here.
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("notes.txt")
+        info.size = 11
+        tar.addfile(info, io.BytesIO(b"stays-here\n"))
+    await h.fetch("cma", "api", "sessions", "sesn_local", "workspace", method="PUT", body=archive.getvalue())
+    message = await api_error(h, 502, "POST", "sessions/sesn_local/workspace/push", b"")
+    assert "could not store s3://workspaces/team-a/sesn_local.tar.gz" in message and "EndpointConnectionError" in message
+    assert ACCESS_KEY not in message and SECRET_KEY not in message
+    assert h.ext.store.session("sesn_local")["workspace_volume"]
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "jupyter_cma", "workspace", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("sync", [False])
+async def test_the_cli_moves_a_workspace_to_another_data_directory(harness, docker_client, s3, tmp_path):
+    h = await harness.start()
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("mkdir -p src && echo 'print(1)' > src/main.py && echo ok")))
+    await h.turn_ends(sid, timeout=120)
+    await wait_state(h, sid, "sleeping")
+    env = {**os.environ}
+    store = ["--url", s3["url"], "--endpoint-url", s3["endpoint"]]
+    pushed = cli("push", sid, "--data-dir", str(h.ext.data_dir), *store, env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"to s3://workspaces/team-a/{sid}.tar.gz" in pushed.stdout
+
+    other_host = tmp_path / "other-host"
+    pulled = cli("pull", sid, "--data-dir", str(other_host), *store, env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "pulled 1 files" in pulled.stdout
+    volume = pulled.stdout.split("into volume ")[1].split(";")[0]
+    listing = docker_client.containers.run("jupyter-cma-sandbox:0.1.0", entrypoint=["cat", "/workspace/src/main.py"], remove=True,
+                                           network_mode="none", volumes={volume: {"bind": "/workspace", "mode": "ro"}})
+    assert listing.decode().strip() == "print(1)"
+
+    nothing = cli("pull", "sesn_unknown", "--data-dir", str(other_host), *store, env=env)
+    assert nothing.returncode == 1 and "has no workspace for session sesn_unknown" in nothing.stderr
+    unset = cli("push", sid, "--data-dir", str(h.ext.data_dir), env=env)
+    assert unset.returncode == 1 and "no object store is configured" in unset.stderr
+    usage = cli("push", env=env)
+    assert usage.returncode == 1 and "usage: jupyter cma workspace push SESSION" in usage.stderr
