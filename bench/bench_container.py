@@ -29,8 +29,9 @@ each, not counted):
   default), pool full.
 - A diagnostic: the warm pool with its refill held until the session ended
   (the bench lowers the tier's `pool_size` by one while it serves). The tier
-  starts a replacement container as soon as one is taken, and that start (docker
-  plus the SDK import) competes for the CPU with the session that took it.
+  starts a replacement container a second after one is taken (REFILL_DELAY), so
+  that its start (docker plus the SDK import) does not compete for the CPU with
+  the session that took it; this shows whether that second is enough.
 
 Where the time goes: for each session, docker's own `create` and `start` event
 times (a `docker events` stream filtered on this run's data-dir label; only
@@ -54,8 +55,8 @@ Memory per idle pooled container: its cgroup's memory usage as `docker stats`
 computes it (`memory_stats.usage` minus `total_inactive_file` on cgroup v1,
 `inactive_file` on v2: page cache that can be dropped at once), read once the
 pool is full; baseline: a container of the same image that has only imported
-the SDK and sleeps. Also its CPU while idle (its worker polls for an
-assignment).
+the SDK and sleeps. Also its CPU while idle (its worker sleeps on its
+assignment FIFO).
 
 Target (issue: container tier): cold start p50 ≤ 1 s. Missing it is reported,
 never an error: the script exits non-zero only when something crashes.
