@@ -63,6 +63,9 @@ class DemoApp(Application):
         self.exit(asyncio.run(self._run()))
 
     async def _run(self) -> int:
+        if self.tier not in ("auto", "kernel", "container"):
+            print(f"--tier must be kernel, container or auto, not {self.tier!r}", file=sys.stderr)
+            return 2
         port = _free_port()
         token = secrets.token_hex(16)
         work = tempfile.mkdtemp(prefix="cma-demo-")
@@ -98,16 +101,17 @@ class DemoApp(Application):
             for proc in (server, emulator):
                 if proc is not None:
                     proc.terminate()
-                    proc.wait(15)
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
             _remove_sandboxes(os.path.join(work, "cma"))
 
     async def _tiers(self, api: _Api) -> list[str]:
         """The tiers to run on; in auto mode the container tier only where a Docker engine answers."""
         if self.tier in ("kernel", "container"):
             return [self.tier]
-        if self.tier != "auto":
-            print(f"--tier must be kernel, container or auto, not {self.tier!r}", file=sys.stderr)
-            return []
         probe = await api.wait_probed()
         if probe["container"].get("available"):
             return ["kernel", "container"]
@@ -130,6 +134,7 @@ class DemoApp(Application):
         """Wait for the sandbox image and a warm container (the first start of a machine may build the image)."""
         deadline = time.monotonic() + self.container_wait
         shown = False
+        pool: dict[str, Any] = {}
         while time.monotonic() < deadline:
             container = (await api.call("GET", "/status"))["tiers"]["container"]
             pool = container.get("pool") or {}
@@ -238,6 +243,8 @@ def _remove_sandboxes(data_dir: str) -> None:
     try:
         for error in apply_cleanup(plan_cleanup(client, data_dir), volumes=True):
             print(f"cleanup: {error}", file=sys.stderr)
+    except Exception as exc:  # the demo's result stands; say what was left
+        print(f"cleanup: {type(exc).__name__}: {exc}; `jupyter cma cleanup --volumes --data-dir {data_dir}` removes it", file=sys.stderr)
     finally:
         client.close()
 

@@ -138,6 +138,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN workspace_volume TEXT;
     ALTER TABLE agents ADD COLUMN size TEXT;
     """,
+    # 7: workspaces in an object store: the version (ETag) of the session's object the volume here holds,
+    # and the last push or pull (JSON: object, at, error), shown with the session.
+    """
+    ALTER TABLE sessions ADD COLUMN workspace_etag TEXT;
+    ALTER TABLE sessions ADD COLUMN workspace_sync TEXT;
+    """,
 ]
 
 
@@ -357,11 +363,13 @@ class Store:
 
     def update_session(self, session_id: str, **fields: Any) -> None:
         """Set measured or descriptive fields (no state change, so no transition row)."""
-        allowed = {"cold_start_ms", "title", "metadata", "workspace_volume"}
+        allowed = {"cold_start_ms", "title", "metadata", "workspace_volume", "workspace_etag", "workspace_sync"}
         if not fields or set(fields) - allowed:
             raise ValueError(f"update_session sets only {sorted(allowed)}")
         if "metadata" in fields:
             fields["metadata"] = json.dumps(fields["metadata"] or {}, sort_keys=True)
+        if fields.get("workspace_sync") is not None:
+            fields["workspace_sync"] = json.dumps(fields["workspace_sync"], sort_keys=True)
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._db.execute(f"UPDATE sessions SET {sets} WHERE id = ?", (*fields.values(), session_id))
 
@@ -514,6 +522,10 @@ def _session_row(row: sqlite3.Row) -> dict[str, Any]:
         session["metadata"] = json.loads(session.get("metadata") or "{}")
     except ValueError:
         session["metadata"] = {}
+    try:
+        session["workspace_sync"] = json.loads(session["workspace_sync"]) if session.get("workspace_sync") else None
+    except ValueError:
+        session["workspace_sync"] = None
     return session
 
 

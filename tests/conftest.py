@@ -39,7 +39,7 @@ def _remove_what_this_run_made(client: docker.DockerClient, basetemp: Path) -> N
     """Sessions' volumes outlive their servers by design; the tests' ones (data directories under this run's
     temporary directory) go when the run ends, through the same code as `jupyter cma cleanup --all --volumes`."""
     plan = plan_cleanup(client, str(basetemp), all_data_dirs=True)
-    mine = str(basetemp.absolute())
+    mine = str(basetemp.absolute()) + os.sep
     for kind in ("containers", "volumes", "session_volumes", "directories"):
         setattr(plan, kind, [f for f in getattr(plan, kind) if f.data_dir.startswith(mine)])
     apply_cleanup(plan, volumes=True)

@@ -25,6 +25,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from jupyter_cma.sandboxes.cleanup import apply_cleanup, plan_cleanup
+from jupyter_cma.sandboxes.image import DEFAULT_IMAGE
 from tests.test_container_extras import api_error
 from tests.test_container_tier import (  # noqa: F401  (fixtures of the container tests)
     bash,
@@ -117,12 +118,30 @@ async def test_with_sync_a_session_continues_on_a_host_that_never_had_its_worksp
     assert h.ext.store.session(sid)["workspace_volume"] is None
     assert volume not in [v.name for v in docker_client.volumes.list()]
 
-    await h.send(sid, script(bash("cat notes.txt d/f; stat -c %U notes.txt")))
+    await h.send(sid, script(bash("cat notes.txt d/f; stat -c %U notes.txt; echo second > second.txt")))
     events = await h.turn_ends(sid, turns=2, timeout=120)
     assert tool_results(events)[-1].split() == ["kept", "deep", "agent"]  # pulled before its container started
-    assert h.ext.store.session(sid)["workspace_volume"] is not None
+    volume = h.ext.store.session(sid)["workspace_volume"]
     await wait_state(h, sid, "sleeping")
     assert list(objects(s3)) == [f"team-a/{sid}.tar.gz"]  # pushed again, same object
+    row = h.ext.store.session(sid)
+    assert row["workspace_sync"]["action"] == "push" and "error" not in row["workspace_sync"]
+    assert row["workspace_etag"] == s3["client"].head_object(Bucket="workspaces", Key=f"team-a/{sid}.tar.gz")["ETag"]
+
+    # Another host ran the session since and pushed a newer version: this host's volume is outdated, and the
+    # session's next container starts on the store's version (a fresh volume), not on the stale one.
+    newer = io.BytesIO()
+    with tarfile.open(fileobj=newer, mode="w:gz") as tar:
+        for name, data in (("notes.txt", b"from the other host\n"),):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    s3["client"].put_object(Bucket="workspaces", Key=f"team-a/{sid}.tar.gz", Body=newer.getvalue())
+    await h.send(sid, script(bash("cat notes.txt; ls")))
+    events = await h.turn_ends(sid, turns=3, timeout=120)
+    assert tool_results(events)[-1].strip().split("\n") == ["from the other host", "notes.txt"]  # no stale second.txt mixed in
+    assert h.ext.store.session(sid)["workspace_volume"] != volume
+    assert volume not in [v.name for v in docker_client.volumes.list()]  # the outdated volume is gone
 
 
 @pytest.mark.parametrize("sync", [False])
@@ -162,6 +181,8 @@ async def test_an_unreachable_store_is_reported_without_credentials_and_fails_cl
     assert "could not be pulled from the object store" in reason and f"s3://workspaces/team-a/{sid}.tar.gz" in reason, reason
     assert ACCESS_KEY not in reason and SECRET_KEY not in reason
     assert not session_containers(docker_client, sid)
+    sync = (await h.api("GET", f"sessions/{sid}"))["workspace_sync"]  # shown with the session
+    assert sync["action"] == "pull" and "could not be pulled" in sync["error"]
     # A push that cannot reach the store says so (502) and keeps the files here.
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
@@ -197,7 +218,7 @@ async def test_the_cli_moves_a_workspace_to_another_data_directory(harness, dock
     assert pulled.returncode == 0, pulled.stderr
     assert "pulled 1 files" in pulled.stdout
     volume = pulled.stdout.split("into volume ")[1].split(";")[0]
-    listing = docker_client.containers.run("jupyter-cma-sandbox:0.1.0", entrypoint=["cat", "/workspace/src/main.py"], remove=True,
+    listing = docker_client.containers.run(DEFAULT_IMAGE, entrypoint=["cat", "/workspace/src/main.py"], remove=True,
                                            network_mode="none", volumes={volume: {"bind": "/workspace", "mode": "ro"}})
     assert listing.decode().strip() == "print(1)"
 

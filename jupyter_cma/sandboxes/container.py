@@ -47,6 +47,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import tempfile
@@ -456,11 +457,15 @@ class ContainerTier(Tier):
         image = await self.image_ready()
         slot_id = secrets.token_hex(6)
         directory = self.containers_dir / slot_id
-        directory.mkdir(mode=0o755)
-        directory.chmod(0o755)  # the container's user (not this server's) must reach the socket in it
         slot = Slot(id=slot_id, directory=directory, volume=volume or VOLUME_PREFIX + slot_id, size=size, session_id=session_id)
-        os.mkfifo(slot.assignment_path)
-        slot.assignment_path.chmod(0o644)  # the container's worker reads it; only this server writes
+        try:
+            directory.mkdir(mode=0o755)
+            directory.chmod(0o755)  # the container's user (not this server's) must reach the socket in it
+            os.mkfifo(slot.assignment_path)
+            slot.assignment_path.chmod(0o644)  # the container's worker reads it; only this server writes
+        except OSError:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         self._slots[slot_id] = slot
 
         def create(client: docker.DockerClient) -> str:
@@ -605,8 +610,8 @@ class ContainerTier(Tier):
             # and the session's next container would start on an empty workspace.
             raise ContainerFailed(f"session {session_id} is not in the server's store; its workspace could not be recorded")
         volume = self._volume_of(session_id)
-        if volume is None and self.object_store.sync and self.object_store.enabled:
-            volume = await self._pull_for_start(session_id)
+        if self.object_store.sync and self.object_store.enabled:
+            volume = await self._sync_before_start(session_id, volume)
         if volume is None and size == self.default_size:
             while self._pool:
                 slot = self._pool.pop(0)
@@ -623,16 +628,24 @@ class ContainerTier(Tier):
         slot = await self._new_slot(size, volume=volume, session_id=session_id)
         return slot, False
 
-    async def _pull_for_start(self, session_id: str) -> str | None:
-        """A session with no workspace here may have run on another host: its volume, pulled from the store, or None."""
+    async def _sync_before_start(self, session_id: str, volume: str | None) -> str | None:
+        """The session's volume once it holds the store's latest version (pulled when there is none here, or when
+        the object moved since this host last pushed or pulled it: another host ran the session since)."""
         try:
+            if volume is not None:
+                latest = await asyncio.to_thread(self.object_store.etag, session_id)
+                held = (self.store.session(session_id) or {}).get("workspace_etag") if self.store is not None else None
+                if latest is None or latest == held:  # nothing in the store yet, or the version this volume holds
+                    return volume
             pulled = await self.pull_workspace(session_id)
-        except (ObjectStoreError, OSError, ValueError) as exc:
-            # Starting on an empty workspace would hide the session's files from it: refuse instead.
-            raise ContainerFailed(f"the session's workspace could not be pulled from the object store, so no container was "
-                                  f"started on an empty one: {exc}") from None
+        except Exception as exc:
+            # Starting on an empty or outdated workspace would hide the session's files from it: refuse instead.
+            error = f"the session's workspace could not be pulled from the object store, so no container was started on an " \
+                    f"empty or outdated one: {exc}"
+            self._note_sync(session_id, "pull", error=error)
+            raise ContainerFailed(error) from None
         if pulled is None:
-            return None
+            return volume
         log.info("container tier: session %s: workspace pulled from %s (%s files)", session_id, pulled["object"], pulled.get("files"))
         return self._volume_of(session_id)
 
@@ -674,16 +687,21 @@ class ContainerTier(Tier):
         if volume is None or any(s.session_id == session_id for s in self._slots.values()):
             return False
 
-        def remove(client: docker.DockerClient) -> None:
-            import docker.errors
-
-            with contextlib.suppress(docker.errors.NotFound):
-                client.volumes.get(volume).remove(force=True)
-
-        await self._docker(remove)
+        await self._docker(self._remove_volume, volume)
         if self.store is not None:
-            self.store.update_session(session_id, workspace_volume=None)
+            self.store.update_session(session_id, workspace_volume=None, workspace_etag=None)
+        if self.object_store.sync and self.object_store.enabled:
+            try:  # the session cannot run again: its copy in the store goes too
+                await asyncio.to_thread(self.object_store.delete, session_id)
+            except ObjectStoreError as exc:
+                log.warning("container tier: session %s ended: %s", session_id, exc)
         return True
+
+    def _remove_volume(self, client: docker.DockerClient, volume: str) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(volume).remove(force=True)
 
     def create(self, item: ClaimedItem, workspace: Path) -> ContainerSandbox:
         return ContainerSandbox(item, workspace, tier=self)
@@ -730,10 +748,14 @@ class ContainerTier(Tier):
         volume = volume or VOLUME_PREFIX + session_id
         if create:
             await self._workspace_call(self._ensure_volume, volume, session_id)
-            if self.store is not None and self.store.session(session_id) is None:
-                self.store.transition(session_id, "sleeping", "workspace imported; its next work item starts a container on it")
-            self._remember_volume(session_id, volume)
+            self._record_volume(session_id, volume)
         return volume
+
+    def _record_volume(self, session_id: str, volume: str) -> None:
+        """The session's volume from now on; a session unknown here is recorded as sleeping (its next item resumes it)."""
+        if self.store is not None and self.store.session(session_id) is None:
+            self.store.transition(session_id, "sleeping", "workspace imported; its next work item starts a container on it")
+        self._remember_volume(session_id, volume)
 
     async def export_workspace(self, session_id: str, fileobj: Any) -> dict[str, Any]:
         """Write the session's workspace to `fileobj` as a tar.gz (see sandboxes/workspace.py); LookupError if it has none."""
@@ -745,10 +767,14 @@ class ContainerTier(Tier):
         image = await self.image_ready()
         return await self._workspace_call(export_workspace, volume, image, fileobj, labels=self._labels("workspace-helper", session_id))
 
-    async def import_workspace(self, session_id: str, fileobj: Any) -> dict[str, Any]:
+    async def import_workspace(self, session_id: str, fileobj: Any, *, replace: bool = False,
+                               max_bytes: int | None = None) -> dict[str, Any]:
         """Check an archive, then put its files into the session's volume (made and recorded if missing).
 
-        Raises WorkspaceArchiveError (refused archive: nothing made or written) and WorkspaceBusy (a container serves it).
+        With `replace`, the files go into a fresh volume instead, which becomes the session's only once they are
+        all in (the old one is then removed): what the session had is never mixed with the archive, and a failure
+        leaves it as it was. Raises WorkspaceArchiveError (refused archive: nothing made or written) and
+        WorkspaceBusy (a container serves it).
         """
         from .workspace import WorkspaceBusy, clean_archive, import_workspace
 
@@ -757,40 +783,76 @@ class ContainerTier(Tier):
         row = self.store.session(session_id) if self.store is not None else None
         if row is not None and row["status"] == "ended":
             raise WorkspaceBusy(f"session {session_id} ended upstream and cannot run again; import into a new session")
-        clean = await asyncio.to_thread(clean_archive, fileobj)
+        clean = await asyncio.to_thread(clean_archive, fileobj, max_bytes=max_bytes)
+        old = self._volume_of(session_id)
         try:
             image = await self.image_ready()
-            volume = await self.workspace_volume(session_id, create=True)
+            if replace:
+                volume = f"{VOLUME_PREFIX}{session_id}-{secrets.token_hex(3)}"
+            else:
+                volume = await self.workspace_volume(session_id, create=True)
         except BaseException:
             clean.data.close()
             raise
-        return await self._workspace_call(import_workspace, volume, image, clean, labels=self._labels("workspace-helper", session_id),
-                                          volume_labels=self._labels("workspace", session_id))
-
+        try:
+            result = await self._workspace_call(import_workspace, volume, image, clean, labels=self._labels("workspace-helper", session_id),
+                                                volume_labels=self._labels("workspace", session_id))
+        except BaseException:
+            if replace:
+                await finish_shielded(self._workspace_call(self._remove_volume, volume))
+            raise
+        if replace:
+            self._record_volume(session_id, volume)
+            if old is not None and old != volume:
+                await self._workspace_call(self._remove_volume, old)
+        return result
 
     async def push_workspace(self, session_id: str) -> dict[str, Any]:
-        """Export the session's workspace into the object store (WorkspaceObjectStore); LookupError if it has none here."""
+        """Export the session's workspace into the object store (WorkspaceObjectStore); LookupError if it has none here.
+
+        The new object's version (ETag) is recorded: the volume here is that version.
+        """
         if not self.object_store.enabled:
             raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
             summary = await self.export_workspace(session_id, spool)
             spool.seek(0)
-            location = await asyncio.to_thread(self.object_store.upload, session_id, spool)
-        return {**summary, "object": location}
+            etag = await asyncio.to_thread(self.object_store.upload, session_id, spool)
+        result = {**summary, "object": self.object_store.location(session_id)}
+        self._note_sync(session_id, "push", result, etag=etag)
+        return result
 
     async def pull_workspace(self, session_id: str) -> dict[str, Any] | None:
-        """Import the session's object from the object store into its volume; None when the store has none for it.
+        """Replace the session's volume here by the store's object for it; None when the store has none.
 
-        The object is checked like any imported archive; refused while a container serves the session.
+        The object is checked like any imported archive (and bounded by WorkspaceObjectStore.max_bytes); refused
+        while a container serves the session.
         """
         if not self.object_store.enabled:
             raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
-            if not await asyncio.to_thread(self.object_store.download, session_id, spool):
+            etag = await asyncio.to_thread(self.object_store.download, session_id, spool)
+            if etag is None:
                 return None
             spool.seek(0)
-            summary = await self.import_workspace(session_id, spool)
-        return {**summary, "object": self.object_store.location(session_id)}
+            summary = await self.import_workspace(session_id, spool, replace=True, max_bytes=self.object_store.max_bytes)
+        result = {**summary, "object": self.object_store.location(session_id)}
+        self._note_sync(session_id, "pull", result, etag=etag)
+        return result
+
+    def _note_sync(self, session_id: str, action: str, result: dict[str, Any] | None = None, *, etag: str | None = None,
+                   error: str | None = None) -> None:
+        """The last push or pull, shown with the session (GET cma/api/sessions/{id}: workspace_sync)."""
+        if self.store is None or self.store.session(session_id) is None:
+            return
+        note = {"action": action, "at": time.time(), "object": self.object_store.location(session_id)}
+        if result is not None:
+            note.update(files=result.get("files"), bytes=result.get("bytes"))
+        if error is not None:
+            note["error"] = error
+            self.store.update_session(session_id, workspace_sync=note)
+        else:
+            self.store.update_session(session_id, workspace_sync=note, workspace_etag=etag)
 
 
 class ContainerSandbox(Sandbox):
@@ -807,7 +869,6 @@ class ContainerSandbox(Sandbox):
         self._size: str | None = None
         self._error: str | None = None
         self._exit: dict[str, Any] | None = None
-        self._sync: dict[str, Any] | None = None  # the last push to the object store (sync on)
         self._served = False
 
     @property
@@ -840,7 +901,6 @@ class ContainerSandbox(Sandbox):
             "exit": self._exit,
             "error": self._error,
             "log": str(self._tier.log_path(self.session_id)),
-            "workspace_sync": self._sync,
         }
 
     async def serve(self, worker: WorkerSettings) -> None:
@@ -953,29 +1013,32 @@ class ContainerSandbox(Sandbox):
         """With sync on, the workspace goes to the object store once the container is gone (nothing writes to it then).
 
         Before this sandbox is let go, so that the session's next container (here or on another host) starts from it.
-        A failure is shown in the session's status; the files stay in the volume here.
+        A failure is shown with the session (workspace_sync); the files stay in the volume here.
         """
         try:
-            pushed = await self._tier.push_workspace(self.session_id)
-            self._sync = {"object": pushed["object"], "bytes": pushed.get("bytes"), "files": pushed.get("files"), "at": time.time()}
+            await self._tier.push_workspace(self.session_id)
         except Exception as exc:
-            self._sync = {"error": f"the workspace could not be pushed to the object store: {exc}"[:1000], "at": time.time()}
-            log.warning("session %s: %s", self.session_id, self._sync["error"])
+            error = f"the workspace could not be pushed to the object store (the files are kept here): {exc}"[:1000]
+            self._tier._note_sync(self.session_id, "push", error=error)
+            log.warning("session %s: %s", self.session_id, error)
 
 
 def _send_assignment(fifo: Path, assignment: dict[str, Any]) -> None:
     """Hand the assignment to the container's worker through its FIFO (it holds the read end open once ready).
 
-    It is far smaller than a pipe's buffer, so the write does not block.
+    Non-blocking throughout, on the event loop: an assignment is far smaller than PIPE_BUF, so its one write
+    is whole or fails.
     """
+    data = json.dumps(assignment).encode()
+    if len(data) > select.PIPE_BUF:
+        raise ContainerFailed(f"the assignment is {len(data)} bytes, more than one pipe write ({select.PIPE_BUF})")
     try:
         fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError as exc:  # ENXIO: nobody reads, the worker is not waiting
         raise ContainerFailed(f"the container's worker is not waiting for its assignment ({exc.strerror})") from None
     try:
-        os.set_blocking(fd, True)
-        data = memoryview(json.dumps(assignment).encode())
-        while data:
-            data = data[os.write(fd, data):]
+        os.write(fd, data)
+    except OSError as exc:  # EPIPE: the worker went away; EAGAIN: its pipe is full (it was written to before)
+        raise ContainerFailed(f"the assignment could not be handed to the container's worker ({exc.strerror})") from None
     finally:
         os.close(fd)

@@ -545,6 +545,8 @@ class SessionWorkspaceSyncHandler(CMAHandler):
                 if result is None:
                     raise tornado.web.HTTPError(404, f"the object store has no workspace for session {session_id} "
                                                 f"({tier.object_store.location(session_id)}); push it from the host it ran on")
+        except tornado.web.HTTPError:
+            raise
         except LookupError as exc:
             raise tornado.web.HTTPError(404, f"{exc}; nothing to push") from None
         except WorkspaceBusy as exc:
@@ -553,6 +555,8 @@ class SessionWorkspaceSyncHandler(CMAHandler):
             raise tornado.web.HTTPError(502, f"the store's object was refused, nothing was written: {exc}") from None
         except ObjectStoreError as exc:
             raise tornado.web.HTTPError(502, str(exc)) from None
+        except Exception as exc:  # the Docker engine or the image, not the store
+            raise tornado.web.HTTPError(503, f"could not {action} the workspace: {type(exc).__name__}: {exc}") from None
         user = self.current_user.username if self.current_user else "unknown"
         self.log.info("jupyter-cma: workspace of session %s: %s by %s: %s", session_id, action, user, result)
         self.finish({"session_id": session_id, "action": action, **result})

@@ -93,7 +93,11 @@ def _wait_for_assignment(fd: int) -> dict[str, Any]:
     while chunk := os.read(fd, 65536):  # to the end: the server closes its end after writing
         chunks.append(chunk)
     os.close(fd)
-    return json.loads(b"".join(chunks))
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        emit("error", message="the assignment was not JSON (empty: the server closed the FIFO without writing)")
+        sys.exit(EXIT_FAILED)
 
 
 def _internal(path: str, body: dict[str, Any] | None = None, timeout: float = 330.0) -> Any:
