@@ -9,12 +9,10 @@ a second data directory.
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
 import sys
-import tarfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from moto.server import ThreadedMotoServer
 
 from jupyter_cma.sandboxes.cleanup import apply_cleanup, plan_cleanup
 from jupyter_cma.sandboxes.image import DEFAULT_IMAGE
-from tests.test_container_extras import api_error
+from tests.test_container_extras import api_error, entry, tar_of
 from tests.test_container_tier import (  # noqa: F401  (fixtures of the container tests)
     bash,
     container_agent,
@@ -130,13 +128,8 @@ async def test_with_sync_a_session_continues_on_a_host_that_never_had_its_worksp
 
     # Another host ran the session since and pushed a newer version: this host's volume is outdated, and the
     # session's next container starts on the store's version (a fresh volume), not on the stale one.
-    newer = io.BytesIO()
-    with tarfile.open(fileobj=newer, mode="w:gz") as tar:
-        for name, data in (("notes.txt", b"from the other host\n"),):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    s3["client"].put_object(Bucket="workspaces", Key=f"team-a/{sid}.tar.gz", Body=newer.getvalue())
+    newer = tar_of(entry("notes.txt", data=b"from the other host\n"))
+    s3["client"].put_object(Bucket="workspaces", Key=f"team-a/{sid}.tar.gz", Body=newer)
     await h.send(sid, script(bash("cat notes.txt; ls")))
     events = await h.turn_ends(sid, turns=3, timeout=120)
     assert tool_results(events)[-1].strip().split("\n") == ["from the other host", "notes.txt"]  # no stale second.txt mixed in
@@ -184,12 +177,8 @@ async def test_an_unreachable_store_is_reported_without_credentials_and_fails_cl
     sync = (await h.api("GET", f"sessions/{sid}"))["workspace_sync"]  # shown with the session
     assert sync["action"] == "pull" and "could not be pulled" in sync["error"]
     # A push that cannot reach the store says so (502) and keeps the files here.
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        info = tarfile.TarInfo("notes.txt")
-        info.size = 11
-        tar.addfile(info, io.BytesIO(b"stays-here\n"))
-    await h.fetch("cma", "api", "sessions", "sesn_local", "workspace", method="PUT", body=archive.getvalue())
+    archive = tar_of(entry("notes.txt", data=b"stays-here\n"))
+    await h.fetch("cma", "api", "sessions", "sesn_local", "workspace", method="PUT", body=archive)
     message = await api_error(h, 502, "POST", "sessions/sesn_local/workspace/push", b"")
     assert "could not store s3://workspaces/team-a/sesn_local.tar.gz" in message and "EndpointConnectionError" in message
     assert ACCESS_KEY not in message and SECRET_KEY not in message

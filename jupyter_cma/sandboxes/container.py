@@ -605,11 +605,12 @@ class ContainerTier(Tier):
 
     async def take(self, session_id: str, size: str) -> tuple[Slot, bool]:
         """A container for the session: a pooled one if it has no volume yet and fits, else a new one on its volume."""
-        if self.store is not None and self.store.session(session_id) is None:
+        row = self.store.session(session_id) if self.store is not None else {}
+        if row is None:
             # The server records a session before serving it; without its row the volume could not be recorded,
             # and the session's next container would start on an empty workspace.
             raise ContainerFailed(f"session {session_id} is not in the server's store; its workspace could not be recorded")
-        volume = self._volume_of(session_id)
+        volume = row.get("workspace_volume")
         if self.object_store.sync and self.object_store.enabled:
             volume = await self._sync_before_start(session_id, volume)
         if volume is None and size == self.default_size:
