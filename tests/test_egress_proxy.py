@@ -750,6 +750,8 @@ async def test_killing_the_engine_is_survived(tmp_path, test_ca, tier):
         rig.policy()
         box = await rig.box("sesn_kill")
         assert await box.run("fetch('http://plain.test/before')") == (200, "hello from plain")
+        # Its log row reaches the server just after the answer; a SIGKILL before that would lose it.
+        await rig.rows(1, session_id="sesn_kill")
         pid = rig.proxy.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
