@@ -1,11 +1,12 @@
-"""Inside a kernel's sandbox: a loopback port bridged to the sandbox's egress socket, then the kernel.
+"""Inside every sandbox: a loopback port bridged to the sandbox's egress socket, then the sandbox's program.
 
     python -I -S bridge.py --listen 127.0.0.1:3128 --unix <kernel dir>/egress.sock -- <kernel argv>
+    (a container's entrypoint: --unix /run/cma/egress.sock -- <the worker>)
 
 Binds the listening port first, forks a forwarder that relays every TCP
 connection to a new connection on the Unix socket (bytes both ways, half-closes
-passed on), then executes the kernel in its own place, so the kernel is the
-process bubblewrap watches (its exit ends the sandbox, forwarder included).
+passed on), then executes the program in its own place, so it is the process
+bubblewrap (or Docker) watches: its exit ends the sandbox, forwarder included.
 When nothing listens on the Unix socket, a connection gets a short
 `502 Bad Gateway` saying so and is closed.
 
@@ -44,50 +45,67 @@ def parse(argv: list[str]) -> tuple[tuple[str, int], str, list[str]]:
     return (host, int(port)), values["--unix"], command
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(source: socket.socket, target: socket.socket) -> None:
+    """Copy `source` to `target` until `source` ends, then pass the end on (a half-close).
+
+    Raw sockets, not asyncio streams: a stream's transport carries both
+    directions, so a failed write (the proxy has closed, say after refusing a
+    request whose body was still coming) would close it and drop an answer
+    already received from the proxy but not yet read. On a socket the answer
+    stays readable after the peer has gone; a reset ends this direction like
+    an end of stream, after everything read before it has been passed on.
+    """
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            data = await reader.read(BUFFER)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, RuntimeError):
-        writer.close()
+        while data := await loop.sock_recv(source, BUFFER):
+            await loop.sock_sendall(target, data)
+    except OSError:
+        pass
+    try:
+        target.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
-async def _relay(path: str, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-    # asyncio sets TCP_NODELAY only for sockets made with IPPROTO_TCP; without it a response
-    # written in two parts waits for the client's delayed ACK (40 ms).
-    client_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+async def _answer_no_proxy(client: socket.socket, error: OSError) -> None:
+    body = NO_PROXY_BODY.rstrip(b"\n") + f" [{error.strerror or error}]\n".encode()
+    head = (
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     try:
-        upstream_reader, upstream_writer = await asyncio.open_unix_connection(path)
-    except OSError as exc:
-        body = NO_PROXY_BODY.rstrip(b"\n") + f" [{exc.strerror or exc}]\n".encode()
-        head = (
-            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode()
+        await asyncio.get_running_loop().sock_sendall(client, head + body)
+    except OSError:
+        pass
+
+
+async def _relay(path: str, client: socket.socket) -> None:
+    # Without TCP_NODELAY a response written in two parts waits for the client's delayed ACK (40 ms).
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    upstream.setblocking(False)
+    try:
         try:
-            client_writer.write(head + body)
-            await client_writer.drain()
-        except OSError:
-            pass
-        client_writer.close()
-        return
-    try:
-        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
+            await asyncio.get_running_loop().sock_connect(upstream, path)
+        except OSError as exc:
+            await _answer_no_proxy(client, exc)
+            return
+        await asyncio.gather(_pipe(client, upstream), _pipe(upstream, client))
     finally:
-        for writer in (client_writer, upstream_writer):
-            writer.close()
+        client.close()
+        upstream.close()
 
 
 async def forward(listener: socket.socket, path: str) -> None:
-    server = await asyncio.start_server(lambda r, w: _relay(path, r, w), sock=listener, limit=BUFFER)
-    async with server:
-        await server.serve_forever()
+    loop = asyncio.get_running_loop()
+    listener.setblocking(False)
+    relays: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
+    while True:
+        client, _ = await loop.sock_accept(listener)
+        client.setblocking(False)
+        relay = asyncio.create_task(_relay(path, client))
+        relays.add(relay)
+        relay.add_done_callback(relays.discard)
 
 
 def main(argv: list[str]) -> None:
