@@ -9,6 +9,7 @@ a second data directory.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from jupyter_cma.sandboxes.cleanup import apply_cleanup, plan_cleanup
+from jupyter_cma.sandboxes.container import SESSION_LABEL
 from jupyter_cma.sandboxes.image import DEFAULT_IMAGE
 from tests.test_container_extras import api_error, entry, tar_of
 from tests.test_container_tier import (  # noqa: F401  (fixtures of the container tests)
@@ -153,6 +155,10 @@ async def test_push_and_pull_by_hand_over_rest(harness, docker_client, s3):
     forget_workspace_here(h)
     pulled = await h.api("POST", f"sessions/{sid}/workspace/pull", {})
     assert pulled["files"] == 1 and pulled["object"] == pushed["object"]
+    # Two pulls at once go one after the other: the session is left with one volume, the one recorded for it.
+    await asyncio.gather(*(h.api("POST", f"sessions/{sid}/workspace/pull", {}) for _ in range(2)))
+    volumes = docker_client.volumes.list(filters={"label": f"{SESSION_LABEL}={sid}"})
+    assert [v.name for v in volumes] == [h.ext.store.session(sid)["workspace_volume"]]
     await h.send(sid, script(bash("cat notes.txt")))
     events = await h.turn_ends(sid, turns=2, timeout=120)
     assert tool_results(events)[-1].strip() == "by-hand"

@@ -53,6 +53,7 @@ import signal
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -317,9 +318,11 @@ class ContainerTier(Tier):
         self._pool: list[Slot] = []
         self._filling = 0
         self._slots: dict[str, Slot] = {}  # every live container of this tier
+        self._workspace_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._image_ready: asyncio.Future[str] | None = None
         self._fill_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._refill_not_before = 0.0  # monotonic time: REFILL_DELAY after the last take from the pool
         self._closed = False
         self.image_error: str | None = None
         self.image_id: str | None = None
@@ -545,6 +548,9 @@ class ContainerTier(Tier):
         """Keep `pool_size` warm containers; back off while starting them fails."""
         delay = 1.0
         while not self._closed:
+            # A take has just started a session: its container gets the engine first (the periodic tick too waits).
+            if (wait := self._refill_not_before - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
             while len(self._pool) + self._filling < self.pool_size and not self._closed:
                 self._filling += 1
                 try:
@@ -603,8 +609,24 @@ class ContainerTier(Tier):
 
     # ------------------------------------------------------------------ serving
 
+    def _workspace_lock(self, session_id: str) -> asyncio.Lock:
+        """One workspace step per session at a time: choosing (or pulling) the volume a container of it starts on,
+        export, import, push, pull, removal. Otherwise a push could read a volume a new container already writes to,
+        or two pulls each make a volume and one of them be left unrecorded."""
+        lock = self._workspace_locks.get(session_id)
+        if lock is None:
+            lock = self._workspace_locks[session_id] = asyncio.Lock()
+        return lock
+
     async def take(self, session_id: str, size: str) -> tuple[Slot, bool]:
-        """A container for the session: a pooled one if it has no volume yet and fits, else a new one on its volume."""
+        """A container for the session: a pooled one if it has no volume yet and fits, else a new one on its volume.
+
+        Under the session's workspace lock until the container is this tier's (`serves` holds from then on).
+        """
+        async with self._workspace_lock(session_id):
+            return await self._take(session_id, size)
+
+    async def _take(self, session_id: str, size: str) -> tuple[Slot, bool]:
         row = self.store.session(session_id) if self.store is not None else {}
         if row is None:
             # The server records a session before serving it; without its row the volume could not be recorded,
@@ -619,6 +641,7 @@ class ContainerTier(Tier):
                 if not slot.exited.done():
                     self._remember_volume(session_id, slot.volume)
                     slot.session_id = session_id
+                    self._refill_not_before = time.monotonic() + REFILL_DELAY
                     if self._wake is not None:
                         asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)  # refill
                     return slot, True
@@ -638,7 +661,7 @@ class ContainerTier(Tier):
                 held = (self.store.session(session_id) or {}).get("workspace_etag") if self.store is not None else None
                 if latest is None or latest == held:  # nothing in the store yet, or the version this volume holds
                     return volume
-            pulled = await self.pull_workspace(session_id)
+            pulled = await self._pull(session_id)
         except Exception as exc:
             # Starting on an empty or outdated workspace would hide the session's files from it: refuse instead.
             error = f"the session's workspace could not be pulled from the object store, so no container was started on an " \
@@ -684,6 +707,10 @@ class ContainerTier(Tier):
 
     async def remove_workspace(self, session_id: str) -> bool:
         """Remove a session's workspace volume (its session ended); False when it has none or it is in use."""
+        async with self._workspace_lock(session_id):
+            return await self._remove_workspace(session_id)
+
+    async def _remove_workspace(self, session_id: str) -> bool:
         volume = self._volume_of(session_id)
         if volume is None or any(s.session_id == session_id for s in self._slots.values()):
             return False
@@ -760,6 +787,10 @@ class ContainerTier(Tier):
 
     async def export_workspace(self, session_id: str, fileobj: Any) -> dict[str, Any]:
         """Write the session's workspace to `fileobj` as a tar.gz (see sandboxes/workspace.py); LookupError if it has none."""
+        async with self._workspace_lock(session_id):
+            return await self._export(session_id, fileobj)
+
+    async def _export(self, session_id: str, fileobj: Any) -> dict[str, Any]:
         from .workspace import export_workspace
 
         volume = await self.workspace_volume(session_id, create=False)
@@ -777,6 +808,10 @@ class ContainerTier(Tier):
         leaves it as it was. Raises WorkspaceArchiveError (refused archive: nothing made or written) and
         WorkspaceBusy (a container serves it).
         """
+        async with self._workspace_lock(session_id):
+            return await self._import(session_id, fileobj, replace=replace, max_bytes=max_bytes)
+
+    async def _import(self, session_id: str, fileobj: Any, *, replace: bool, max_bytes: int | None) -> dict[str, Any]:
         from .workspace import WorkspaceBusy, clean_archive, import_workspace
 
         if self.serves(session_id):
@@ -813,10 +848,14 @@ class ContainerTier(Tier):
 
         The new object's version (ETag) is recorded: the volume here is that version.
         """
+        async with self._workspace_lock(session_id):
+            return await self._push(session_id)
+
+    async def _push(self, session_id: str) -> dict[str, Any]:
         if not self.object_store.enabled:
             raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
-            summary = await self.export_workspace(session_id, spool)
+            summary = await self._export(session_id, spool)
             spool.seek(0)
             etag = await asyncio.to_thread(self.object_store.upload, session_id, spool)
         result = {**summary, "object": self.object_store.location(session_id)}
@@ -829,6 +868,10 @@ class ContainerTier(Tier):
         The object is checked like any imported archive (and bounded by WorkspaceObjectStore.max_bytes); refused
         while a container serves the session.
         """
+        async with self._workspace_lock(session_id):
+            return await self._pull(session_id)
+
+    async def _pull(self, session_id: str) -> dict[str, Any] | None:
         if not self.object_store.enabled:
             raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
@@ -836,7 +879,7 @@ class ContainerTier(Tier):
             if etag is None:
                 return None
             spool.seek(0)
-            summary = await self.import_workspace(session_id, spool, replace=True, max_bytes=self.object_store.max_bytes)
+            summary = await self._import(session_id, spool, replace=True, max_bytes=self.object_store.max_bytes)
         result = {**summary, "object": self.object_store.location(session_id)}
         self._note_sync(session_id, "pull", result, etag=etag)
         return result
