@@ -27,6 +27,10 @@ each, not counted):
   measurement is the second work item of a session whose first item ended (its
   container exited after `max_idle`); measured on the pool_size 2 tier (the
   default), pool full.
+- RESUMED ON STANDBY: the same, on a tier with `standby_seconds` (60 s): when
+  the first item's container ends idle, the tier starts another on the
+  session's volume, which waits for its next item; the second item is claimed
+  once it is ready (as when a user answers after a few seconds).
 - A diagnostic: the warm pool with its refill held until the session ended
   (the bench lowers the tier's `pool_size` by one while it serves). The tier
   starts a replacement container a second after one is taken (REFILL_DELAY), so
@@ -57,6 +61,9 @@ computes it (`memory_stats.usage` minus `total_inactive_file` on cgroup v1,
 pool is full; baseline: a container of the same image that has only imported
 the SDK and sleeps. Also its CPU while idle (its worker sleeps on its
 assignment FIFO).
+
+Memory: a standby container is an idle container like a pooled one (the same
+image and worker, waiting on the same FIFO), so the pooled figure holds for it.
 
 Target (issue: container tier): cold start p50 ≤ 1 s. Missing it is reported,
 never an error: the script exits non-zero only when something crashes.
@@ -96,6 +103,7 @@ SESSIONS = 10
 QUICK_SESSIONS = 4
 TARGET_MS = 1000.0
 POOL = 2
+STANDBY_SECONDS = 60.0
 MAX_IDLE = 0.1  # seconds: the worker in the container ends soon after its turn, so serve() returns
 SDK_IMPORT = "import anthropic.lib.environments"
 
@@ -235,9 +243,10 @@ class Bench:
         self.agent_id = agent.id
         self.store.set_agent(agent.id, tier="container", name="bench")
 
-    async def tier(self, pool_size: int) -> ContainerTier:
+    async def tier(self, pool_size: int, standby_seconds: float = 0.0) -> ContainerTier:
         tier = ContainerTier(pool_size=pool_size, data_dir=str(self.data), store=self.store, egress_hook=self.egress_hook,
-                             api_base_url=self.info["base_url"], ca_bundle=str(self.proxy.ca_bundle), stop_timeout=2.0)
+                             api_base_url=self.info["base_url"], ca_bundle=str(self.proxy.ca_bundle), stop_timeout=2.0,
+                             standby_seconds=standby_seconds)
         tier.image.auto_build = False  # built (or found up to date) once before the run: one image for every part
         self.tiers.append(tier)
         await tier.start()
@@ -325,7 +334,8 @@ class Bench:
         if result.is_error or text.strip() != "hi":
             raise RuntimeError(f"session {sid}: unexpected tool result {text!r} (is_error={result.is_error})")
         accepted = timestamp(result.processed_at)
-        stages = {"cold": (accepted - started) * 1000, "pooled": float(bool(sandbox.status()["pooled"]))}
+        start = sandbox.status()["start"]
+        stages = {"cold": (accepted - started) * 1000, "pooled": float(start == "pool"), "standby": float(start == "standby")}
         # The worker's progress lines of this container (after the last header the tier wrote in the session's log).
         progress: dict[str, float] = {}
         for line in tier.log_path(sid).read_text().splitlines():
@@ -337,10 +347,19 @@ class Bench:
         for name in ("ready", "assigned", "tool_start"):
             if name in progress:
                 stages[name] = (progress[name] - started) * 1000
-        if not stages["pooled"]:  # a container of this session's own: docker's create and start times
+        if start == "new":  # a container started for this item: docker's create and start times
             for name, at in self.docker_events.times.pop(sid, {}).items():
                 stages[name] = (at - started) * 1000
         return stages
+
+
+async def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def measure(bench: Bench, pool_size: int, n: int, hold_refill: bool = False) -> list[dict[str, float]]:
@@ -373,9 +392,12 @@ async def measure(bench: Bench, pool_size: int, n: int, hold_refill: bool = Fals
         await tier.close()
 
 
-async def measure_resumed(bench: Bench, n: int) -> tuple[list[dict[str, float]], list[tuple[int, int, float]]]:
-    """Cold starts of n resumed sessions (second item of a session with a volume), and the idle pool's usage."""
-    tier = await bench.tier(POOL)
+async def measure_resumed(bench: Bench, n: int, standby: bool = False) -> tuple[list[dict[str, float]], list[tuple[int, int, float]]]:
+    """Cold starts of n resumed sessions (second item of a session with a volume), and the idle pool's usage.
+
+    With `standby`, on a tier with standby_seconds: the second item is claimed once the session's standby container is ready.
+    """
+    tier = await bench.tier(POOL, standby_seconds=STANDBY_SECONDS if standby else 0.0)
     try:
         if not await tier.wait_pool(120):
             raise RuntimeError(f"the pool did not fill: {tier.pool_status()}")
@@ -394,10 +416,12 @@ async def measure_resumed(bench: Bench, n: int) -> tuple[list[dict[str, float]],
             await bench.serve(tier, await bench.claim(sid, 1), 1, resumed=False)  # its first item (from the pool)
             if not await tier.wait_pool(120):
                 raise RuntimeError(f"the pool did not fill: {tier.pool_status()}")
+            if standby and not await wait_for(lambda: tier.standby_status()["ready"] == 1, 120):
+                raise RuntimeError(f"no standby container was ready: {tier.standby_status()}")
             await bench.ask(sid)
             stages = await bench.serve(tier, await bench.claim(sid, 2), 2, resumed=True)
-            if stages["pooled"]:
-                raise RuntimeError("a resumed session was given a pooled container")
+            if stages["pooled"] or bool(stages["standby"]) != standby:
+                raise RuntimeError(f"a resumed session was given the wrong container ({'pooled' if stages['pooled'] else 'other'})")
             if i:
                 runs.append(stages)
         return runs, usage
@@ -413,6 +437,7 @@ async def run_tiers(bench: Bench, n: int) -> dict[str, Any]:
         out["held"] = await measure(bench, POOL, n, hold_refill=True)
         out["cold"] = await measure(bench, 0, n)
         out["resumed"], out["memory"] = await measure_resumed(bench, n)
+        out["standby"], _ = await measure_resumed(bench, n, standby=True)
         return out
     finally:
         await bench.close()
@@ -465,11 +490,13 @@ def main() -> None:
     held = [r["cold"] for r in results["held"]]
     cold = [r["cold"] for r in results["cold"]]
     resumed = [r["cold"] for r in results["resumed"]]
+    standby = [r["cold"] for r in results["standby"]]
     memory = results["memory"]
     label = f"cold start, claimed → first tool result (N={n})"
     base_true, base_import = "docker run … true", "docker run … python -c 'import SDK'"
     rows = []
-    for name, values in (("warm pool (pool_size 2)", warm), ("no pool (pool_size 0)", cold), ("resumed (own volume)", resumed)):
+    for name, values in (("warm pool (pool_size 2)", warm), ("no pool (pool_size 0)", cold), ("resumed (own volume)", resumed),
+                         (f"resumed on standby ({STANDBY_SECONDS:g} s)", standby)):
         p50, p95 = percentile(values, 50), percentile(values, 95)
         rows += [
             (f"{label}, {name}, p50", ms(values, 50), base_true, ms(start_only, 50), f"{p50 / percentile(start_only, 50):.2f}×",
@@ -507,14 +534,14 @@ def main() -> None:
     stages = (("create", "container created"), ("start", "started"), ("ready", "SDK imported"), ("assigned", "assignment seen"),
               ("tool_start", "bash call starts"), ("cold", "result accepted"))
     for name, runs in (("warm pool", results["warm"]), ("refill held", results["held"]), ("no pool", results["cold"]),
-                       ("resumed", results["resumed"])):
+                       ("resumed", results["resumed"]), ("standby", results["standby"])):
         parts = []
         for stage, what in stages:
             values = [r[stage] for r in runs if stage in r]
-            if values and not (stage == "ready" and all(r["pooled"] for r in runs)):  # a pooled container was ready before
+            if values and not (stage == "ready" and all(r["pooled"] or r["standby"] for r in runs)):  # started before
                 parts.append(f"{what} {percentile(values, 50):.0f}")
         print(f"  {name + ':':<13} " + " → ".join(parts))
-    for name, values in (("warm pool", warm), ("refill held", held), ("no pool", cold), ("resumed", resumed),
+    for name, values in (("warm pool", warm), ("refill held", held), ("no pool", cold), ("resumed", resumed), ("standby", standby),
                          ("docker run true", start_only), ("docker run import", start_import)):
         print(f"{name + ',':<19} ms: {' '.join(f'{t:.0f}' for t in sorted(values))}")
     print(f"({'quick mode, ' if quick else ''}{time.perf_counter() - began:.0f} s)")

@@ -139,6 +139,54 @@ async def test_sleep_then_resume_keeps_the_workspace_on_a_new_container(harness,
     assert transitions.count("sleeping") >= 1 and "resumed" in transitions
 
 
+def running(client: docker.DockerClient, session_id: str) -> list[Any]:
+    return [c for c in session_containers(client, session_id) if c.status == "running"]
+
+
+async def test_a_sleeping_session_resumes_on_its_standby_container(harness, docker_client):
+    """With standby_seconds, a container waits on the volume of a session that went to sleep, for its next turn."""
+    h = await harness.start()
+    tier = h.ext.sandbox_tiers["container"]
+    tier.standby_seconds = 60.0
+    agent = await container_agent(h)
+    sid = await h.session(agent, script(bash("echo kept > notes.txt")))
+    await h.turn_ends(sid, timeout=120)
+    volume = h.ext.store.session(sid)["workspace_volume"]
+    await wait_state(h, sid, "sleeping")
+    # The container that served the turn is gone; another waits on the session's volume, serving nobody yet.
+    await wait_until(lambda: tier.standby_status()["ready"] == 1, 60, what="a standby container")
+    (standby,) = running(docker_client, sid)
+    assert [m["Name"] for m in standby.attrs["Mounts"] if m["Destination"] == "/workspace"] == [volume]
+    assert not tier.serves(sid) and not h.ext.egress_proxy.attachments
+    assert (await h.api("GET", "status"))["tiers"]["container"]["standby"]["ready"] == 1
+
+    tier.standby_seconds = 1.0  # the one kept after the next turn is let go a second later
+    await h.send(sid, script(bash("cat notes.txt; hostname")))
+    events = await h.turn_ends(sid, turns=2, timeout=120)
+    assert tool_results(events)[-1].split() == ["kept", "sandbox"]
+    runs = container_runs(tier.log_path(sid).read_text())
+    assert "started for this item" in runs[0] and "on standby since the last turn" in runs[1], runs
+    assert standby.name in runs[1]
+    await wait_state(h, sid, "sleeping")
+    # Expired: no container left for the session; its volume stays.
+    await wait_until(lambda: not session_containers(docker_client, sid) and tier.standby_status()["starting"] == 0
+                     and tier.standby_status()["ready"] == 0, 60, what="the standby container let go")
+    assert docker_client.volumes.get(volume)
+
+    tier.standby_seconds = 60.0
+    await h.send(sid, script(bash("cat notes.txt")))
+    events = await h.turn_ends(sid, turns=3, timeout=120)
+    assert tool_results(events)[-1].strip() == "kept"
+    assert "started for this item" in container_runs(tier.log_path(sid).read_text())[2]
+    await wait_state(h, sid, "sleeping")
+    await wait_until(lambda: len(running(docker_client, sid)) == 1 and tier.standby_status()["ready"] == 1, 60,
+                     what="a standby container again")
+    # The session ends: its standby container goes with its volume (which it held).
+    assert await tier.remove_workspace(sid)
+    assert session_containers(docker_client, sid) == []
+    assert volume not in [v.name for v in docker_client.volumes.list()]
+
+
 async def test_two_sessions_cannot_see_each_other(harness, docker_client):
     h = await harness.start()
     agent = await container_agent(h)

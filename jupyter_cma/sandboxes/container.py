@@ -85,6 +85,8 @@ CONTAINER_PREFIX = "jupyter-cma-"
 CA_PATH_INSIDE = "/etc/ssl/certs/ca-certificates.crt"  # where Debian's tools and Python's ssl look
 SOCKET_DIR_INSIDE = "/run/cma"
 USER = "1000:1000"
+# How a session got its container: taken from the warm pool, kept on standby since its last turn, or started for it.
+START_DESCRIPTIONS = {"pool": "from the pool", "standby": "on standby since the last turn", "new": "started for this item"}
 EXIT_WORKER_FAILED = 3  # cma_sandbox.worker's exit code when the SDK flow raised
 
 DEFAULT_SIZES: dict[str, dict[str, Any]] = {
@@ -152,6 +154,8 @@ class Slot:
     log_path: Path | None = None
     backlog: list[str] = field(default_factory=list)  # lines printed before the slot had a session
     on_tool: Any = None
+    standby_for: str | None = None  # started on this session's volume for its next turn (see ContainerTier.standby_seconds)
+    expiry: asyncio.TimerHandle | None = None  # when a standby container is let go
 
     @property
     def socket_path(self) -> Path:
@@ -201,13 +205,13 @@ class Slot:
             with self.log_path.open("a") as fh:
                 fh.write(text + "\n")
 
-    def open_log(self, path: Path, *, pooled: bool) -> None:
+    def open_log(self, path: Path, *, start: str) -> None:
         self.log_path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         backlog, self.backlog = self.backlog, []
         with path.open("a") as fh:
             fh.write(f"--- container {self.name} ({self.container_id and self.container_id[:12]}, "
-                     f"{'from the pool' if pooled else 'started for this item'}, volume {self.volume}) "
+                     f"{START_DESCRIPTIONS[start]}, volume {self.volume}) "
                      f"serving from {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
             fh.writelines(line + "\n" for line in backlog)
 
@@ -268,6 +272,14 @@ class ContainerTier(Tier):
         "session does not wait for a container and Python to start (default 2; 0: none). Resumed sessions need "
         "their own volume and always start a container of their own.",
     )
+    standby_seconds = Float(
+        0.0, config=True,
+        help="When a session's container ends idle, start another on its volume at once and keep it waiting this many "
+        "seconds for the session's next turn, which then starts as fast as from the warm pool (the SDK import, about "
+        "1.5 s, is paid while the session sleeps). Each waiting container holds an idle container's memory (about "
+        "80 MB). Default 0: off.",
+    )
+    standby_max = Integer(4, config=True, help="Most containers on standby at once (default 4); the oldest makes way.")
     instance_sizes = Dict(
         default_value=DEFAULT_SIZES, config=True,
         help="Instance sizes: name → {cpus, memory (e.g. '4g'), pids}. Default: small (1 CPU, 1g, 256 "
@@ -318,6 +330,7 @@ class ContainerTier(Tier):
         self._pool: list[Slot] = []
         self._filling = 0
         self._slots: dict[str, Slot] = {}  # every live container of this tier
+        self._standby: dict[str, asyncio.Task[Slot]] = {}  # session id → its standby container, started or starting
         self._workspace_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._image_ready: asyncio.Future[str] | None = None
         self._fill_task: asyncio.Task[None] | None = None
@@ -431,9 +444,13 @@ class ContainerTier(Tier):
             with contextlib.suppress(BaseException):
                 await self._fill_task
         self._pool = []
+        standby, self._standby = list(self._standby.values()), {}
+        for task in standby:
+            task.cancel()
+        await asyncio.gather(*standby, return_exceptions=True)
         slots = list(self._slots.values())
-        await asyncio.gather(*(self._discard(slot, keep_volume=slot.session_id is not None) for slot in slots),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._discard(slot, keep_volume=slot.session_id is not None or slot.standby_for is not None)
+                               for slot in slots), return_exceptions=True)
         self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ sizes
@@ -455,12 +472,17 @@ class ContainerTier(Tier):
 
     # ------------------------------------------------------------------ containers
 
-    async def _new_slot(self, size: str, volume: str | None = None, session_id: str | None = None) -> Slot:
-        """Create (not start) a container: its own socket directory, the volume (a fresh one unless given)."""
+    async def _new_slot(self, size: str, volume: str | None = None, session_id: str | None = None, *,
+                        standby: bool = False) -> Slot:
+        """Create (not start) a container: its own socket directory, the volume (a fresh one unless given).
+
+        A `standby` one is labelled with its session but does not serve it (yet): `serves` stays false.
+        """
         image = await self.image_ready()
         slot_id = secrets.token_hex(6)
         directory = self.containers_dir / slot_id
-        slot = Slot(id=slot_id, directory=directory, volume=volume or VOLUME_PREFIX + slot_id, size=size, session_id=session_id)
+        slot = Slot(id=slot_id, directory=directory, volume=volume or VOLUME_PREFIX + slot_id, size=size,
+                    session_id=None if standby else session_id, standby_for=session_id if standby else None)
         try:
             directory.mkdir(mode=0o755)
             directory.chmod(0o755)  # the container's user (not this server's) must reach the socket in it
@@ -607,6 +629,92 @@ class ContainerTier(Tier):
             await asyncio.sleep(0.05)
         return False
 
+    # ------------------------------------------------------------------ standby
+
+    def keep_standby(self, session_id: str, size: str) -> None:
+        """The session's container ended idle: with `standby_seconds`, start one on its volume for its next turn."""
+        if self.standby_seconds <= 0 or self._closed or session_id in self._standby:
+            return
+        row = self.store.session(session_id) if self.store is not None else None
+        if row is None or row["status"] == "ended" or not row.get("workspace_volume"):
+            return
+        while len(self._standby) >= self.standby_max:
+            oldest = self._standby.pop(next(iter(self._standby)))
+            asyncio.ensure_future(self._let_go(oldest))
+        self._standby[session_id] = asyncio.ensure_future(self._start_standby(session_id, size, row["workspace_volume"]))
+
+    async def _start_standby(self, session_id: str, size: str, volume: str) -> Slot:
+        task = asyncio.current_task()
+        try:
+            slot = await self._new_slot(size, volume=volume, session_id=session_id, standby=True)
+        except Exception as exc:
+            self._failed_standby(session_id, task, exc)
+            raise
+        try:
+            await self._start(slot)
+            await self._wait_ready(slot)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._failed_standby(session_id, task, exc)
+            await finish_shielded(self._discard(slot))
+            raise
+        slot.expiry = asyncio.get_running_loop().call_later(
+            self.standby_seconds, lambda: asyncio.ensure_future(self._drop_standby(session_id, only=task)))
+        slot.exited.add_done_callback(lambda _: asyncio.ensure_future(self._drop_standby(session_id, only=task)))
+        return slot
+
+    def _failed_standby(self, session_id: str, task: asyncio.Task[Any] | None, exc: Exception) -> None:
+        """A standby container that could not start: the session resumes on a new one, as without standby."""
+        log.warning("container tier: session %s: no standby container: %s", session_id, exc)
+        if self._standby.get(session_id) is task:
+            del self._standby[session_id]
+
+    async def _take_standby(self, session_id: str, size: str, volume: str) -> Slot | None:
+        """The session's standby container (waited for if still starting) when it is on `volume` and of `size`."""
+        task = self._standby.pop(session_id, None)
+        if task is None:
+            return None
+        try:
+            slot = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                return None  # the standby container was let go meanwhile
+            asyncio.ensure_future(self._let_go(task))  # this take was cancelled (a stop): not left running
+            raise
+        except Exception:
+            return None  # logged where it failed
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+        if slot.exited.done() or slot.volume != volume or slot.size != size:
+            await self._discard(slot)
+            return None
+        slot.standby_for, slot.session_id = None, session_id
+        return slot
+
+    async def _drop_standby(self, session_id: str, only: asyncio.Task[Slot] | None = None) -> None:
+        """Let the session's standby container go (its volume stays); with `only`, just if it is that one."""
+        task = self._standby.get(session_id)
+        if task is None or (only is not None and task is not only):
+            return
+        del self._standby[session_id]
+        await self._let_go(task)
+
+    async def _let_go(self, task: asyncio.Task[Slot]) -> None:
+        if not task.done():
+            task.cancel()  # it removes what it made
+            return
+        if task.cancelled() or task.exception() is not None:
+            return
+        slot = task.result()
+        if slot.expiry is not None:
+            slot.expiry.cancel()
+        await self._discard(slot)
+
+    def standby_status(self) -> dict[str, Any]:
+        ready = [t for t in self._standby.values() if t.done() and not t.cancelled() and t.exception() is None]
+        return {"seconds": self.standby_seconds, "max": self.standby_max, "ready": len(ready),
+                "starting": len(self._standby) - len(ready)}
+
     # ------------------------------------------------------------------ serving
 
     def _workspace_lock(self, session_id: str) -> asyncio.Lock:
@@ -618,15 +726,16 @@ class ContainerTier(Tier):
             lock = self._workspace_locks[session_id] = asyncio.Lock()
         return lock
 
-    async def take(self, session_id: str, size: str) -> tuple[Slot, bool]:
-        """A container for the session: a pooled one if it has no volume yet and fits, else a new one on its volume.
+    async def take(self, session_id: str, size: str) -> tuple[Slot, str]:
+        """A container for the session and how it got it (a key of START_DESCRIPTIONS): a pooled one if the session
+        has no volume yet and fits, its standby one if that is on its volume, else a new one on its volume.
 
         Under the session's workspace lock until the container is this tier's (`serves` holds from then on).
         """
         async with self._workspace_lock(session_id):
             return await self._take(session_id, size)
 
-    async def _take(self, session_id: str, size: str) -> tuple[Slot, bool]:
+    async def _take(self, session_id: str, size: str) -> tuple[Slot, str]:
         row = self.store.session(session_id) if self.store is not None else {}
         if row is None:
             # The server records a session before serving it; without its row the volume could not be recorded,
@@ -644,13 +753,15 @@ class ContainerTier(Tier):
                     self._refill_not_before = time.monotonic() + REFILL_DELAY
                     if self._wake is not None:
                         asyncio.get_running_loop().call_later(REFILL_DELAY, self._wake.set)  # refill
-                    return slot, True
+                    return slot, "pool"
+        if volume is not None and (slot := await self._take_standby(session_id, size, volume)) is not None:
+            return slot, "standby"
         if volume is None:
             volume = VOLUME_PREFIX + session_id
             await self._docker(self._ensure_volume, volume, session_id)
             self._remember_volume(session_id, volume)
         slot = await self._new_slot(size, volume=volume, session_id=session_id)
-        return slot, False
+        return slot, "new"
 
     async def _sync_before_start(self, session_id: str, volume: str | None) -> str | None:
         """The session's volume once it holds the store's latest version (pulled when there is none here, or when
@@ -711,6 +822,7 @@ class ContainerTier(Tier):
             return await self._remove_workspace(session_id)
 
     async def _remove_workspace(self, session_id: str) -> bool:
+        await self._drop_standby(session_id)
         volume = self._volume_of(session_id)
         if volume is None or any(s.session_id == session_id for s in self._slots.values()):
             return False
@@ -736,7 +848,8 @@ class ContainerTier(Tier):
 
     def status(self) -> dict[str, Any]:
         return {"image": self.image.tag, "image_id": self.image_id, "image_error": self.image_error,
-                "pool": self.pool_status(), "containers": len(self._slots), "object_store": self.object_store.describe()}
+                "pool": self.pool_status(), "standby": self.standby_status(), "containers": len(self._slots),
+                "object_store": self.object_store.describe()}
 
     # ------------------------------------------------------------------ terminals and workspace transfer
 
@@ -814,6 +927,7 @@ class ContainerTier(Tier):
     async def _import(self, session_id: str, fileobj: Any, *, replace: bool, max_bytes: int | None) -> dict[str, Any]:
         from .workspace import WorkspaceBusy, clean_archive, import_workspace
 
+        await self._drop_standby(session_id)  # it would hold the volume a replacing import removes
         if self.serves(session_id):
             raise WorkspaceBusy(f"a container is serving session {session_id}; stop it first (POST cma/api/sessions/{session_id}/stop)")
         row = self.store.session(session_id) if self.store is not None else None
@@ -909,7 +1023,7 @@ class ContainerSandbox(Sandbox):
         self._tier = tier
         self._slot: Slot | None = None
         self._state = "created"
-        self._pooled: bool | None = None
+        self._how_started: str | None = None  # how it got its container: a key of START_DESCRIPTIONS
         self._size: str | None = None
         self._error: str | None = None
         self._exit: dict[str, Any] | None = None
@@ -935,7 +1049,7 @@ class ContainerSandbox(Sandbox):
             "session_id": self.session_id,
             "work_id": self.item.work_id,
             "size": self._size,
-            "pooled": self._pooled,
+            "start": self._how_started,
             "container": None if slot is None else {
                 "id": slot.container_id and slot.container_id[:12], "name": slot.name, "volume": slot.volume,
                 "image": self._tier.image.tag,
@@ -961,10 +1075,10 @@ class ContainerSandbox(Sandbox):
         slot: Slot | None = None
         attached = False
         try:
-            slot, self._pooled = await tier.take(session_id, self._size)
+            slot, self._how_started = await tier.take(session_id, self._size)
             self._slot = slot
             slot.on_tool = self.note_tool_result
-            slot.open_log(tier.log_path(session_id), pooled=self._pooled)
+            slot.open_log(tier.log_path(session_id), start=self._how_started)
             token = item_credential(self.item.secret, worker.environment_key)
             placeholder = await tier.attach_egress(slot, session_id, token)
             attached = True
@@ -979,7 +1093,7 @@ class ContainerSandbox(Sandbox):
                 "api_base_url": tier.api_base_url or str(worker.client.base_url),
                 "max_idle": worker.max_idle,
             }
-            if not self._pooled:
+            if self._how_started == "new":
                 await tier._start(slot)
                 await tier._wait_ready(slot)
             _send_assignment(slot.assignment_path, assignment)
@@ -1052,6 +1166,8 @@ class ContainerSandbox(Sandbox):
         await self._tier._discard(slot)
         if self._tier.object_store.sync and self._tier.object_store.enabled:
             await self._push_workspace()
+        if self._state == "ended" and self._size is not None:  # ended idle: the session sleeps until its next turn
+            self._tier.keep_standby(self.session_id, self._size)
 
     async def _push_workspace(self) -> None:
         """With sync on, the workspace goes to the object store once the container is gone (nothing writes to it then).
