@@ -101,7 +101,11 @@ async def forward(listener: socket.socket, path: str) -> None:
     listener.setblocking(False)
     relays: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
     while True:
-        client, _ = await loop.sock_accept(listener)
+        try:
+            client, _ = await loop.sock_accept(listener)
+        except OSError:  # out of file descriptors, say: later connections may be accepted
+            await asyncio.sleep(0.1)
+            continue
         client.setblocking(False)
         relay = asyncio.create_task(_relay(path, client))
         relays.add(relay)
