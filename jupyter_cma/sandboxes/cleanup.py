@@ -110,24 +110,24 @@ def apply_cleanup(plan: CleanupPlan, *, volumes: bool) -> list[str]:
     """Remove what the plan lists (sessions' volumes only with `volumes`); return the errors."""
     import docker.errors
 
-    errors = []
-    for found in plan.containers:
+    errors: list[str] = []
+
+    def remove(found: Found, kind: str) -> bool:
+        """Remove a container or volume (gone already counts); False, with the error kept, when it could not be."""
         try:
             found.ref.remove(force=True)
         except docker.errors.NotFound:
             pass
         except Exception as exc:
-            errors.append(f"container {found.name}: {exc}")
+            errors.append(f"{kind} {found.name}: {exc}")
+            return False
+        return True
+
+    for found in plan.containers:
+        remove(found, "container")
     forgotten: dict[str, list[str]] = {}
     for found in plan.volumes + (plan.session_volumes if volumes else []):
-        try:
-            found.ref.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:
-            errors.append(f"volume {found.name}: {exc}")
-            continue
-        if found.session_id:
+        if remove(found, "volume") and found.session_id:
             forgotten.setdefault(found.data_dir, []).append(found.session_id)
     for data_dir, sessions in forgotten.items():
         errors.extend(_forget_volumes(data_dir, sessions))

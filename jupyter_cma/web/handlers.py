@@ -500,9 +500,7 @@ class SessionWorkspaceHandler(CMAHandler):
         from ..sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
 
         tier = _container_tier(self.ctx)
-        if session_id in self.ctx.sessions.live:
-            raise tornado.web.HTTPError(409, f"a sandbox is serving session {session_id} now; stop it first "
-                                        f"(POST cma/api/sessions/{session_id}/stop) or wait until it sleeps, then import")
+        _refuse_while_served(self.ctx, session_id, "import")
         if not self.request.body:
             raise tornado.web.HTTPError(400, "send the archive as the request body: a tar or tar.gz of the workspace's contents "
                                         "(`tar -czf ws.tar.gz -C DIR .`, or what GET cma/api/sessions/{id}/workspace gave)")
@@ -517,6 +515,13 @@ class SessionWorkspaceHandler(CMAHandler):
         user = self.current_user.username if self.current_user else "unknown"
         self.log.info("jupyter-cma: workspace of session %s imported by %s: %s", session_id, user, result)
         self.finish({"session_id": session_id, **result})
+
+
+def _refuse_while_served(ctx: ApiContext, session_id: str, what: str) -> None:
+    """409 while a sandbox serves the session: its workspace must not be replaced under it."""
+    if session_id in ctx.sessions.live:
+        raise tornado.web.HTTPError(409, f"a sandbox is serving session {session_id} now; stop it first "
+                                    f"(POST cma/api/sessions/{session_id}/stop) or wait until it sleeps, then {what}")
 
 
 class SessionWorkspaceSyncHandler(CMAHandler):
@@ -534,9 +539,8 @@ class SessionWorkspaceSyncHandler(CMAHandler):
         if not tier.object_store.enabled:
             raise tornado.web.HTTPError(409, "no object store is configured on this server: set WorkspaceObjectStore.url "
                                         "(s3://bucket/prefix) and, for an S3-compatible service, WorkspaceObjectStore.endpoint_url")
-        if action == "pull" and session_id in self.ctx.sessions.live:
-            raise tornado.web.HTTPError(409, f"a sandbox is serving session {session_id} now; stop it first "
-                                        f"(POST cma/api/sessions/{session_id}/stop) or wait until it sleeps, then pull")
+        if action == "pull":
+            _refuse_while_served(self.ctx, session_id, "pull")
         try:
             if action == "push":
                 result = await tier.push_workspace(session_id)
