@@ -2,18 +2,33 @@
 
 A kernel of the kernel tier runs as
 
-    sh -c 'trap "" INT; exec "$@"' sh bwrap <namespaces and mounts> -- \
+    python -I -S launcher.py [--cgroup …] [--rlimit …] -- bwrap <namespaces and mounts> -- \
         python -I -S bridge.py --listen 127.0.0.1:3128 --unix <kernel dir>/egress.sock -- \
         python -m ipykernel_launcher -f <kernel dir>/kernel.json …
 
+- **Nobody lives there.** A user namespace of its own maps the sandbox's only
+  user, `agent` (uid/gid 1000 inside), to the server's user outside: the kernel
+  runs unprivileged whatever user the server runs as (root included), with no
+  capabilities (`--cap-drop ALL`), no new privileges (set-uid files do not
+  work), no further user namespaces (`--disable-userns`) and a terminal
+  session of its own (`--new-session`: nothing it writes can reach the
+  server's terminal). Files it makes in its workspace belong to the server's
+  user on the host.
 - **Namespaces.** Its own network namespace (only `lo`: nothing off the machine or on the host's
   loopback is reachable, and abstract Unix sockets are per namespace), its own PID namespace (it sees
-  only its own processes; everything in it dies with it) and IPC namespace. `--die-with-parent`: the
-  whole sandbox is killed when the server process dies.
-- **Files.** The host is visible READ-ONLY (`--ro-bind / /`), with a new `/dev`, a new `/proc` and a
-  private `/tmp`. Hidden paths (the kernel directory root, the server's data directory, `/run` with
-  its sockets, …) are replaced by empty read-only tmpfs mounts (files by `/dev/null`). Writable: the
-  kernel's own directory (connection file and ipc sockets) and its workspace mount, nothing else.
+  only its own processes; everything in it dies with it), IPC and UTS namespaces. `--die-with-parent`:
+  the whole sandbox is killed when the server process dies.
+- **Files: an allowlist.** Nothing of the host is visible unless named here: the
+  system's runtime read-only (`/usr` and the usual links into it, the dynamic
+  loader's cache, the CA certificates, alternatives, time zone), a generated
+  `/etc/passwd`, `/etc/group` and `/etc/hosts`, the Python installation the
+  kernel runs from and its site-packages (read-only), a new `/dev` and `/proc`,
+  private size-bounded tmpfs at `/tmp`, `/var/tmp`, `/dev/shm` and the home
+  directory `/home/agent`, the kernel's own directory (connection file and ipc
+  sockets), its workspace (read-write) and the operator's
+  `extra_read_only_paths`. Hidden paths (the server's data and kernel
+  directories, the Jupyter runtime directory, `KernelTier.hidden_paths`) stay
+  hidden even where they lie inside one of those.
 - **The workspace.** Bound at `<kernel dir>.ws/work` inside (the kernel's working directory). A
   pooled kernel starts with an empty directory there; when a session takes it, the host moves the
   session's files into that directory and renames it to the session's workspace path (a bind mount
@@ -25,9 +40,11 @@ A kernel of the kernel tier runs as
 - **Egress.** The bridge listens on 127.0.0.1:3128 inside and forwards each connection to
   `<kernel dir>/egress.sock` on the host, where the egress proxy listens for this sandbox: the socket
   a request arrives on identifies the sandbox. `HTTP(S)_PROXY`/`ALL_PROXY` point at the bridge.
-- **Interrupts.** jupyter_client interrupts a kernel with SIGINT to its process group. bwrap dies
-  of SIGINT (taking the sandbox with it), so it starts with SIGINT ignored (the `trap`); the bridge
-  restores the default for the kernel it executes.
+- **Limits.** The launcher joins the sandbox's control groups (memory, CPU, processes, freezer; see
+  `limits.py`) or sets rlimits where there are none, before it executes bubblewrap.
+- **Interrupts.** The launcher ignores SIGINT (bubblewrap would die of it, taking the sandbox along);
+  kernels are interrupted with an `interrupt_request` on their control channel, and the bridge
+  restores the default SIGINT handler for the kernel it executes.
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ import errno
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -43,6 +61,7 @@ from pathlib import Path
 
 from .runtime import BRIDGE_SCRIPT
 
+LAUNCHER_SCRIPT = Path(__file__).with_name("launcher.py")
 PROXY_LISTEN = ("127.0.0.1", 3128)
 PROXY_URL = f"http://{PROXY_LISTEN[0]}:{PROXY_LISTEN[1]}"
 # Loopback inside the sandbox is the sandbox's own (its network namespace): a server the code
@@ -51,11 +70,28 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 EGRESS_SOCKET = "egress.sock"
-COMPANION_SUFFIX = ".ws"  # <kernel dir>.ws: host-only plumbing of one kernel (workspace mount, links, marker)
-# SIGINT ignored for bwrap (and its reaper); an ignored signal stays ignored across exec.
-_IGNORE_SIGINT = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"]
-_NAMESPACES = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
-_BASE_MOUNTS = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+COMPANION_SUFFIX = ".ws"  # <kernel dir>.ws: host-only plumbing of one kernel (workspace mount, links, marker, etc)
+# The sandbox's one user, as in the container tier's image.
+SANDBOX_USER, SANDBOX_UID, SANDBOX_HOME = "agent", 1000, "/home/agent"
+_NAMESPACES = [
+    "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--disable-userns", "--cap-drop", "ALL",
+    "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    "--hostname", "sandbox", "--new-session", "--die-with-parent",
+]
+# /etc entries a Python kernel and the standard tools read; nothing else of /etc (no shadow, no host keys, …).
+SYSTEM_ETC = (
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/ssl", "/etc/ca-certificates",
+    "/etc/alternatives", "/etc/localtime", "/etc/timezone", "/etc/mime.types", "/etc/nsswitch.conf",
+)
+# Top-level names that merged-/usr systems make links into /usr (bound as they are on older layouts).
+SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+GENERATED_ETC = {
+    "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+              f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/sh\n"
+              "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+}
 
 
 class CrossDevice(OSError):
@@ -67,9 +103,9 @@ def probe_bubblewrap(bwrap: str, timeout: float = 10.0) -> str | None:
     path = shutil.which(bwrap)
     if path is None:
         return f"bubblewrap ({bwrap}) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    # The same re-binds as a kernel gets, so a Python installed under /tmp (a venv in a checkout there) probes right.
-    rebinds = _rebind_args([Path("/tmp")], [], python_paths(dict(os.environ)))
-    argv = [path, *_NAMESPACES, *_BASE_MOUNTS, *rebinds, "--", sys.executable, "-I", "-S", "-c", ""]
+    # The same namespaces and allowlist as a kernel gets: the probe fails where a kernel would.
+    argv = [path, *_NAMESPACES, *system_mounts(), *python_mounts(python_paths({}), []), "--proc", "/proc",
+            "--dev", "/dev", "--", sys.executable, "-I", "-S", "-c", ""]
     try:
         result = subprocess.run(argv, capture_output=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -92,46 +128,83 @@ def proxy_environment(ca_bundle: str | None) -> dict[str, str]:
     return env
 
 
-def _mask_args(hidden: Iterable[Path]) -> tuple[list[str], list[str], list[Path]]:
-    """bwrap arguments hiding `hidden` (outermost first, nested ones skipped), those remounting them read-only, the masked directories."""
-    args: list[str] = []
-    remount: list[str] = []
-    done: list[Path] = []
-    for path in sorted({Path(os.path.realpath(p)) for p in hidden}, key=lambda p: len(p.parts)):
-        if path == Path("/") or any(path.is_relative_to(d) for d in done):
-            continue
-        if path.is_dir():
-            args += ["--tmpfs", str(path)]
-            remount += ["--remount-ro", str(path)]
-            done.append(path)
-        elif path.exists():
-            args += ["--ro-bind", "/dev/null", str(path)]
-    return args, remount, done
+def sandbox_environment() -> dict[str, str]:
+    """Who the kernel is and where it may write: its own user and home, private temp directories."""
+    return {
+        "HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "TMPDIR": "/tmp",
+        "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.config/matplotlib",
+    }
+
+
+def write_generated_etc(directory: Path) -> dict[str, Path]:
+    """The sandbox's /etc/passwd, /etc/group and /etc/hosts, written into `directory` (host-only)."""
+    directory.mkdir(mode=0o755, exist_ok=True)
+    files = {}
+    for name, text in GENERATED_ETC.items():
+        (directory / name).write_text(text)
+        (directory / name).chmod(0o644)
+        files[name] = directory / name
+    return files
+
+
+def system_mounts() -> list[str]:
+    """The system's runtime, read-only: /usr, its top-level links (or directories), the /etc files it reads."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in SYSTEM_LINKS:
+        if os.path.islink(name):
+            args += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            args += ["--ro-bind", name, name]
+    for path in SYSTEM_ETC:
+        if os.path.lexists(path):
+            args += ["--ro-bind", path, path]
+    return args
 
 
 def python_paths(env: dict[str, str]) -> list[Path]:
-    """Directories the sandboxed Python needs: its installation, the bridge, this process's sys.path, PYTHONPATH."""
-    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)), str(BRIDGE_SCRIPT.parent)]
-    paths += [p for p in sys.path if p]
-    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return [Path(os.path.realpath(p)) for p in paths]
+    """The Python the kernel runs from: its installation, its site-packages, the bridge, the kernel's PYTHONPATH.
 
-
-def _rebind_args(masked: list[Path], hidden: list[Path], needed: Iterable[Path]) -> list[str]:
-    """Read-only binds bringing back the `needed` directories that a mask (or the private /tmp) covers.
-
-    Never a mask's root itself, nor a directory holding a hidden path.
+    Not the server's other sys.path entries (a source checkout of an editable
+    install, the current directory): they are no part of the kernel's
+    environment, and may be the server's own files. Operators share more with
+    `extra_read_only_paths`.
     """
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable)), str(BRIDGE_SCRIPT.parent)]
+    paths += site.getsitepackages()
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [Path(os.path.realpath(p)) for p in paths if os.path.isdir(p)]
+
+
+def python_mounts(paths: Iterable[Path], hidden: list[Path]) -> list[str]:
+    """Read-only binds of `paths` (outermost only), and masks for hidden paths inside them."""
     args: list[str] = []
     done: list[Path] = []
-    for path in sorted(set(needed), key=lambda p: len(p.parts)):
-        if path in masked or not any(path.is_relative_to(m) for m in masked) or not path.is_dir():
-            continue
-        if any(path.is_relative_to(d) for d in done) or any(h.is_relative_to(path) for h in hidden):
+    for path in sorted(set(paths), key=lambda p: len(p.parts)):
+        if path == Path("/") or any(path.is_relative_to(d) for d in done):
             continue
         args += ["--ro-bind", str(path), str(path)]
         done.append(path)
-    return args
+    return args + _mask_args(hidden, done)
+
+
+def _mask_args(hidden: Iterable[Path], bound: list[Path]) -> list[str]:
+    """Mask each hidden path that lies inside a bound directory: an empty read-only tmpfs, or /dev/null for a file."""
+    args: list[str] = []
+    remount: list[str] = []
+    masked: list[Path] = []
+    for path in sorted({Path(os.path.realpath(p)) for p in hidden}, key=lambda p: len(p.parts)):
+        if not any(path.is_relative_to(b) for b in bound) or any(path.is_relative_to(m) for m in masked):
+            continue
+        if path in bound or any(b.is_relative_to(path) for b in bound):
+            # A bound directory that is itself hidden, or holds one: never expose it.
+            raise ValueError(f"{path} is hidden from sandboxes, but a directory they must see is or lies in it")
+        if path.is_dir():
+            args += ["--tmpfs", str(path)]
+            remount += ["--remount-ro", str(path)]
+            masked.append(path)
+        elif path.exists():
+            args += ["--ro-bind", "/dev/null", str(path)]
+    return args + remount
 
 
 def bwrap_argv(
@@ -142,11 +215,15 @@ def bwrap_argv(
     mount_source: Path,
     mount_point: Path,
     hidden: Iterable[Path],
+    generated_etc: dict[str, Path],
     links: Path | None = None,
     workspaces_dir: Path | None = None,
     ca_bundle: str | None = None,
     read_only_files: Iterable[Path] = (),
-    needed: Iterable[Path] = (),
+    python: Iterable[Path] = (),
+    extra_read_only: Iterable[Path] = (),
+    tmp_size: int = 512 * 1024**2,
+    launcher: list[str] = (),  # type: ignore[assignment]
 ) -> list[str]:
     """The full argv of a sandboxed kernel (see the module docstring).
 
@@ -154,39 +231,38 @@ def bwrap_argv(
     the host directory bound writable at `mount_point` (the kernel's working
     directory), `links` a directory bound read-only over `workspaces_dir`.
     `read_only_files` (inside `kernel_dir`) are bound read-only over themselves;
-    `needed` directories (Python's, see `python_paths`) stay readable even
-    under /tmp or a hidden path.
+    `python` (see `python_paths`) and `extra_read_only` directories are bound
+    read-only; `hidden` paths are masked wherever they lie inside those.
+    `launcher` are the launcher's options (cgroups, rlimits).
     """
     egress = kernel_dir / EGRESS_SOCKET
     hidden = [Path(os.path.realpath(p)) for p in hidden]
-    masks, remount, masked = _mask_args(hidden)
-    binds = _rebind_args([Path("/tmp"), *masked], hidden, needed)
     real = Path(os.path.realpath(kernel_dir))
+    extra = [Path(os.path.realpath(p)) for p in extra_read_only]
+    for path in extra:
+        if not path.exists():
+            raise FileNotFoundError(errno.ENOENT, "an extra_read_only_paths entry does not exist", str(path))
+    mounts = [*system_mounts(), "--proc", "/proc", "--dev", "/dev"]
+    # The private temporary file systems first: a Python environment under /tmp is bound over them.
+    for path, size in (("/tmp", tmp_size), ("/var/tmp", tmp_size // 4), ("/dev/shm", tmp_size // 4), (SANDBOX_HOME, tmp_size // 4)):
+        mounts += ["--size", str(size), "--tmpfs", path]
+    for name, path in generated_etc.items():
+        mounts += ["--ro-bind", str(path), f"/etc/{name}"]
+    mounts += python_mounts([*python, *extra], hidden)
     for path in dict.fromkeys([real, kernel_dir]):  # the connection file is passed by its real path
-        binds += ["--bind", str(real), str(path)]
+        mounts += ["--bind", str(real), str(path)]
     for path in read_only_files:
-        binds += ["--ro-bind", str(path), str(path)]
-    binds += ["--bind", str(mount_source), str(mount_point)]
+        mounts += ["--ro-bind", str(path), str(path)]
+    mounts += ["--bind", str(mount_source), str(mount_point)]
     if links is not None and workspaces_dir is not None:
-        covered = Path(os.path.realpath(workspaces_dir))
-        # (bwrap can make the mount point in a mask, not in the read-only host)
-        if covered.is_dir() or any(covered.is_relative_to(m) for m in (Path("/tmp"), *masked)):
-            binds += ["--ro-bind", str(links), str(covered)]
+        mounts += ["--ro-bind", str(links), str(Path(os.path.realpath(workspaces_dir)))]
     if ca_bundle:
-        binds += ["--ro-bind", ca_bundle, ca_bundle]  # readable even when it lives under a hidden path
-    net = Path("/sys/class/net")
-    if net.is_dir():
-        # A bind of the host's /sys lists the host's interfaces; the sandbox's namespace has only lo.
-        masks += ["--tmpfs", str(net), "--symlink", "../../devices/virtual/net/lo", str(net / "lo")]
-        remount += ["--remount-ro", str(net)]
+        mounts += ["--ro-bind", ca_bundle, ca_bundle]
     return [
-        *_IGNORE_SIGINT,
+        sys.executable, "-I", "-S", str(LAUNCHER_SCRIPT), *launcher, "--",
         bwrap,
         *_NAMESPACES,
-        *_BASE_MOUNTS,
-        *masks,
-        *binds,
-        *remount,
+        *mounts,
         "--chdir", str(mount_point),
         "--unsetenv", "JPY_PARENT_PID",  # its parent poller would see pid 1 as parent and exit at once
         "--",

@@ -61,7 +61,9 @@ from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, def
 from traitlets import Callable as CallableTrait
 
 from . import isolation as iso
-from .base import REFILL_DELAY, ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
+from .base import REFILL_DELAY, ClaimedItem, Sandbox, WorkerSettings, finish_shielded
+from .limits import CgroupHost, Counters, Limits, SandboxCgroup, frozen, human_bytes
+from .sizes import SizedTier, memory_bytes
 
 if TYPE_CHECKING:
     from anthropic.lib.tools import BetaAsyncFunctionTool
@@ -206,6 +208,9 @@ class Kernel:
         isolation: str = "none",
         companion: Path | None = None,
         workspace: Path | None = None,
+        size: str | None = None,
+        limits: Limits | None = None,
+        cgroup: SandboxCgroup | None = None,
     ) -> None:
         self.directory = directory
         self.manager = manager
@@ -213,6 +218,9 @@ class Kernel:
         self.isolation = isolation
         self.companion = companion
         self.workspace = workspace  # the session workspace its working directory is, once known
+        self.size = size  # the instance size whose limits are in force (sandboxed kernels)
+        self.limits = limits
+        self.cgroup = cgroup  # its control group, where the host offers them (else rlimits hold)
         self.egress_session: str | None = None  # the session egress_hook was told this kernel serves
         self.started_at = time.time()
         self.returncode: int | None = None
@@ -341,11 +349,21 @@ class Kernel:
                 _kill_group(self.pid)
         finally:
             _LIVE_DIRS.discard(str(self.directory))
-            await asyncio.to_thread(_remove_kernel_dirs, self.directory, self.companion)
+            await asyncio.to_thread(_remove_kernel_dirs, self.directory, self.companion, self.cgroup)
+
+    def counters(self) -> Counters:
+        """How often this sandbox ran into its limits so far (only with a control group; else all 0)."""
+        return self.cgroup.counters() if self.cgroup is not None else Counters()
+
+    def frozen(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing in this kernel's sandbox runs inside the block (see limits.frozen). Raises OSError."""
+        return frozen(self.cgroup, self.pid)
 
 
-def _remove_kernel_dirs(directory: Path, companion: Path | None) -> None:
+def _remove_kernel_dirs(directory: Path, companion: Path | None, cgroup: SandboxCgroup | None = None) -> None:
     """The companion first (putting back a half-moved workspace), so it never outlives the kernel directory."""
+    if cgroup is not None:
+        cgroup.remove()
     if companion is not None:
         try:
             iso.release_companion(companion)
@@ -366,6 +384,9 @@ def _manager_class() -> type[AsyncKernelManager]:
 
     class SandboxKernelManager(AsyncKernelManager):
         kernel_argv: list[str] = KERNEL_ARGV
+        # "message" for sandboxed kernels: an interrupt_request on the control channel (the kernel then
+        # signals itself); a SIGINT to the launcher's process group would not reach a sandbox in its own session.
+        cma_interrupt_mode: str = "signal"
         _cma_spec: KernelSpec | None = None
 
         @property
@@ -375,7 +396,7 @@ def _manager_class() -> type[AsyncKernelManager]:
                     argv=list(self.kernel_argv),
                     display_name="Python 3 (ipykernel)",
                     language="python",
-                    interrupt_mode="signal",
+                    interrupt_mode=self.cma_interrupt_mode,
                 )
             return self._cma_spec
 
@@ -397,7 +418,7 @@ def _kill_group(pid: int | None) -> None:
 # --------------------------------------------------------------------------- the tier
 
 
-class KernelTier(Tier):
+class KernelTier(SizedTier):
     """Sandboxes that are dedicated IPython kernels, with a pool of warm kernels."""
 
     name: ClassVar[str] = "kernel"
@@ -434,19 +455,19 @@ class KernelTier(Tier):
         ["auto", "bubblewrap", "none"],
         "auto",
         config=True,
-        help="How kernels are isolated. 'bubblewrap': each kernel in its own bubblewrap sandbox (own network "
-        "namespace with only a loopback port bridged to its egress socket, own PID namespace, read-only view of "
-        "the host, writable workspace and kernel directory only); kernels are refused when bwrap does not work. "
-        "'auto' (default): bubblewrap when a probe at start shows it works, else no isolation with a logged "
-        "warning (unless require_isolation). 'none': plain kernel processes with the server's network and file "
-        "access — for debugging only.",
+        help="How kernels are isolated. 'auto' (default) and 'bubblewrap': each kernel in its own bubblewrap sandbox "
+        "(an unprivileged user with no capabilities in a user namespace of its own; its own network namespace with "
+        "only a loopback port bridged to its egress socket; its own PID, IPC and UTS namespaces; a file system built "
+        "from an allowlist: the system's runtime and the kernel's Python read-only, private /tmp and home, its "
+        "workspace and kernel directory writable, nothing else of the host); where bwrap does not work, kernels are "
+        "refused with the reason. 'none': plain kernel processes with the server's user, network and files — for "
+        "debugging on a machine of your own only.",
     )
     require_isolation = Bool(
         False,
         config=True,
-        help="Refuse to start kernels unless they run isolated (bubblewrap): with this set, a machine where bwrap "
-        "is missing or cannot create namespaces, or isolation='none', gets no kernels and a clear error instead "
-        "of unisolated ones (default False).",
+        help="Also refuse isolation='none': with this set, kernels run isolated or not at all (default False; "
+        "kernels are refused anyway where isolation is wanted but bwrap does not work).",
     )
     bwrap = Unicode(
         "bwrap", config=True, help="The bubblewrap executable: a name looked up on PATH, or a path (default 'bwrap')."
@@ -460,10 +481,29 @@ class KernelTier(Tier):
     hidden_paths = List(
         Unicode(),
         config=True,
-        help="Host paths sandboxed kernels must not see, in addition to data_dir and kernel_dir: each directory is "
-        "replaced by an empty read-only tmpfs, each file by /dev/null. Default: /run (system sockets such as "
-        "the Docker API's) and the Jupyter runtime directory (server tokens, connection files). Add secret files "
-        "that live elsewhere.",
+        help="Host paths sandboxed kernels must not see even where they lie inside a directory they are given (the "
+        "Python environment, extra_read_only_paths): each directory is replaced by an empty read-only tmpfs, each "
+        "file by /dev/null. data_dir, kernel_dir and the Jupyter runtime directory are always hidden. Nothing else "
+        "of the host needs hiding: sandboxes see only what is allowed (default: none).",
+    )
+    extra_read_only_paths = List(
+        Unicode(),
+        config=True,
+        help="Host directories or files every sandboxed kernel sees read-only at the same path, e.g. a shared "
+        "dataset directory (default: none). A path that does not exist makes kernels fail to start with its name.",
+    )
+    tmp_size = Unicode(
+        "512m",
+        config=True,
+        help="Size of a sandboxed kernel's private /tmp (default 512m); /var/tmp, /dev/shm and the home directory "
+        "get a quarter each. With cgroups, what is stored there also counts against the memory limit.",
+    )
+    cgroup_parent = Unicode(
+        "",
+        config=True,
+        help="On cgroup v2: a control group delegated to this server, holding no processes of its own, under which "
+        "each sandboxed kernel gets its group (default: the server's own group, which works on cgroup v1 and where "
+        "v2 lets it hand memory, pids and cpu to children). Without usable cgroups the limits fall back to rlimits.",
     )
     ca_bundle = Unicode(
         "",
@@ -486,11 +526,6 @@ class KernelTier(Tier):
         value = getattr(self.parent, "data_dir", None)
         return value if isinstance(value, str) else ""
 
-    @default("hidden_paths")
-    def _default_hidden_paths(self) -> list[str]:
-        from jupyter_core.paths import jupyter_runtime_dir
-
-        return ["/run", jupyter_runtime_dir()]
 
     @validate("execute_timeout")
     def _check_execute_timeout(self, proposal: Any) -> float:
@@ -526,6 +561,8 @@ class KernelTier(Tier):
         self._isolation_reason: str | None = None
         self._isolation_error: str | None = None  # kernels are refused with this
         self._warned_cross_device = False
+        self._cgroups: CgroupHost | None = None  # where sandboxes get control groups, once start() has looked
+        self._cgroups_reason: str | None = None  # why they get rlimits instead
 
     # ------------------------------------------------------------------ directories
 
@@ -571,17 +608,22 @@ class KernelTier(Tier):
         self._isolation, self._isolation_reason, self._isolation_error = mode, reason, None
         if mode == "bubblewrap":
             return
-        if self.require_isolation or self.isolation == "bubblewrap":
-            why = "KernelTier.require_isolation is set" if self.require_isolation else "KernelTier.isolation is 'bubblewrap'"
-            self._isolation_error = f"kernels are refused: {why}, but they cannot be isolated ({reason})"
-            self.log.error("kernel tier: %s", self._isolation_error)
-        elif self.isolation == "auto":
-            self.log.warning(
-                "kernel tier: kernels run WITHOUT isolation (no network or file-system sandbox): %s", reason
+        if self.require_isolation or self.isolation != "none":
+            why = "KernelTier.require_isolation is set" if self.require_isolation else "kernels run isolated or not at all"
+            self._isolation_error = (
+                f"kernels are refused: {why}, but they cannot be isolated here ({reason}); install bubblewrap and allow "
+                "user namespaces, or (for debugging on a machine of your own only) set KernelTier.isolation='none'"
             )
+            self.log.error("kernel tier: %s", self._isolation_error)
+        else:
+            self.log.warning("kernel tier: kernels run WITHOUT isolation (KernelTier.isolation is 'none'): they have the "
+                             "server's user, network and files")
 
     def _hidden(self, base: Path) -> list[Path]:
-        paths = [base, *(Path(p) for p in self.hidden_paths if p)]
+        """What sandboxes never see, even inside a directory they are given: the server's own directories first."""
+        from jupyter_core.paths import jupyter_runtime_dir
+
+        paths = [base, Path(jupyter_runtime_dir()), *(Path(p) for p in self.hidden_paths if p)]
         if self.data_dir:
             paths.append(Path(self.data_dir))
         return paths
@@ -600,11 +642,38 @@ class KernelTier(Tier):
         await self._resolve_isolation()
         directory = await asyncio.to_thread(self._ensure_directory)
         self._cleaned = await asyncio.to_thread(clean_orphans, directory)
+        if self._isolation == "bubblewrap":
+            await asyncio.to_thread(self._find_cgroups)
         if self._cleaned:
             summary = ", ".join(f"{c['dir']} (killed {c['killed'] or 'nothing'})" for c in self._cleaned)
             self.log.warning("kernel tier: removed %d kernel director%s left by an earlier server: %s",
                              len(self._cleaned), "y" if len(self._cleaned) == 1 else "ies", summary)
         self._refill()
+
+    def _find_cgroups(self) -> None:
+        self._cgroups, self._cgroups_reason = CgroupHost.detect(self.cgroup_parent)
+        if self._cgroups is None:
+            self.log.warning(
+                "kernel tier: no control groups for kernel sandboxes (%s); their limits fall back to rlimits: memory "
+                "per process, processes%s, no CPU quota", self._cgroups_reason,
+                " not limited (the server runs as root)" if os.geteuid() == 0 else "",
+            )
+        else:
+            self._cgroups.remove_leftovers({Path(d).name for d in _LIVE_DIRS})
+
+    def limits_status(self) -> dict[str, Any]:
+        """For the status API: how sandboxes are limited here, and each instance size's limits."""
+        if self._cgroups is not None:
+            enforced: dict[str, Any] = {"mechanism": self._cgroups.describe()["cgroups"], "memory": True, "cpu": True,
+                                        "pids": True, "freezer": True}
+        else:
+            enforced = {"mechanism": "rlimits", "memory": "per process", "cpu": False, "pids": os.geteuid() != 0,
+                        "freezer": "SIGSTOP", "reason": self._cgroups_reason}
+        return {
+            **enforced,
+            "default_size": self.default_size,
+            "sizes": {name: Limits.from_spec(spec).describe() for name, spec in self.instance_sizes.items()},
+        }
 
     def cleaned_orphans(self) -> list[dict[str, Any]]:
         """What start() cleaned: [{"dir": name, "killed": [pids]}] for each leftover kernel directory."""
@@ -648,6 +717,7 @@ class KernelTier(Tier):
             "kernel_dir": self.kernel_dir or (str(self._own_tempdir) if self._own_tempdir else None),
             "last_start_error": self.last_start_error,
             **self.isolation_status(),
+            "limits": self.limits_status() if self._isolation == "bubblewrap" else None,
         }
 
     @property
@@ -713,15 +783,19 @@ class KernelTier(Tier):
                 return
         self._pool.append(kernel)
 
-    async def take_kernel(self, workspace: Path | None = None) -> Kernel:
+    async def take_kernel(self, workspace: Path | None = None, size: str | None = None) -> Kernel:
         """A ready kernel: from the pool when one is warm, else a new one.
 
         With `workspace`, a sandboxed kernel's working directory becomes that
         workspace (a pool kernel's mount is adopted as the workspace; a new
         kernel is started with the workspace bound). Kernels that are not
         sandboxed enter the workspace themselves (KernelSandbox does that).
-        The pool is refilled REFILL_DELAY seconds later.
+        `size` (default: default_size) is the instance size whose limits the
+        sandbox gets: pool kernels have default_size and are resized when
+        they have a control group; without one, another size starts a kernel
+        of its own. The pool is refilled REFILL_DELAY seconds later.
         """
+        size = size or self.default_size
         if self._closed:
             raise RuntimeError("the kernel tier is closed")
         if not self._started:
@@ -729,11 +803,11 @@ class KernelTier(Tier):
         if self._isolation_error:
             raise KernelStartError(self._isolation_error)
         try:
-            while self._pool:
+            while self._pool and (size == self.default_size or self._cgroups is not None):
                 kernel = self._pool.pop(0)
                 if kernel.alive():
                     self._in_use.add(kernel)
-                    if await self._hand_over_or_release(kernel, workspace):
+                    if await self._hand_over_or_release(kernel, workspace, size):
                         return kernel
                     self._in_use.discard(kernel)
                     self._pool.insert(0, kernel)  # still good for a workspace on its own file system
@@ -741,7 +815,7 @@ class KernelTier(Tier):
                 self.log.warning("kernel tier: pool kernel %s had exited (code %s); discarded", kernel.id, kernel.returncode)
                 await kernel.shutdown()
             else:
-                if self._filling and len(self._waiters) < len(self._filling):
+                if self._filling and len(self._waiters) < len(self._filling) and (size == self.default_size or self._cgroups is not None):
                     # A pool kernel is already starting: take it when ready rather than start one more.
                     waiter: asyncio.Future[Kernel] = asyncio.get_running_loop().create_future()
                     self._waiters.append(waiter)
@@ -754,11 +828,11 @@ class KernelTier(Tier):
                             await self.release_kernel(waiter.result())
                         raise
                     else:
-                        if await self._hand_over_or_release(kernel, workspace):
+                        if await self._hand_over_or_release(kernel, workspace, size):
                             return kernel
                         self._in_use.discard(kernel)
                         self._pool.append(kernel)
-            kernel = await self._start_kernel(workspace)
+            kernel = await self._start_kernel(workspace, size)
             self._in_use.add(kernel)
             return kernel
         finally:
@@ -796,10 +870,14 @@ class KernelTier(Tier):
         root = self._workspaces_dir()
         return root is not None and Path(os.path.realpath(Path(workspace).parent)) == root
 
-    async def _hand_over_or_release(self, kernel: Kernel, workspace: Path) -> bool:
-        """Hand the session's workspace over to a ready kernel; False if it cannot move there
-        (the kernel stays good for another workspace). A failure releases the kernel."""
+    async def _hand_over_or_release(self, kernel: Kernel, workspace: Path | None, size: str) -> bool:
+        """Hand the session's workspace over to a ready kernel, with the limits of `size`; False if it cannot move
+        there (the kernel stays good for another workspace). A failure releases the kernel."""
         try:
+            if kernel.cgroup is not None and kernel.size != size:
+                limits = Limits.from_spec(self.instance_sizes[size])
+                await asyncio.to_thread(kernel.cgroup.apply, limits)
+                kernel.size, kernel.limits = size, limits
             return await self._hand_over(kernel, workspace)
         except BaseException:
             await finish_shielded(self.release_kernel(kernel))
@@ -810,10 +888,11 @@ class KernelTier(Tier):
         self._in_use.discard(kernel)
         await kernel.shutdown()
 
-    async def _start_kernel(self, workspace: Path | None = None) -> Kernel:
+    async def _start_kernel(self, workspace: Path | None = None, size: str | None = None) -> Kernel:
         if self._isolation_error:
             raise KernelStartError(self._isolation_error)
         isolated = self._isolation == "bubblewrap"
+        size = size or self.default_size
         base = await asyncio.to_thread(self._ensure_directory)
         directory = base / uuid.uuid4().hex[:12]
         socket_prefix = directory / "k"
@@ -835,18 +914,21 @@ class KernelTier(Tier):
         env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         argv = KERNEL_ARGV
         companion: Path | None = None
+        limits: Limits | None = None
+        cgroup: SandboxCgroup | None = None
         if isolated:
             companion = directory.with_name(directory.name + iso.COMPANION_SUFFIX)
+            limits = Limits.from_spec(self.instance_sizes[size])
             try:
-                argv = self._sandbox_argv(directory, companion, workspace, env)
-            except OSError as exc:
+                if self._cgroups is not None:
+                    cgroup = await asyncio.to_thread(self._cgroups.create, directory.name, limits)
+                argv = self._sandbox_argv(directory, companion, workspace, env, limits, cgroup)
+            except (OSError, ValueError) as exc:
                 _LIVE_DIRS.discard(str(directory))
-                await asyncio.to_thread(_remove_kernel_dirs, directory, companion)
+                await asyncio.to_thread(_remove_kernel_dirs, directory, companion, cgroup)
                 raise KernelStartError(f"could not prepare the kernel's sandbox: {exc}") from exc
             env.update(iso.proxy_environment(self.ca_bundle or None))
-            env["TMPDIR"] = "/tmp"  # a private tmpfs; the rest of the host is read-only
-            env["XDG_CACHE_HOME"] = "/tmp/.cache"
-            env["MPLCONFIGDIR"] = "/tmp/.matplotlib"
+            env.update(iso.sandbox_environment())
         manager = _manager_class()(
             transport="ipc",
             ip=str(socket_prefix),
@@ -855,6 +937,8 @@ class KernelTier(Tier):
             log=self.log,
         )
         manager.kernel_argv = argv
+        if isolated:
+            manager.cma_interrupt_mode = "message"
         client: AsyncKernelClient | None = None
         kernel: Kernel | None = None
         try:
@@ -867,6 +951,7 @@ class KernelTier(Tier):
             kernel = Kernel(
                 directory, manager, client, isolation="bubblewrap" if isolated else "none", companion=companion,
                 workspace=Path(workspace) if isolated and workspace is not None else None,
+                size=size if isolated else None, limits=limits, cgroup=cgroup,
             )
             await asyncio.wait_for(client.wait_for_ready(timeout=self.startup_timeout), self.startup_timeout + 1)
             # The first execution in a fresh kernel costs several ms more than later ones: pay it here, not in a session.
@@ -877,7 +962,7 @@ class KernelTier(Tier):
             if isinstance(exc, GeneratorExit):
                 raise  # the coroutine is being closed without a loop: nothing can be awaited
             tail = _log_tail(directory / "kernel.log")
-            await finish_shielded(self._discard_failed_start(directory, manager, client, companion))
+            await finish_shielded(self._discard_failed_start(directory, manager, client, companion, cgroup))
             if not isinstance(exc, Exception):
                 raise
             self.last_start_error = f"{type(exc).__name__}: {exc}"
@@ -886,7 +971,8 @@ class KernelTier(Tier):
         return kernel
 
     async def _discard_failed_start(
-        self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient | None, companion: Path | None = None
+        self, directory: Path, manager: AsyncKernelManager, client: AsyncKernelClient | None, companion: Path | None = None,
+        cgroup: SandboxCgroup | None = None,
     ) -> None:
         if client is not None:
             with contextlib.suppress(Exception):
@@ -896,14 +982,18 @@ class KernelTier(Tier):
         except Exception:
             _kill_group(getattr(manager.provisioner, "pid", None))
         _LIVE_DIRS.discard(str(directory))
-        await asyncio.to_thread(_remove_kernel_dirs, directory, companion)
+        await asyncio.to_thread(_remove_kernel_dirs, directory, companion, cgroup)
 
-    def _sandbox_argv(self, directory: Path, companion: Path, workspace: Path | None, env: dict[str, str]) -> list[str]:
+    def _sandbox_argv(
+        self, directory: Path, companion: Path, workspace: Path | None, env: dict[str, str], limits: Limits,
+        cgroup: SandboxCgroup | None,
+    ) -> list[str]:
         """Lay out the kernel's companion directory and return the sandboxed kernel's argv.
 
         Without `workspace` (a pool kernel) the mount is an empty directory,
         adopted as the session's workspace when the kernel is taken; with it,
-        the workspace itself is bound and linked at once.
+        the workspace itself is bound and linked at once. The launcher joins
+        `cgroup`, or sets rlimits for `limits` where there is none.
         """
         mount, links, _ = iso.companion_paths(companion)
         companion.mkdir(mode=0o700)
@@ -917,6 +1007,10 @@ class KernelTier(Tier):
             os.symlink(source, mount)
             if self._links(source):
                 iso.link_workspace(links, source, mount)
+        if cgroup is not None:
+            launcher = [arg for path in cgroup.procs_files for arg in ("--cgroup", path)]
+        else:
+            launcher = ["--rlimit", f"data={limits.memory}", "--rlimit", f"nproc={limits.pids}"]
         return iso.bwrap_argv(
             bwrap=shutil.which(self.bwrap) or self.bwrap,
             command=KERNEL_ARGV,
@@ -924,11 +1018,15 @@ class KernelTier(Tier):
             mount_source=source,
             mount_point=mount,
             hidden=self._hidden(directory.parent),
+            generated_etc=iso.write_generated_etc(companion / "etc"),
             links=links,
             workspaces_dir=self._workspaces_dir(),
             ca_bundle=self.ca_bundle or None,
             read_only_files=[directory / "owner.json", directory / "kernel.pid"],
-            needed=iso.python_paths(env),
+            python=iso.python_paths(env),
+            extra_read_only=[Path(p) for p in self.extra_read_only_paths if p],
+            tmp_size=memory_bytes(self.tmp_size),
+            launcher=launcher,
         )
 
     async def _egress_event(self, event: str, kernel: Kernel, session_id: str) -> None:
