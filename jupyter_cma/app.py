@@ -166,7 +166,7 @@ class CMAApp(ExtensionApp):
         self._tasks: list[asyncio.Task[None]] = []
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
-                parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell,
+                parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell, store=self.store,
                 egress_hook=self._egress_hook,
             ),
             "container": self.container_tier_class(
