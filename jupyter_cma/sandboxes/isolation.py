@@ -70,6 +70,7 @@ NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
 EGRESS_SOCKET = "egress.sock"
+IPC_DIR = "ipc"  # <kernel dir>/ipc: the kernel's sockets, the one part of the kernel directory it may write
 COMPANION_SUFFIX = ".ws"  # <kernel dir>.ws: host-only plumbing of one kernel (workspace mount, links, marker, etc)
 # The sandbox's one user, as in the container tier's image.
 SANDBOX_USER, SANDBOX_UID, SANDBOX_HOME = "agent", 1000, "/home/agent"
@@ -133,6 +134,7 @@ def sandbox_environment() -> dict[str, str]:
     return {
         "HOME": SANDBOX_HOME, "USER": SANDBOX_USER, "LOGNAME": SANDBOX_USER, "TMPDIR": "/tmp",
         "XDG_CACHE_HOME": f"{SANDBOX_HOME}/.cache", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.config/matplotlib",
+        "IPYTHONDIR": f"{SANDBOX_HOME}/.ipython",
     }
 
 
@@ -219,7 +221,6 @@ def bwrap_argv(
     links: Path | None = None,
     workspaces_dir: Path | None = None,
     ca_bundle: str | None = None,
-    read_only_files: Iterable[Path] = (),
     python: Iterable[Path] = (),
     extra_read_only: Iterable[Path] = (),
     tmp_size: int = 512 * 1024**2,
@@ -227,10 +228,11 @@ def bwrap_argv(
 ) -> list[str]:
     """The full argv of a sandboxed kernel (see the module docstring).
 
-    `kernel_dir` is the kernel's own directory (bound writable), `mount_source`
+    `kernel_dir` is the kernel's own directory (bound read-only but for its
+    `ipc` directory: the connection file, logs and egress socket are the
+    host's), `mount_source`
     the host directory bound writable at `mount_point` (the kernel's working
     directory), `links` a directory bound read-only over `workspaces_dir`.
-    `read_only_files` (inside `kernel_dir`) are bound read-only over themselves;
     `python` (see `python_paths`) and `extra_read_only` directories are bound
     read-only; `hidden` paths are masked wherever they lie inside those.
     `launcher` are the launcher's options (cgroups, rlimits).
@@ -250,9 +252,7 @@ def bwrap_argv(
         mounts += ["--ro-bind", str(path), f"/etc/{name}"]
     mounts += python_mounts([*python, *extra], hidden)
     for path in dict.fromkeys([real, kernel_dir]):  # the connection file is passed by its real path
-        mounts += ["--bind", str(real), str(path)]
-    for path in read_only_files:
-        mounts += ["--ro-bind", str(path), str(path)]
+        mounts += ["--ro-bind", str(real), str(path), "--bind", str(real / IPC_DIR), str(path / IPC_DIR)]
     mounts += ["--bind", str(mount_source), str(mount_point)]
     if links is not None and workspaces_dir is not None:
         mounts += ["--ro-bind", str(links), str(Path(os.path.realpath(workspaces_dir)))]

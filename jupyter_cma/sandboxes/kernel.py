@@ -895,7 +895,8 @@ class KernelTier(SizedTier):
         size = size or self.default_size
         base = await asyncio.to_thread(self._ensure_directory)
         directory = base / uuid.uuid4().hex[:12]
-        socket_prefix = directory / "k"
+        # The ipc sockets in a directory of their own: the only part of the kernel directory a sandbox may write.
+        socket_prefix = directory / iso.IPC_DIR / "k"
         if len(str(socket_prefix)) + 4 > 100:
             raise KernelStartError(
                 f"kernel_dir {base} is too long for unix socket paths (about 100 bytes in all); set "
@@ -904,6 +905,7 @@ class KernelTier(SizedTier):
         if isolated and self.ca_bundle and not os.path.isfile(self.ca_bundle):
             raise KernelStartError(f"KernelTier.ca_bundle {self.ca_bundle} is not a file")
         directory.mkdir(mode=0o700)
+        (directory / iso.IPC_DIR).mkdir(mode=0o700)
         _LIVE_DIRS.add(str(directory))
         _write_json(directory / "owner.json", {"server_pid": os.getpid(), "server_start": _start_time(os.getpid())})
         (directory / "kernel.pid").write_text("")  # filled in once the process runs (read-only inside the sandbox)
@@ -928,7 +930,7 @@ class KernelTier(SizedTier):
                 await asyncio.to_thread(_remove_kernel_dirs, directory, companion, cgroup)
                 raise KernelStartError(f"could not prepare the kernel's sandbox: {exc}") from exc
             env.update(iso.proxy_environment(self.ca_bundle or None))
-            env.update(iso.sandbox_environment())
+            env.update(iso.sandbox_environment())  # (IPYTHONDIR in its private home, too)
         manager = _manager_class()(
             transport="ipc",
             ip=str(socket_prefix),
@@ -1022,7 +1024,6 @@ class KernelTier(SizedTier):
             links=links,
             workspaces_dir=self._workspaces_dir(),
             ca_bundle=self.ca_bundle or None,
-            read_only_files=[directory / "owner.json", directory / "kernel.pid"],
             python=iso.python_paths(env),
             extra_read_only=[Path(p) for p in self.extra_read_only_paths if p],
             tmp_size=memory_bytes(self.tmp_size),
@@ -1095,11 +1096,13 @@ class KernelSandbox(Sandbox):
         self._kernel: Kernel | None = None
         self._preparing: asyncio.Task[Kernel] | None = None
         self._lock = asyncio.Lock()
+        self._file_lock = asyncio.Lock()
         self._calls = 0
         self._errors = 0
         self._kernels_started = 0
         self._kernel_deaths = 0
         self._kernel_error: str | None = None
+        self._limit_hits: list[str] = []  # what each call that ran into a limit was told
         self._error: str | None = None
         self._served = False
         self._stopping = False
@@ -1131,6 +1134,10 @@ class KernelSandbox(Sandbox):
             "isolation": self.isolation,
             "egress_socket": None if kernel is None or kernel.egress_socket is None else str(kernel.egress_socket),
             "kernel": None if kernel is None else {"id": kernel.id, "pid": kernel.pid, "alive": kernel.alive()},
+            "size": None if kernel is None else kernel.size,
+            "limits": None if kernel is None or kernel.limits is None else {
+                **kernel.limits.describe(), "enforced_by": "cgroup" if kernel.cgroup is not None else "rlimits"},
+            "limit_hits": list(self._limit_hits[-10:]),
             "calls": self._calls,
             "errors": self._errors,
             "kernels_started": self._kernels_started,
@@ -1228,7 +1235,8 @@ class KernelSandbox(Sandbox):
     async def _prepare_kernel(self) -> Kernel:
         """Take a kernel whose working directory is the workspace (a sandboxed one is given it; others enter it)."""
         assert self._tier is not None
-        kernel = await self._tier.take_kernel(self.workspace)
+        size = await asyncio.to_thread(self._tier.size_of_session, self.session_id)
+        kernel = await self._tier.take_kernel(self.workspace, size)
         try:
             if kernel.workdir is None:
                 path = os.path.abspath(self.workspace)
@@ -1278,14 +1286,22 @@ class KernelSandbox(Sandbox):
         return tools
 
     def _wrap_file_tool(self, tool: BetaAsyncFunctionTool[Any]) -> BetaAsyncFunctionTool[Any]:
-        """The SDK's tool as is, plus recording (write/edit) and the first-result mark."""
+        """The SDK's tool as is, run while the sandbox is frozen, plus recording (write/edit) and the first-result mark.
+
+        The SDK's file tools run here, on the host, against the workspace the
+        sandbox can write: between their path check and the file operation,
+        code in the sandbox could swap a directory for a symlink leading out.
+        So nothing in the sandbox runs while a file tool does (its control
+        group frozen, or its processes stopped): the check and the operation
+        see the same tree. A sandbox that cannot be frozen gets no file tool.
+        """
         from anthropic.lib.tools import BetaAsyncFunctionTool
 
         describe = {"write": _describe_write, "edit": _describe_edit}.get(tool.name)
 
         async def call(**kwargs: Any) -> Any:
             try:
-                result = await tool.call(kwargs)
+                result = await self._run_file_tool(tool, kwargs)
             finally:
                 self._note_result()
             if describe is not None:
@@ -1293,6 +1309,26 @@ class KernelSandbox(Sandbox):
             return result
 
         return BetaAsyncFunctionTool(call, name=tool.name, description=tool.description, input_schema=tool.input_schema)
+
+    async def _run_file_tool(self, tool: BetaAsyncFunctionTool[Any], kwargs: dict[str, Any]) -> Any:
+        kernel = self._kernel
+        if kernel is None or kernel.companion is None:
+            if self.isolation == "bubblewrap":  # its kernel is starting: nothing of the sandbox runs yet
+                kernel = await self._kernel_for_call()
+            else:
+                return await tool.call(kwargs)  # an unsandboxed kernel has the server's own access anyway
+        # One file tool at a time per sandbox: a thaw must never end another call's freeze.
+        async with self._file_lock:
+            try:
+                freeze = kernel.frozen()
+                await asyncio.to_thread(freeze.__enter__)
+            except OSError as exc:
+                raise _tool_error(f"{tool.name}: the sandbox could not be paused for the file operation ({exc.strerror or exc}); "
+                                  "nothing was read or written") from exc
+            try:
+                return await tool.call(kwargs)
+            finally:
+                await finish_shielded(asyncio.to_thread(freeze.__exit__, None, None, None))
 
     def python_tool(self) -> BetaAsyncFunctionTool[Any]:
         """The `python` tool bound to this sandbox's kernel."""
@@ -1319,7 +1355,12 @@ class KernelSandbox(Sandbox):
             # Waiting for a kernel counts against the SDK's own per-call limit too.
             waited = time.monotonic() - began
             timeout = max(1.0, min(self._tier.execute_timeout, SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1 - waited))
+            before = kernel.counters()
             ex = await kernel.execute(code, timeout=timeout)
+            hit = _limits_hit(kernel, before, kernel.counters(), timed_out=ex.status in ("timeout", "lost"))
+            if hit:
+                self._limit_hits.append(hit)
+                ex.outputs.append({"output_type": "stream", "name": "stderr", "text": f"\n[{hit}]\n"})
             if self._stopping and ex.status not in ("ok", "error"):
                 ex.status = "stopped"
             self._record(_code_cell(ex, kernel))
@@ -1371,6 +1412,28 @@ class KernelSandbox(Sandbox):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _limits_hit(kernel: Kernel, before: Counters, after: Counters, *, timed_out: bool) -> str | None:
+    """What the sandbox ran into during a call, in words for the agent (None: no limit was reached).
+
+    The CPU limit slows a sandbox down rather than failing anything: it is
+    named when a call that was held to it ran out of time.
+    """
+    limits = kernel.limits
+    if limits is None:
+        return None
+    found = []
+    if after.oom_kills > before.oom_kills:
+        found.append(f"the sandbox reached its memory limit of {human_bytes(limits.memory)} and its largest process "
+                     "was killed")
+    if after.pids_refused > before.pids_refused:
+        found.append(f"the sandbox reached its process limit of {limits.pids} processes: starting another failed")
+    if timed_out and after.cpu_throttled > before.cpu_throttled:
+        found.append(f"the sandbox used its whole CPU limit of {limits.cpus:g} CPU{'s' if limits.cpus != 1 else ''} "
+                     "and was slowed down to it")
+    return "; ".join(found) + f" (instance size {kernel.size!r})" if found else None
+
 
 
 def _tool_error(content: Any) -> Exception:
