@@ -19,7 +19,7 @@ from tests.test_dispatch import (  # noqa: F401  (fixtures shared with the end-t
 )
 
 
-async def expect_error(h: Harness, status: int, method: str, path: str, body=None, *, raw: str | None = None, **kw) -> str:
+async def expect_error(h: Harness, status: int, method: str, path: str, body=None, *, raw: str | bytes | None = None, **kw) -> str:
     payload = raw if raw is not None else (None if body is None else json.dumps(body))
     with pytest.raises(tornado.httpclient.HTTPClientError) as err:
         await h.fetch("cma", "api", *path.split("/"), method=method, body=payload, **kw)
@@ -52,9 +52,10 @@ async def test_bad_input_gets_a_clear_4xx(harness):
     assert "name is required" in await expect_error(h, 400, "POST", "agents", {"tier": "kernel"})
     assert "tier must be one of" in await expect_error(h, 400, "POST", "agents", {"name": "a", "tier": "quantum"})
     assert "custom tools" in await expect_error(h, 400, "POST", "agents", {"name": "a", "tools": [{"type": "agent_toolset_20260401"}]})
-    assert "not JSON" in await expect_error(h, 400, "POST", "agents", raw="{not json")
-    assert "agent_id is required" in await expect_error(h, 400, "POST", "sessions", {"agent_id": "../etc"})
-    assert "unknown status" in await expect_error(h, 400, "GET", "sessions", params={"status": "dancing"})
+    assert "not valid JSON" in await expect_error(h, 400, "POST", "agents", raw="{not json")
+    assert "agent_id: must be an id" in await expect_error(h, 400, "POST", "sessions", {"agent_id": "../etc"})
+    assert "agent_id is required" in await expect_error(h, 400, "POST", "sessions", {"message": "hi"})
+    assert "status[0]: must be one of" in await expect_error(h, 400, "GET", "sessions", params={"status": "dancing"})
     assert "limit" in await expect_error(h, 400, "GET", "sessions", params={"limit": "0"})
     assert "not found upstream" in await expect_error(h, 404, "GET", "agents/agent_doesnotexist")
     assert "no session" in await expect_error(h, 404, "GET", "sessions/sesn_unknown")
@@ -65,6 +66,53 @@ async def test_bad_input_gets_a_clear_4xx(harness):
     assert err.value.code == 404
     before = len([r for r in h.emulator.requests() if r["path"].startswith("/v1/agents/")])
     assert before == 1  # only the one well-formed, unknown id above went upstream
+
+
+async def test_fields_are_checked_before_anything_goes_upstream(harness):
+    h = await harness.start()
+    created = len([r for r in h.emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/agents"])
+    refusals = {
+        # (body or raw text, a piece of the message): each names the field and what it takes
+        "system as a list": ({"name": "a", "system": ["be brief"]}, "system: input should be a valid string"),
+        "name a number": ({"name": 7}, "name: input should be a valid string"),
+        "model a number": ({"name": "a", "model": 7}, "model: expected a model name"),
+        "model speed": ({"name": "a", "model": {"id": "claude-sonnet-4-5", "speed": "warp"}}, "model.speed"),
+        "metadata values": ({"name": "a", "metadata": {"team": 1}}, "metadata.team: input should be a valid string"),
+        "too much metadata": ({"name": "a", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        "tool name": ({"name": "a", "tools": [{"type": "custom", "name": "a b", "description": "d", "input_schema": {"type": "object"}}]},
+                      "tools[0].name"),
+        "misspelt field": ({"name": "a", "sytem": "x"}, "sytem is not a field here; the fields are name, tier"),
+        "size without sizes or unknown": ({"name": "a", "tier": "kernel", "size": "galactic"}, "size"),
+        "nested 2,000 deep": ("[" * 2000 + "]" * 2000, "deeper than 64 levels"),
+        "nested 65 deep": ('{"name": "a", "metadata": ' + "[" * 65 + "]" * 65 + "}", "deeper than 64 levels"),
+        "NaN": ('{"name": NaN}', "NaN is not JSON"),
+        "overflowing number": ('{"name": "a", "x": 1e999}', "too large"),
+        "duplicate keys": ('{"name": "a", "name": "b"}', "appears twice"),
+        "unpaired surrogate": ('{"name": "\\ud800"}', "surrogate"),
+        "not an object": ("[]", "must be a JSON object"),
+        "blank": ("  ", "empty"),
+    }
+    for case, (body, expected) in refusals.items():
+        raw = body if isinstance(body, str) else json.dumps(body)
+        message = await expect_error(h, 400, "POST", "agents", raw=raw)
+        assert expected in message, (case, message)
+    message = await expect_error(h, 400, "POST", "agents", raw=b"\xff\xfe{}")
+    assert "not UTF-8" in message
+    assert len([r for r in h.emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/agents"]) == created
+    # Query parameters: not numbers, out of range, too large, not finite.
+    for path, params, field in [
+        ("agents", {"limit": "abc"}, "limit"), ("agents", {"limit": "101"}, "limit"), ("agents", {"limit": "-1"}, "limit"),
+        ("sessions", {"limit": "9" * 400}, "limit"), ("sessions", {"before": "nan"}, "before"), ("sessions", {"tier": "quantum"}, "tier"),
+        ("sessions", {"agent_id": "a/b"}, "agent_id"), ("sessions/sesn_x/events", {"limit": "0"}, "limit"),
+        ("sessions/sesn_x/events", {"page": "not a cursor!"}, "page"), ("webhooks", {"before": str(2**63)}, "before"),
+        ("egress/log", {"since": "inf"}, "since"), ("egress/log", {"format": "xml"}, "format"), ("egress/log", {"decision": "maybe"}, "decision"),
+    ]:
+        message = await expect_error(h, 400, "GET", path, params=params)
+        assert message.startswith(field), (path, params, message)
+    # Routes without a body take none (or {}); a field there is a mistake worth saying.
+    assert "takes no body fields" in await expect_error(h, 400, "POST", "sessions/sesn_x/stop", {"force": True})
+    # After all of that the API works.
+    assert (await h.api("POST", "agents", {"name": "fine", "tier": "kernel", "system": "be brief"}))["system"] == "be brief"
 
 
 async def test_every_api_route_needs_a_token(harness):

@@ -2,19 +2,22 @@
 
 Answers in well under a millisecond of work: anything slow (draining the
 queue, starting sandboxes) is handed to `on_event`, which only schedules it.
-A delivery that is signed but malformed or of an unknown type is still stored
-and answered 200: the sender did its part, and a 5xx would only make it retry.
+A signed delivery of an unknown type or shape is still stored and answered 200:
+the sender did its part, and a 5xx would only make it retry. A signed body that
+is not acceptable JSON (`jsonbody.read_json`: syntax, nesting depth, NaN,
+duplicate keys, …) is answered 400 and not stored: nothing could be done with it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from standardwebhooks import Webhook, WebhookVerificationError
+
+from ..jsonbody import JSONBodyError, read_json
 
 if TYPE_CHECKING:
     from ..anthropic_api import Secret
@@ -44,6 +47,7 @@ class WebhookIngest:
         self.rejected = 0
 
     def receive(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """Verify, parse, deduplicate and store one delivery; (status, JSON answer). Nothing is stored unless 200."""
         if self._verifier is None:
             self.rejected += 1
             why = self.config_error or "this server has no webhook signing secret"
@@ -69,10 +73,10 @@ class WebhookIngest:
             self.rejected += 1
             return 401, {"message": f"signature verification failed: {exc}"}
         try:
-            payload = json.loads(text)
-        except ValueError:
+            payload = read_json(text, max_bytes=None)  # the route has bounded the body
+        except JSONBodyError as exc:
             self.rejected += 1
-            return 400, {"message": "the body is signed but is not JSON"}
+            return exc.status, {"message": f"the delivery is signed, but its body is refused: {exc.message}"}
         data = payload.get("data") if isinstance(payload, dict) else None
         event_type = data.get("type") if isinstance(data, dict) and isinstance(data.get("type"), str) else "unknown"
         object_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None

@@ -6,23 +6,44 @@ jupyter-cma separately from the rest of the server. The webhook route is the
 one exception, guarded by its signature (`web/webhooks.py`). Dependencies
 arrive through the handler tuple (an `ApiContext`), never through globals.
 
-Errors are JSON `{"message": …}` with a message that says what to do.
-Ids are checked before any call to Anthropic's API.
+Errors are JSON `{"message": …}` with a message that says what to do. Every
+input is checked before any call to Anthropic's API or write to the store: a
+JSON body is read by `jsonbody.read_json` (one way for every route) and
+validated with the route's model in `web/schemas.py`, as is each query string;
+path parameters are held to their patterns by the route table. Bad input gets a
+4xx, never a 5xx.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tornado.web
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
+from pydantic import BaseModel, ValidationError
 
+from ..jsonbody import JSONBodyError, read_json
+from .schemas import (
+    DEFAULT_MODEL,
+    ID_PATTERN,
+    AgentCreate,
+    AgentPatch,
+    AgentsQuery,
+    DecideBody,
+    DeliveriesQuery,
+    EgressLogQuery,
+    EmptyBody,
+    EventsQuery,
+    SecretPut,
+    SessionCreate,
+    SessionsQuery,
+    explain,
+)
 from .webhooks import WebhookHandler
 
 if TYPE_CHECKING:
@@ -38,8 +59,7 @@ if TYPE_CHECKING:
     from ..store import Store
 
 AUTH_RESOURCE = "cma"
-ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"
-SESSION_STATES = ("claimed", "starting", "running", "idle", "sleeping", "resumed", "stopped", "failed")
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
@@ -70,35 +90,50 @@ class CMAHandler(ExtensionHandlerMixin, APIHandler):
         super().initialize(name)
         self.ctx = ctx
 
-    def json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise tornado.web.HTTPError(400, "the request body is not JSON; send a JSON object") from None
-        if not isinstance(body, dict):
-            raise tornado.web.HTTPError(400, "the request body must be a JSON object")
-        return body
+    def json_object(self) -> dict[str, Any]:
+        """The request body as a JSON object (no body: `{}`); 400 (413 when too large) saying what to send.
 
-    def int_arg(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.get_argument(name, None)
-        if raw is None:
-            return default
+        The Content-Type is not checked: `curl -d` labels JSON as a form, and the body decides.
+        """
+        if not self.request.body:
+            return {}
         try:
-            value = int(raw)
-        except ValueError:
-            raise tornado.web.HTTPError(400, f"{name} must be an integer between {low} and {high}") from None
-        if not low <= value <= high:
-            raise tornado.web.HTTPError(400, f"{name} must be between {low} and {high}")
+            value = read_json(self.request.body)
+        except JSONBodyError as exc:
+            raise tornado.web.HTTPError(exc.status, exc.message) from None
+        if not isinstance(value, dict):
+            raise tornado.web.HTTPError(400, f"the body must be a JSON object ({{…}}), not {_json_kind(value)}")
         return value
 
-    def float_arg(self, name: str) -> float | None:
-        raw = self.get_argument(name, None)
-        if raw is None:
-            return None
+    def body(self, model: type[M]) -> M:
+        """The request body validated by the route's model (`web/schemas.py`)."""
+        data = self.json_object()
         try:
-            return float(raw)
-        except ValueError:
-            raise tornado.web.HTTPError(400, f"{name} must be a number (the previous page's last timestamp)") from None
+            return model.model_validate(data)
+        except ValidationError as exc:
+            raise tornado.web.HTTPError(400, explain(model, exc)) from None
+
+    def query(self, model: type[M]) -> M:
+        """The query string validated by the route's model; only its own parameters are read (the last of repeated ones)."""
+        # get_query_argument refuses text that is not UTF-8 with a 400; body arguments of a form never count here.
+        values = {name: self.get_query_argument(name) for name in model.model_fields if name in self.request.query_arguments}
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            raise tornado.web.HTTPError(400, explain(model, exc)) from None
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """APIHandler's JSON error, with the message as it was raised.
+
+        APIHandler shows `HTTPError.log_message`, which tornado escapes for logging (a `%` in a message that
+        quotes the client's input came out doubled); `get_message()` is the message itself.
+        """
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if not isinstance(exc, tornado.web.HTTPError) or not exc.get_message():
+            super().write_error(status_code, **kwargs)  # "Unhandled error", never the exception's text
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": exc.get_message(), "reason": exc.reason}))
 
     def require_environment(self) -> None:
         if not self.ctx.environment_id:
@@ -130,22 +165,34 @@ def _upstream_message(exc: Any) -> str:
     return type(exc).__name__
 
 
-def _size_arg(ctx: ApiContext, size: Any) -> str | None:
-    """A container instance size name, checked against the container tier's configured sizes (None: unchanged)."""
+def _json_kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _size_arg(ctx: ApiContext, tier: str, size: str | None) -> str | None:
+    """An instance size, checked against the sizes of the tier the agent runs on (None: unchanged).
+
+    Each tier says what sizes it has (`instance_sizes`, a trait of the tier); a tier without any takes none.
+    """
     if size is None:
         return None
-    sizes = sorted(getattr(ctx.tiers.get("container"), "instance_sizes", {}) or {})
-    if not isinstance(size, str) or size not in sizes:
-        raise tornado.web.HTTPError(400, f"size must be one of {sizes} (ContainerTier.instance_sizes on this server)")
+    owner = ctx.tiers[tier]
+    sizes = sorted(getattr(owner, "instance_sizes", None) or {})
+    setting = f"{type(owner).__name__}.instance_sizes"
+    if not sizes:
+        raise tornado.web.HTTPError(400, f"the {tier} tier has no instance sizes on this server ({setting}); leave size out")
+    if size not in sizes:
+        raise tornado.web.HTTPError(400, f"size must be one of {sizes} on the {tier} tier ({setting} on this server)")
     return size
 
 
-def _tier_arg(ctx: ApiContext, tier: Any) -> str:
+def _tier_arg(ctx: ApiContext, tier: str | None) -> str:
     if tier is None:
         return ctx.default_tier()
     if tier not in ctx.tiers:
         raise tornado.web.HTTPError(400, f"tier must be one of {sorted(ctx.tiers)} on this server")
-    return str(tier)
+    return tier
 
 
 class StatusHandler(CMAHandler):
@@ -163,33 +210,29 @@ class AgentsHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        limit = self.int_arg("limit", 20, 1, 100)
-        page = await self.upstream(self.ctx.client.beta.agents.list(limit=limit))
+        query = self.query(AgentsQuery)
+        page = await self.upstream(self.ctx.client.beta.agents.list(limit=query.limit))
         agents = [self._with_tier(a.model_dump(mode="json")) for a in page.data]
         self.finish({"data": agents})
 
     @tornado.web.authenticated
     @authorized
     async def post(self) -> None:
-        body = self.json_body()
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise tornado.web.HTTPError(400, "name is required: a non-empty string")
-        tier = _tier_arg(self.ctx, body.get("tier"))
-        size = _size_arg(self.ctx, body.get("size"))
-        extra = body.get("tools") or []
-        if not isinstance(extra, list) or not all(isinstance(t, dict) and t.get("type") == "custom" for t in extra):
-            raise tornado.web.HTTPError(400, "tools may only add custom tools: a list of {\"type\": \"custom\", \"name\", \"description\", \"input_schema\"}")
+        body = self.body(AgentCreate)
+        tier = _tier_arg(self.ctx, body.tier)
+        size = _size_arg(self.ctx, tier, body.size)
+        model = body.model if body.model is not None else DEFAULT_MODEL
         params: dict[str, Any] = {
-            "name": name,
-            "model": body.get("model") or "claude-sonnet-4-5",
-            "tools": self.ctx.tiers[tier].tools_for_agent() + extra,
+            "name": body.name,
+            "model": model if isinstance(model, str) else model.model_dump(exclude_none=True),
+            # Only what was sent is passed on (exclude_unset): an input schema keeps its own keywords as given.
+            "tools": self.ctx.tiers[tier].tools_for_agent() + [t.model_dump(mode="json", exclude_unset=True) for t in body.tools],
         }
         for key in ("system", "description", "metadata"):
-            if body.get(key) is not None:
-                params[key] = body[key]
+            if getattr(body, key) is not None:
+                params[key] = getattr(body, key)
         agent = await self.upstream(self.ctx.client.beta.agents.create(**params))
-        self.ctx.store.set_agent(agent.id, tier=tier, name=name, size=size)
+        self.ctx.store.set_agent(agent.id, tier=tier, name=body.name, size=size)
         self.set_status(201)
         self.finish(self._with_tier(agent.model_dump(mode="json")))
 
@@ -211,17 +254,19 @@ class AgentHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def patch(self, agent_id: str) -> None:
-        body = self.json_body()
-        if "tier" not in body and "size" not in body:
-            raise tornado.web.HTTPError(400, "send {\"tier\": …} to change the agent's tier, {\"size\": …} its container instance size, or both")
-        size = _size_arg(self.ctx, body.get("size"))
-        if "tier" not in body:
+        body = self.body(AgentPatch)
+        if not body.model_fields_set:
+            raise tornado.web.HTTPError(400, "send {\"tier\": …} to change the agent's tier, {\"size\": …} its instance size, or both")
+        if "tier" not in body.model_fields_set:
             row = self.ctx.store.agent(agent_id)
+            tier = (row or {}).get("tier") or self.ctx.default_tier()
+            size = _size_arg(self.ctx, tier, body.size)
             current = await self.upstream(self.ctx.client.beta.agents.retrieve(agent_id))
-            self.ctx.store.set_agent(agent_id, tier=(row or {}).get("tier") or self.ctx.default_tier(), name=current.name, size=size)
+            self.ctx.store.set_agent(agent_id, tier=tier, name=current.name, size=size)
             self.finish({**current.model_dump(mode="json"), "tier": self.ctx.store.agent(agent_id)["tier"], "size": size})
             return
-        tier = _tier_arg(self.ctx, body["tier"])
+        tier = _tier_arg(self.ctx, body.tier)
+        size = _size_arg(self.ctx, tier, body.size)
         current = await self.upstream(self.ctx.client.beta.agents.retrieve(agent_id))
         # Keep the agent's own custom tools; replace those any tier provides (e.g. the kernel's `python`).
         tier_tools = self.ctx.tiers[tier].tools_for_agent()
@@ -238,43 +283,24 @@ class SessionsHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        statuses = [s for s in (self.get_argument("status", "") or "").split(",") if s]
-        unknown = set(statuses) - set(SESSION_STATES)
-        if unknown:
-            raise tornado.web.HTTPError(400, f"unknown status {sorted(unknown)}; use any of {list(SESSION_STATES)}, comma-separated")
-        agent_id = self.get_argument("agent_id", None)
-        if agent_id is not None and not re.fullmatch(ID_PATTERN, agent_id):
-            raise tornado.web.HTTPError(400, "agent_id is not a valid id")
-        rows = self.ctx.store.sessions(
-            statuses=statuses,
-            agent_id=agent_id,
-            tier=self.get_argument("tier", None),
-            limit=self.int_arg("limit", 50, 1, 500),
-            before=self.float_arg("before"),
-        )
+        query = self.query(SessionsQuery)
+        if query.tier is not None:
+            _tier_arg(self.ctx, query.tier)
+        rows = self.ctx.store.sessions(statuses=query.status, agent_id=query.agent_id, tier=query.tier, limit=query.limit, before=query.before)
         self.finish({"data": rows, "next_before": rows[-1]["updated_at"] if rows else None})
 
     @tornado.web.authenticated
     @authorized
     async def post(self) -> None:
         self.require_environment()
-        body = self.json_body()
-        agent_id = body.get("agent_id")
-        if not isinstance(agent_id, str) or not re.fullmatch(ID_PATTERN, agent_id):
-            raise tornado.web.HTTPError(400, "agent_id is required: the id of an agent (create one with POST cma/api/agents)")
-        message = body.get("message")
-        if message is not None and (not isinstance(message, str) or not message.strip()):
-            raise tornado.web.HTTPError(400, "message, when given, must be non-empty text")
-        params: dict[str, Any] = {"agent": agent_id, "environment_id": self.ctx.environment_id}
-        if isinstance(body.get("title"), str):
-            params["title"] = body["title"]
-        metadata = body.get("metadata")
-        if metadata is not None:
-            if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-                raise tornado.web.HTTPError(400, 'metadata must be an object of string values, such as {"team": "ml"}; egress policies can match on it')
-            params["metadata"] = metadata
-        if message:
-            params["initial_events"] = [{"type": "user.message", "content": [{"type": "text", "text": message}]}]
+        body = self.body(SessionCreate)
+        params: dict[str, Any] = {"agent": body.agent_id, "environment_id": self.ctx.environment_id}
+        if body.title is not None:
+            params["title"] = body.title
+        if body.metadata is not None:
+            params["metadata"] = body.metadata
+        if body.message is not None:
+            params["initial_events"] = [{"type": "user.message", "content": [{"type": "text", "text": body.message}]}]
         session = await self.upstream(self.ctx.client.beta.sessions.create(**params))
         self.set_status(201)
         self.finish(session.model_dump(mode="json"))
@@ -298,10 +324,10 @@ class SessionEventsHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self, session_id: str) -> None:
-        params: dict[str, Any] = {"limit": self.int_arg("limit", 100, 1, 1000)}
-        page_arg = self.get_argument("page", None)
-        if page_arg:
-            params["page"] = page_arg
+        query = self.query(EventsQuery)
+        params: dict[str, Any] = {"limit": query.limit}
+        if query.page is not None:
+            params["page"] = query.page
         page = await self.upstream(self.ctx.client.beta.sessions.events.list(session_id, **params))
         self.finish({"data": [e.model_dump(mode="json") for e in page.data], "next_page": page.next_page})
 
@@ -312,6 +338,7 @@ class SessionStopHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def post(self, session_id: str) -> None:
+        self.body(EmptyBody)
         user = self.current_user.username if self.current_user else "unknown"
         stopped = await self.ctx.sessions.stop(session_id, f"stopped through the API by {user}")
         if not stopped:
@@ -372,6 +399,7 @@ class SessionTerminalHandler(CMAHandler):
     async def post(self, session_id: str) -> None:
         import shutil
 
+        self.body(EmptyBody)
         manager = self.settings.get("terminal_manager")
         if manager is None or not self.settings.get("terminals_available", False):
             raise tornado.web.HTTPError(503, "terminals are disabled on this server: enable the jupyter_server_terminals extension "
@@ -535,6 +563,7 @@ class SessionWorkspaceSyncHandler(CMAHandler):
         from ..sandboxes.objectstore import ObjectStoreError
         from ..sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
 
+        self.body(EmptyBody)
         tier = _container_tier(self.ctx)
         if not tier.object_store.enabled:
             raise tornado.web.HTTPError(409, "no object store is configured on this server: set WorkspaceObjectStore.url "
@@ -572,14 +601,14 @@ class WebhookDeliveriesHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        before = self.get_argument("before", None)
-        rows = self.ctx.store.deliveries(limit=self.int_arg("limit", 50, 1, 500), before=None if before is None else self.int_arg("before", 0, 1, 2**63 - 1))
+        query = self.query(DeliveriesQuery)
+        rows = self.ctx.store.deliveries(limit=query.limit, before=query.before)
         data = []
         for row in rows:
             try:
-                body = json.loads(row.pop("body"))
-            except ValueError:
-                body = None  # stored as received; a malformed body stays visible as null
+                body = read_json(row.pop("body"), max_bytes=None)
+            except JSONBodyError:
+                body = None  # stored as received (by an older version, which took any JSON); shown as null
             data.append({**row, "body": body})
         self.finish({"data": data, "next_before": rows[-1]["seq"] if rows else None})
 
@@ -626,7 +655,7 @@ class EgressPoliciesHandler(EgressHandler):
     async def post(self) -> None:
         from ..egress.policy import PolicyConflict, PolicyError
 
-        body = self.json_body()
+        body = self.json_object()  # the document's own rules are egress/policy.py's
         try:
             record = self.ctx.policies.create(body)
         except PolicyError as exc:
@@ -646,7 +675,7 @@ class EgressPolicyValidateHandler(EgressHandler):
     async def post(self) -> None:
         from ..egress.policy import PolicyError
 
-        body = self.json_body()
+        body = self.json_object()
         try:
             policy = self.ctx.policies.validate(body)
         except PolicyError as exc:
@@ -674,9 +703,9 @@ class EgressPolicyHandler(EgressHandler):
     async def put(self, policy_id: str) -> None:
         from ..egress.policy import PolicyConflict, PolicyError
 
-        body = self.json_body()
+        body = self.json_object()
         if body.get("id", policy_id) != policy_id:
-            raise tornado.web.HTTPError(400, f"the body's id {body.get('id')!r} is not {policy_id}; drop it or send it to its own URL")
+            raise tornado.web.HTTPError(400, f"the body's id {str(body.get('id'))[:140]!r} is not {policy_id}; drop it or send it to its own URL")
         self._record(policy_id)
         try:
             record = self.ctx.policies.update(policy_id, body)
@@ -712,29 +741,14 @@ class EgressDecideHandler(CMAHandler):
 
         from ..egress.policy import DEFAULT_PORTS
 
-        body = self.json_body()
-        ids = {}
-        for key in ("session_id", "agent_id"):
-            value = body.get(key)
-            if value is not None and (not isinstance(value, str) or not re.fullmatch(ID_PATTERN, value)):
-                raise tornado.web.HTTPError(400, f"{key} must be an id (letters, digits, '_' and '-')")
-            ids[key] = value
-        metadata = body.get("metadata")  # absent: the stored session's own metadata
-        if metadata is not None and (not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
-            raise tornado.web.HTTPError(400, "metadata must be an object of string values, like the session's metadata")
-        method = body.get("method", "GET")
-        if not isinstance(method, str) or not re.fullmatch(r"[A-Za-z][A-Za-z-]{0,31}", method):
-            raise tornado.web.HTTPError(400, "method must be an HTTP method such as GET, POST or CONNECT")
-        method = method.upper()
-        websocket = body.get("websocket", False)
-        if not isinstance(websocket, bool):
-            raise tornado.web.HTTPError(400, "websocket must be true or false")
-        url = body.get("url")
-        if not isinstance(url, str) or not url:
-            raise tornado.web.HTTPError(400, "url is required: the request's URL, such as https://pypi.org/simple/ (https://host:port for a CONNECT)")
+        body = self.body(DecideBody)
+        method, websocket, url = body.method.upper(), body.websocket, body.url
         if "\\" in url or any(c.isspace() for c in url):
             raise tornado.web.HTTPError(400, "the url contains a backslash or whitespace; such requests are refused, send a plain URL")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket, a host that NFKC normalization changes
+            raise tornado.web.HTTPError(400, f"the url cannot be parsed ({exc}); send an absolute URL such as https://pypi.org/simple/") from None
         if parts.scheme.lower() not in ("http", "https", "ws", "wss") or not parts.netloc:
             raise tornado.web.HTTPError(400, "url must be an absolute http, https, ws or wss URL, such as https://pypi.org/simple/")
         if "@" in parts.netloc:
@@ -745,7 +759,8 @@ class EgressDecideHandler(CMAHandler):
             raise tornado.web.HTTPError(400, "the url's port must be a number 1-65535") from None
         host = parts.netloc.rsplit(":", 1)[0] if parts.port is not None or parts.netloc.endswith(":") else parts.netloc
         path = None if method == "CONNECT" else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        context = self.ctx.egress.context_for(ids["session_id"], agent_id=ids["agent_id"], metadata=metadata)
+        # metadata absent: the stored session's own metadata
+        context = self.ctx.egress.context_for(body.session_id, agent_id=body.agent_id, metadata=body.metadata)
         effective = self.ctx.egress.resolve(context)
         decision = effective.decide(method, parts.scheme, host, port, path, websocket=websocket)
         answer = decision.to_json()
@@ -792,11 +807,9 @@ class EgressSecretHandler(CMAHandler):
         from ..egress.secrets import SecretStoreError, SecretValueError
 
         name = self._name(name)
-        body = self.json_body()
-        if set(body) != {"value"}:
-            raise tornado.web.HTTPError(400, "send {\"value\": \"…\"} and nothing else")
+        body = self.body(SecretPut)
         try:
-            info, created = self.ctx.secrets.set(name, body["value"])
+            info, created = self.ctx.secrets.set(name, body.value)
         except SecretValueError as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
         except SecretStoreError as exc:
@@ -831,28 +844,12 @@ class EgressLogHandler(CMAHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        from ..egress.log import DECISIONS
-
-        filters: dict[str, Any] = {}
-        for name in ("session_id", "agent_id"):
-            value = self.get_argument(name, None)
-            if value is not None:
-                if not re.fullmatch(ID_PATTERN, value):
-                    raise tornado.web.HTTPError(400, f"{name} is not a valid id")
-                filters[name] = value
-        host = self.get_argument("host", None)
-        if host is not None:
-            filters["host"] = host.lower()
-        decision = self.get_argument("decision", None)
-        if decision is not None:
-            if decision not in DECISIONS:
-                raise tornado.web.HTTPError(400, f"decision must be one of {list(DECISIONS)}")
-            filters["decision"] = decision
-        for name in ("since", "until"):
-            value = self.float_arg(name)
-            if value is not None:
-                filters[name] = value
-        if self.get_argument("format", "json") == "jsonl":
+        query = self.query(EgressLogQuery)
+        filters: dict[str, Any] = {name: getattr(query, name) for name in ("session_id", "agent_id", "decision", "since", "until")
+                                   if getattr(query, name) is not None}
+        if query.host is not None:
+            filters["host"] = query.host.lower()
+        if query.format == "jsonl":
             self.set_header("Content-Disposition", 'attachment; filename="egress-log.jsonl"')
             self.set_header("Content-Type", "application/x-ndjson")
             for n, line in enumerate(self.ctx.egress_log.export_jsonl(**filters), start=1):
@@ -862,14 +859,7 @@ class EgressLogHandler(CMAHandler):
             # APIHandler.finish would relabel the body as JSON: finish as the plain handler does.
             tornado.web.RequestHandler.finish(self)
             return
-        if self.get_argument("format", "json") != "json":
-            raise tornado.web.HTTPError(400, "format must be json or jsonl")
-        before = self.get_argument("before", None)
-        rows = self.ctx.egress_log.query(
-            limit=self.int_arg("limit", 100, 1, 1000),
-            before=None if before is None else self.int_arg("before", 0, 1, 2**63 - 1),
-            **filters,
-        )
+        rows = self.ctx.egress_log.query(limit=query.limit, before=query.before, **filters)
         self.finish({"data": rows, "next_before": rows[-1]["id"] if rows else None})
 
 
