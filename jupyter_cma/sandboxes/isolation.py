@@ -258,6 +258,9 @@ def bwrap_argv(
         mounts += ["--ro-bind", str(links), str(Path(os.path.realpath(workspaces_dir)))]
     if ca_bundle:
         mounts += ["--ro-bind", ca_bundle, ca_bundle]
+    # bwrap's root is a tmpfs the sandbox's user owns; the mount points it made there (/etc, /home, …) would take
+    # writes without bound. Read-only once everything is mounted: only the mounts above that are writable stay so.
+    mounts += ["--remount-ro", "/dev", "--remount-ro", "/"]
     return [
         sys.executable, "-I", "-S", str(LAUNCHER_SCRIPT), *launcher, "--",
         bwrap,
