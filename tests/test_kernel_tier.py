@@ -181,7 +181,7 @@ async def test_pool_fills_hands_out_live_ipc_kernels_refills_and_close_kills_all
         assert kernel.connection_file.parent == kernel.directory
         assert json.loads(kernel.connection_file.read_text())["transport"] == "ipc"
         prefix = Path(kernel.connection_info["ip"])
-        assert prefix.parent == kernel.directory
+        assert prefix.parent == kernel.directory / "ipc"
         for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
             socket = Path(f"{prefix}-{kernel.connection_info[name]}")
             assert stat.S_ISSOCK(socket.stat().st_mode), socket
