@@ -334,15 +334,17 @@ class CMAApp(ExtensionApp):
         }
 
     def _egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str, api_token: str | None = None,
-                     socket_mode: int = 0o600) -> str | None:
+                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
         """A sandbox's egress socket starts or stops serving a session (called by the tiers).
 
-        On attach with `api_token` (a credential-free worker) returns the placeholder the sandbox gets instead.
+        On attach with `api_token` (a credential-free worker) returns the placeholder the sandbox gets instead; the
+        token is spent only on that worker's calls for its work item (`work_id`, `environment_id`, the session).
         """
         if event == "attach":
             row = self.store.session(session_id) or {}
             return self.egress_proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
-                                            metadata=row.get("metadata") or {}, api_token=api_token, socket_mode=socket_mode)
+                                            metadata=row.get("metadata") or {}, api_token=api_token, work_id=work_id,
+                                            environment_id=environment_id, socket_mode=socket_mode)
         self.egress_proxy.detach(kernel_id)
         return None
 

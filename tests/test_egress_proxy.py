@@ -36,6 +36,7 @@ from jupyter_cma.egress.secrets import SecretStore
 from jupyter_cma.sandboxes.container import ContainerTier, Slot
 from jupyter_cma.sandboxes.kernel import Kernel, KernelTier
 from jupyter_cma.store import Store
+from tests.emulator_fixtures import start_emulator
 from tests.helpers import wait_until
 from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-end tests)
     cma_emulator,
@@ -360,9 +361,15 @@ class Rig:
         self.store.close()
 
     async def box(self, session_id: str = "sesn_a", *, agent_id: str | None = "agent_x", metadata: dict[str, str] | None = None,
-                  api_token: str | None = None) -> Box:
-        """A sandbox of the rig's tier, attached to the proxy for `session_id`, with CLIENT's helpers defined."""
-        attach = functools.partial(self.proxy.attach, session_id=session_id, agent_id=agent_id, metadata=metadata, api_token=api_token)
+                  api_token: str | None = None, work_id: str | None = None, environment_id: str | None = None) -> Box:
+        """A sandbox of the rig's tier, attached to the proxy for `session_id`, with CLIENT's helpers defined.
+
+        With `api_token`, its worker's work item (`work_id`, `environment_id`; made up unless given) is what the token may be spent on.
+        """
+        if api_token is not None:
+            work_id, environment_id = work_id or f"work_{session_id}", environment_id or "env_rig"
+        attach = functools.partial(self.proxy.attach, session_id=session_id, agent_id=agent_id, metadata=metadata, api_token=api_token,
+                                   work_id=work_id, environment_id=environment_id)
         box: Box
         if isinstance(self.tier, ContainerTier):
             slot, _ = await self.tier.take(session_id, self.tier.default_size)
@@ -375,7 +382,8 @@ class Rig:
             box = Box(kernel, session_id, attach(kernel.id, str(kernel.egress_socket)))
         self.boxes.append(box)
         where = await box.run(CLIENT + "socket.gethostname()")
-        assert where == ("sandbox" if isinstance(box, ContainerBox) else socket.gethostname())  # the code runs where it should
+        # The code runs where it should: a container, or a kernel (in its own UTS namespace, or sharing the host's name).
+        assert where == "sandbox" or (not isinstance(box, ContainerBox) and where == socket.gethostname())
         return box
 
     async def rows(self, count: int, **filters: Any) -> list[dict[str, Any]]:
@@ -653,15 +661,105 @@ async def test_the_api_placeholder_is_swapped_toward_the_api_host_only(tmp_path,
 ]""")
             from_b = await b.run(api_call(a.placeholder))
             rows = await rig.rows(3, session_id="sesn_api_a")
+            rows_b = await rig.rows(1, session_id="sesn_api_b")
     finally:
         api.close()
-    assert [x[0] for x in answers] == [200, 200, 200] and from_b[0] == 200
-    # Only a's own placeholder, only toward the API host, becomes a's token. Another sandbox's placeholder stays useless.
-    assert api.headers("authorization") == [[f"Bearer {TOKEN}"], [f"Bearer {b.placeholder}"], [f"Bearer {a.placeholder}"]]
+    assert [x[0] for x in answers] == [200, 200, 200]
+    # Only a's own placeholder, only toward the API host, becomes a's token. Another sandbox's placeholder stays useless,
+    # and b may not even ask for a's session: that is no call of its worker.
+    assert from_b[0] == 403 and "api:outside-worker-scope" in from_b[1]
+    assert api.headers("authorization") == [[f"Bearer {TOKEN}"], [f"Bearer {b.placeholder}"]]
     assert rig.plain.headers("authorization") == [[f"Bearer {a.placeholder}"]]
     assert [r["rule"] for r in rows if r["host"] == "127.0.0.1"] == ["system:api-host", "system:api-host"]
     assert [r["decision"] for r in rows if r["host"] == "127.0.0.1"] == ["allowed", "injected"]  # newest first
+    assert decisions(rows_b) == [("GET", "127.0.0.1", api.port, 403, "denied", "api:outside-worker-scope")]
     assert TOKEN not in json.dumps(rows)
+
+
+def _claimed_item(emu: Any) -> dict[str, Any]:
+    """A work item of a fresh environment, claimed the way a worker does (poll and ack with the environment key).
+
+    Its session's agent has one skill (`skill`); another skill of the organisation (`other_skill`) is not the agent's.
+    Returns the ids, the item's sessions token and a second session of the environment (`other_session`).
+    """
+    import base64 as b64
+
+    environment_id, key = emu.new_environment("scope")
+    skill_md = b"---\nname: %s\ndescription: a skill\n---\n"
+    with emu.http() as http:
+        skill = http.post("/v1/skills", files=[("files", ("mine/SKILL.md", skill_md % b"mine"))]).json()["id"]
+        other_skill = http.post("/v1/skills", files=[("files", ("other/SKILL.md", skill_md % b"other"))]).json()["id"]
+        agent = http.post("/v1/agents", json={"name": "scoped", "model": "claude-sonnet-4-5",
+                                              "skills": [{"type": "custom", "skill_id": skill, "version": "latest"}]}).json()["id"]
+        session = http.post("/v1/sessions", json={"agent": agent, "environment_id": environment_id}).json()["id"]
+    with emu.http(key) as http:
+        item = http.get(f"/v1/environments/{environment_id}/work/poll", params={"block_ms": 999}).json()
+        assert item and item["data"]["id"] == session, item
+        assert http.post(f"/v1/environments/{environment_id}/work/{item['id']}/ack").status_code == 200
+    with emu.http() as http:
+        other_session = http.post("/v1/sessions", json={"agent": agent, "environment_id": environment_id}).json()["id"]
+    secret = item["secret"]
+    token = json.loads(b64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4)))["sessions_token"]
+    return {"environment_id": environment_id, "work_id": item["id"], "session_id": session, "agent_id": agent, "token": token,
+            "skill": skill, "other_skill": other_skill, "other_session": other_session, "requests_before": len(emu.requests())}
+
+
+async def test_the_worker_token_is_spent_only_on_its_own_work_item(tmp_path, test_ca, tier):
+    """The emulator as the API: a sandbox holding its worker's placeholder can make its worker's calls, and no others."""
+    emu = start_emulator()
+    try:
+        item = _claimed_item(emu)
+        async with Rig(tmp_path, test_ca, tier=tier, api_base_url=emu.base_url) as rig:
+            rig.policy()  # the loopback upstreams only: nothing of the API host
+            sid, env, work = item["session_id"], item["environment_id"], item["work_id"]
+            box = await rig.box(sid, agent_id=item["agent_id"], api_token=item["token"], work_id=work, environment_id=env)
+            host = emu.base_url.split("://", 1)[1].rstrip("/")
+
+            def call(method: str, path: str, body: bytes = b"") -> str:
+                head = (f"{method} http://{host}{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {box.placeholder}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                return f"raw({head + body!r})"
+
+            own = [("GET", f"/v1/sessions/{sid}"), ("GET", f"/v1/sessions/{sid}/events?limit=1000"),
+                   ("POST", f"/v1/environments/{env}/work/{work}/heartbeat?expected_last_heartbeat=NO_HEARTBEAT"),
+                   ("GET", f"/v1/skills/{item['skill']}/versions/latest")]
+            elsewhere = [("GET", f"/v1/sessions/{item['other_session']}/events"), ("POST", "/v1/sessions"),
+                         ("GET", f"/v1/environments/{env}/work/poll?block_ms=1"), ("GET", f"/v1/skills/{item['other_skill']}/versions/latest"),
+                         ("GET", f"/v1/sessions/{sid}/../{item['other_session']}")]
+            bodies = {"/v1/sessions": json.dumps({"agent": item["agent_id"], "environment_id": env}).encode()}
+            answers = await box.run("[" + ", ".join(call(m, p, bodies.get(p, b"")) for m, p in own + elsewhere) + "]")
+            # A sandbox without a worker token (the kernel tier's: its worker runs in the server) has no way to the API
+            # unless a policy opens it, and then without any token.
+            plain = await rig.box("sesn_plain")
+            no_worker = await plain.run(f'raw(b"GET http://{host}/v1/sessions/{sid} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n")')
+            rows = await rig.rows(len(own) + len(elsewhere), session_id=sid)
+            plain_rows = await rig.rows(1, session_id="sesn_plain")
+        reached = [(r["method"], r["path"] + (f"?{r['query']}" if r["query"] else ""), r["credential"])
+                   for r in emu.requests()[item["requests_before"]:] if not r["path"].startswith("/_emulator")]
+    finally:
+        emu.stop()
+    assert [a[0] for a in answers[:len(own)]] == [200, 200, 200, 200], answers
+    for (method, path), (status, body) in zip(elsewhere, answers[len(own):]):
+        assert status == 403 and "api:outside-worker-scope" in body, (method, path, status, body)
+    # The worker's own calls reached the API with the session's token; none of the others reached it at all.
+    for method, path in own:
+        assert (method, path, "sessions_token") in reached, (method, path, reached)
+    assert not [r for r in reached if (r[0], r[1]) in elsewhere or r[1].startswith(f"/v1/sessions/{item['other_session']}")], reached
+    # One record per request: the own calls with the token swapped in, each refusal denied once, saying why.
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_path.setdefault(row["path"], []).append(row)
+    for method, path in own:
+        (row,) = by_path[path.split("?", 1)[0]]
+        assert (row["method"], row["decision"], row["rule"]) == (method, "injected", "system:api-host"), row
+    for method, path in elsewhere[:-1]:
+        (row,) = by_path[path.split("?", 1)[0]]
+        assert (row["method"], row["status"], row["decision"], row["rule"]) == (method, 403, "denied", "api:outside-worker-scope"), row
+    assert len(rows) == len(own) + len(elsewhere)
+    assert no_worker[0] == 403 and "system:api-host" not in no_worker[1]
+    assert decisions(plain_rows) == [("GET", host.split(":")[0], int(host.split(":")[1]), 403, "denied", plain_rows[0]["rule"])]
+    assert plain_rows[0]["rule"].endswith(":not-allowed")
+    assert item["token"] not in json.dumps(rows)
 
 
 # --------------------------------------------------------------------------- robustness

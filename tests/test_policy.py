@@ -22,6 +22,7 @@ from jupyter_cma.egress.policy import (
     PolicyResolver,
     PolicyStore,
     SessionContext,
+    WorkerScope,
     canonical_path,
     load_middleware,
 )
@@ -30,6 +31,9 @@ from jupyter_cma.store import Store
 
 API = "https://api.anthropic.com"
 ENV = {"environment": True}
+# A container's sandbox: its worker holds a placeholder for the token of work item work_1 (session sesn_1, environment env_1).
+WORKER = SessionContext("sesn_1", "agent_1", worker=WorkerScope("sesn_1", "work_1", "env_1"))
+HEARTBEAT = f"{API}/v1/environments/env_1/work/work_1/heartbeat?expected_last_heartbeat=hb"
 
 
 @pytest.fixture
@@ -399,23 +403,94 @@ def test_no_policy_denies_everything_but_the_system_allowance(policies):
     r = resolver(policies)
     d = decide(r, "https://pypi.org/simple/")
     assert (d.action, d.rule, d.status) == ("deny", "default:no-policy", 403)
-    assert allowed(r, "https://api.anthropic.com/v1/environments/x/work/poll")
+    assert decide(r, HEARTBEAT, "POST", ctx=WORKER).rule == "system:api-host"
+    # Without a worker (the kernel tier: its worker runs in the server) the API host is a host like any other.
+    assert decide(r, HEARTBEAT, "POST").rule == "default:no-policy"
 
 
 def test_the_system_allowance_is_the_api_host_only_and_comes_first(policies):
     env_policy(policies, allow=["example.com"], deny=["*", "api.anthropic.com"])
     r = resolver(policies)
-    for url in ("https://api.anthropic.com/v1/sessions", "https://API.Anthropic.com./v1", "https://api.anthropic.com:443"):
-        d = decide(r, url, "CONNECT" if url.endswith(":443") else "GET")
+    for url in ("https://api.anthropic.com/v1/sessions/sesn_1", "https://API.Anthropic.com./v1/sessions/sesn_1/events?limit=1000",
+                "https://api.anthropic.com:443"):
+        d = decide(r, url, "CONNECT" if url.endswith(":443") else "GET", ctx=WORKER)
         assert (d.action, d.rule) == ("allow", "system:api-host"), url
-    for url in ("https://api.anthropic.com.evil.com/", "https://evilapi.anthropic.com/", "https://x.api.anthropic.com/",
-                "https://api.anthropic.com:8443/", "http://api.anthropic.com/", "https://anthropic.com/"):
-        d = decide(r, url)
+    for url in ("https://api.anthropic.com.evil.com/v1/sessions/sesn_1", "https://evilapi.anthropic.com/v1/sessions/sesn_1",
+                "https://x.api.anthropic.com/v1/sessions/sesn_1", "https://api.anthropic.com:8443/v1/sessions/sesn_1",
+                "http://api.anthropic.com/v1/sessions/sesn_1", "https://anthropic.com/v1/sessions/sesn_1"):
+        d = decide(r, url, ctx=WORKER)
         assert d.action == "deny" and d.rule != "system:api-host", url
     local = resolver(policies, api_base_url="http://127.0.0.1:39027")
-    assert decide(local, "http://127.0.0.1:39027/v1/agents").rule == "system:api-host"
-    assert decide(local, "http://127.0.0.1:39028/").action == "deny"
-    assert decide(local, "https://api.anthropic.com/").action == "deny"
+    assert decide(local, "http://127.0.0.1:39027/v1/sessions/sesn_1", ctx=WORKER).rule == "system:api-host"
+    assert decide(local, "http://127.0.0.1:39028/v1/sessions/sesn_1", ctx=WORKER).action == "deny"
+    assert decide(local, "https://api.anthropic.com/v1/sessions/sesn_1", ctx=WORKER).action == "deny"
+
+
+def test_a_worker_token_is_spent_only_on_its_own_work_item(policies):
+    """The system allowance covers the calls the SDK's worker makes for its item, and nothing else on the API host."""
+    r = resolver(policies)
+    own = [("POST", HEARTBEAT), ("POST", f"{API}/v1/environments/env_1/work/work_1/stop"), ("GET", f"{API}/v1/sessions/sesn_1"),
+           ("GET", f"{API}/v1/sessions/sesn_1/events?limit=1000&page=p2"), ("POST", f"{API}/v1/sessions/sesn_1/events"),
+           ("GET", f"{API}/v1/sessions/sesn_1/events/stream"), ("CONNECT", f"{API}:443")]
+    for method, url in own:
+        assert decide(r, url, method, ctx=WORKER).rule == "system:api-host", (method, url)
+    elsewhere = [
+        ("GET", f"{API}/v1/sessions/sesn_2/events"), ("POST", f"{API}/v1/sessions/sesn_2/events"), ("POST", f"{API}/v1/sessions"),
+        ("GET", f"{API}/v1/sessions"), ("POST", f"{API}/v1/sessions/sesn_1"), ("DELETE", f"{API}/v1/sessions/sesn_1"),
+        ("POST", f"{API}/v1/sessions/sesn_1/archive"), ("GET", f"{API}/v1/sessions/sesn_1/resources"),
+        ("GET", f"{API}/v1/environments/env_1/work/poll?block_ms=999"), ("POST", f"{API}/v1/environments/env_1/work/work_2/ack"),
+        ("POST", f"{API}/v1/environments/env_1/work/work_2/heartbeat"), ("POST", f"{API}/v1/environments/env_2/work/work_1/stop"),
+        ("GET", f"{API}/v1/environments/env_1/work"), ("POST", f"{API}/v1/environments"), ("POST", f"{API}/v1/agents"),
+        ("GET", f"{API}/v1/agents/agent_1"), ("POST", f"{API}/v1/messages"), ("GET", f"{API}/v1/skills"),
+        # Spellings that name the own session but reach another, or are not one segment: never the allowance.
+        ("GET", f"{API}/v1/sessions/sesn_1/../sesn_2/events"), ("GET", f"{API}/v1/sessions/sesn_1/events/../../sesn_2"),
+        ("GET", f"{API}//v1/sessions/sesn_1"), ("GET", f"{API}/v1/sessions/sesn%5F1"), ("GET", f"{API}/v1/sessions/SESN_1"),
+        ("GET", f"{API}/v1/sessions/sesn_1/events/stream/x"), ("HEAD", f"{API}/v1/sessions/sesn_1"),
+    ]
+    for method, url in elsewhere:
+        d = decide(r, url, method, ctx=WORKER)
+        assert (d.action, d.rule, d.status) == ("deny", "api:outside-worker-scope", 403), (method, url)
+    assert "own work item" in decide(r, f"{API}/v1/sessions", "POST", ctx=WORKER).reason
+    # The base URL's path comes first (a gateway in front of the API).
+    gateway = resolver(policies, api_base_url="https://gw.example.com/anthropic/")
+    assert decide(gateway, "https://gw.example.com/anthropic/v1/sessions/sesn_1", ctx=WORKER).rule == "system:api-host"
+    assert decide(gateway, "https://gw.example.com/v1/sessions/sesn_1", ctx=WORKER).rule == "api:outside-worker-scope"
+    # An operator's policy may allow the API host (for code that brings its own key): outside the worker's calls it
+    # decides like for any host, and without a worker it is the only way there.
+    pid = env_policy(policies, allow=["api.anthropic.com"])
+    assert decide(r, f"{API}/v1/messages", "POST", ctx=WORKER).rule == f"policy:{pid}:allow:api.anthropic.com"
+    assert decide(r, f"{API}/v1/sessions/sesn_1").rule == f"policy:{pid}:allow:api.anthropic.com"
+
+
+def test_a_worker_scope_learns_skills_and_memory_stores_from_its_session_only():
+    scope = WorkerScope("sesn_1", "work_1", "env_1")
+    skill = "/v1/skills/skill_a/versions/latest"
+    memories = "/v1/memory_stores/memstore_rw/memories"
+    assert not scope.permits("GET", skill) and not scope.permits("GET", memories), "nothing before the session is known"
+    session = {
+        "id": "sesn_1", "agent": {"skills": [{"type": "custom", "skill_id": "skill_a", "version": "latest"}, {"skill_id": "../x"}, "junk"]},
+        "resources": [{"type": "memory_store", "memory_store_id": "memstore_rw", "access": "read_write"},
+                      {"type": "memory_store", "memory_store_id": "memstore_ro", "access": "read_only"},
+                      {"type": "file", "file_id": "file_1"}, {"type": "memory_store", "memory_store_id": "a/b"}],
+    }
+    learned = scope.learn(session)
+    assert learned.skills == {"skill_a"} and dict(learned.memory_stores) == {"memstore_rw": True, "memstore_ro": False}
+    assert learned.permits("GET", skill) and learned.permits("GET", "/v1/skills/skill_a/versions/skillver_9/content")
+    assert not learned.permits("GET", "/v1/skills/skill_b/versions/1") and not learned.permits("POST", "/v1/skills")
+    for method, path in (("GET", memories + "?view=full&limit=20"), ("GET", memories + "/mem_1?view=full"), ("POST", memories),
+                         ("POST", memories + "/mem_1"), ("DELETE", memories + "/mem_1?expected_content_sha256=ab"),
+                         ("GET", "/v1/memory_stores/memstore_ro/memories")):
+        assert learned.permits(method, path), (method, path)
+    for method, path in (("POST", "/v1/memory_stores/memstore_ro/memories"), ("DELETE", "/v1/memory_stores/memstore_ro/memories/m"),
+                         ("GET", "/v1/memory_stores/memstore_other/memories"), ("POST", "/v1/memory_stores/memstore_rw/archive"),
+                         ("GET", "/v1/memory_stores/memstore_rw")):
+        assert not learned.permits(method, path), (method, path)
+    # Only the answer about its own session counts; what cannot be read adds nothing.
+    assert scope.learn({**session, "id": "sesn_2"}) == scope and scope.learn(["not", "a", "session"]) == scope
+    assert WorkerScope.from_json(learned.to_json()) == learned
+    with pytest.raises(TypeError):
+        WorkerScope.from_json({"session_id": "sesn_1", "work_id": None, "environment_id": "env_1"})
+    assert scope.is_session_retrieve("GET", "/v1/sessions/sesn_1") and not scope.is_session_retrieve("GET", "/v1/sessions/sesn_2")
 
 
 def test_a_policy_edit_is_seen_by_the_very_next_decision(policies, tmp_path):
@@ -469,7 +544,7 @@ def test_a_corrupt_stored_policy_fails_closed(policies, tmp_path, document):
     _corrupt(tmp_path / "cma.sqlite3", pid, document)
     d = decide(r, "https://pypi.org/")
     assert (d.action, d.rule) == ("deny", f"error:policy:{pid}") and "corrupt" in d.reason
-    assert decide(r, "https://api.anthropic.com/v1").rule == "system:api-host", "the worker keeps its API"
+    assert decide(r, HEARTBEAT, "POST", ctx=WORKER).rule == "system:api-host", "the worker keeps its API"
     (listed,) = policies.list()
     assert listed.to_json()["error"].startswith("stored policy is invalid")
     policies.delete(pid)
@@ -491,7 +566,7 @@ def test_a_store_that_cannot_be_read_fails_closed(policies, store):
     store.close()
     d = decide(r, "https://pypi.org/")
     assert (d.action, d.rule) == ("deny", "error:resolve")
-    assert decide(r, "https://api.anthropic.com/").rule == "system:api-host"
+    assert decide(r, HEARTBEAT, "POST", ctx=WORKER).rule == "system:api-host"
 
 
 def raising_hook(request, decision):
@@ -522,7 +597,7 @@ def test_middleware_may_allow_deny_or_modify_and_fails_closed(policies):
         r = resolver(policies, middleware=load_middleware([f"tests.test_policy:{name}"]))
         d = decide(r, "https://pypi.org/")
         assert (d.action, d.rule) == ("deny", f"error:middleware:tests.test_policy:{name}"), name
-        assert decide(r, "https://api.anthropic.com/").rule == "system:api-host"
+        assert decide(r, HEARTBEAT, "POST", ctx=WORKER).rule == "system:api-host"
     with pytest.raises(PolicyError, match="cannot be loaded"):
         load_middleware(["tests.test_policy.no_such_hook"])
     with pytest.raises(PolicyError, match="dotted name"):

@@ -37,8 +37,19 @@ these hooks, in this order:
    cut off.
 5. Injections replace the client's header of that name, toward their exact
    target only; the worker's placeholder is swapped for the session's real
-   token on requests to the API host only.
-6. One log record per request (and per plain tunnel) goes back to the server.
+   token only on the calls its worker makes for its own work item (the
+   system allowance, `policy.WorkerScope`); a request to the API host that
+   carries the placeholder and is not one of them is refused
+   (`api:outside-worker-scope`). The scope learns the session's skills and
+   memory stores from the API's answer to the worker's retrieve of its session.
+6. One log record per request goes back to the server, and exactly one: a
+   refusal (a limit, a parse failure, a policy) is one `denied` record naming
+   what refused it, and nothing of a refused request is logged again. A plain
+   tunnel and a WebSocket are one record each, written when they end (bytes
+   both ways); the engine reports each when it opens, so that the server can
+   write the record of one still open when the engine dies (`EgressProxy`).
+   Whatever a limit cuts (a connection's time, idleness, a WebSocket message
+   too large, a body too large) is recorded `denied` with that limit's rule.
 
 The internal route: a plain-http request to `cma.internal` (port 80, GET or
 POST) is answered by the server's tool registry, never by an upstream. It is
@@ -52,11 +63,11 @@ name, another port or https is refused.
 
 Any exception in a hook refuses the request (fail closed): mitmproxy would
 otherwise log the error and carry on. Limits: header bytes and time, body
-size, idle and total connection time, connections per sandbox and in all,
-requests per second per sandbox.
+size, WebSocket message size, idle and total connection time, connections
+per sandbox and in all, requests per second per sandbox.
 
-Only the standard library, mitmproxy, and the light modules of this package
-(policy, secrets, store) are imported here.
+Only the standard library, mitmproxy (and wsproto, its WebSocket library),
+and the light modules of this package (policy, secrets, store) are imported here.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -86,13 +98,16 @@ from mitmproxy.proxy import commands as mitm_commands
 from mitmproxy.proxy import events as mitm_events
 from mitmproxy.proxy import layer as mitm_layer
 from mitmproxy.proxy import layers as mitm_layers
+from mitmproxy.proxy.layers import websocket as mitm_websocket
 from mitmproxy.proxy import mode_specs, server_hooks
 from mitmproxy.proxy import server as mitm_server
 from mitmproxy.proxy.layers.modes import HttpProxy
 from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
+from mitmproxy.net import encoding as mitm_encoding
 from mitmproxy.net.http import url
 from mitmproxy.net.http.http1 import read as http1_read
 from mitmproxy.tls import ClientHelloData
+from wsproto.events import CloseConnection as WsCloseConnection
 
 from ..store import Store
 from . import channel
@@ -101,11 +116,13 @@ from .policy import (
     DEFAULT_PORTS,
     INTERNAL_HOST,
     SYSTEM_API_RULE,
+    WORKER_SCOPE_RULE,
     Decision,
     PolicyError,
     PolicyResolver,
     PolicyStore,
     SessionContext,
+    WorkerScope,
     _display_host,
     _is_ip,
     load_middleware,
@@ -117,6 +134,7 @@ log = logging.getLogger("jupyter_cma.egress.engine")
 
 LOG_BATCH_ROWS = 50  # records per control message: with paths capped at 2 KiB, well under the socket's buffer
 HEAD_END = re.compile(rb"\n\r?\n")  # where mitmproxy's parser ends a request head (leading blank lines skipped)
+TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS handshake record: a ClientHello, not a request line
 HEAD_SLACK = 1024 * 1024  # inside a tunnel the bytes before a parsed head include TLS and maybe some body
 SWEEP_SECONDS = 1.0
 RESOLVE_TIMEOUT = 5.0
@@ -126,6 +144,8 @@ INTERNAL_MAX_BODY = 1024 * 1024  # a tool's input: JSON, small; the body is held
 INTERNAL_METHODS = ("GET", "POST")
 INTERNAL_RULE = "internal"
 INTERNAL_USE = f"the tool registry is reached with plain http on port 80 only: use http://{INTERNAL_HOST}/ through the proxy (HTTP_PROXY)"
+WORKER_ANSWER_MAX = 4 * 1024 * 1024  # the API's answer to the worker's retrieve of its session, read for its skills and memory stores
+WS_FRAGMENT_OVERHEAD = 64  # what one buffered fragment of a WebSocket message costs beyond its payload (counted against the limit)
 
 
 @dataclass
@@ -137,6 +157,7 @@ class Limits:
     idle_timeout: float
     max_connection_seconds: float
     max_body_bytes: int
+    max_websocket_message_bytes: int
     connections_per_sandbox: int
     connections_total: int
     requests_per_second: float
@@ -290,10 +311,10 @@ class Sandbox:
     """One sandbox's socket: whom it serves, what it may use, what it has open."""
 
     id: str
-    context: SessionContext
+    context: SessionContext  # its `worker` (the scope of the token below) is set exactly when `api_token` is
     bucket: TokenBucket  # requests and CONNECTs
     connect_bucket: TokenBucket  # connections opened
-    api_token: str | None = None  # the session's real token, swapped for `placeholder` toward the API host
+    api_token: str | None = None  # the session's real token, swapped for `placeholder` on its worker's own API calls
     placeholder: str | None = None
     listener: socket.socket | None = None  # until the server below serves it
     server: asyncio.AbstractServer | None = None
@@ -315,6 +336,7 @@ class Tunnel:
     bytes_down_at_start: int
     revision: int  # of the policies that allowed it; a plain tunnel is decided again when they change
     passthrough: bool = False  # the client's TLS goes through untouched
+    record_id: int | None = None  # set once the server was told the tunnel is open (its record is written when it ends)
 
 
 class Conn:
@@ -338,6 +360,11 @@ class Conn:
         self.internal = False  # the request being read is a call to cma.internal (see ConnOptions)
         self.handler: ProxyConnectionHandler | None = None  # mitmproxy's, once it serves the connection
         self.closing_reason: str | None = None
+        # The rule of the limit (or policy change) that cut this connection: what was under way when it was cut
+        # (a request, a tunnel, a WebSocket) is recorded denied with it.
+        self.cut_rule: str | None = None
+        # A refusal of the whole connection was recorded (refuse_connection): nothing more of it is.
+        self.silenced = False
 
     def expect_head(self) -> None:
         """A request is done (answered or refused): the next bytes start a new request head."""
@@ -345,9 +372,12 @@ class Conn:
         self.head_tail, self.head_text, self.first_line, self.line_checked = b"", False, b"", False
         self.internal = False
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, rule: str | None = None) -> None:
+        """Cut the connection; `rule` (a limit's) is what the record of whatever was under way names."""
         if self.closing_reason is None:
             self.closing_reason = reason
+        if rule is not None and self.cut_rule is None:
+            self.cut_rule = rule
         transport = self.writer.transport
         if transport is not None and not transport.is_closing():
             transport.abort()
@@ -360,12 +390,16 @@ class CountingReader:
         self._reader, self._conn, self._engine = reader, conn, engine
 
     async def read(self, n: int = -1) -> bytes:
-        data = await self._reader.read(n)
         conn = self._conn
+        if conn.silenced:
+            return b""  # refused as a whole: mitmproxy reads nothing more of it
+        data = await self._reader.read(n)
         conn.bytes_up += len(data)
         conn.last_activity = time.monotonic()
         if data and conn.awaiting_head and not (conn.tunnel is not None and conn.tunnel.passthrough):
             self._count_head(data)
+            if conn.silenced:
+                return b""  # the head that broke the limit never reaches mitmproxy's parser (nor any hook)
         return data
 
     def _count_head(self, data: bytes) -> None:
@@ -403,10 +437,13 @@ class CountingReader:
             self._engine.refuse_connection(conn, 431, "limit:header-size", f"request head larger than {self._engine.limits.max_header_bytes} bytes")
 
     def _check_request_line(self, data: bytes) -> None:
-        """Log a request line mitmproxy will refuse (it answers 400 itself, but tells no hook)."""
+        """Refuse a request line mitmproxy would refuse (it answers 400 itself, but tells no hook): one record, ours."""
         conn = self._conn
         conn.first_line = (conn.first_line + data)[:8192]
         buffered = conn.first_line
+        if buffered.startswith(TLS_HANDSHAKE):
+            conn.line_checked = True  # TLS without a CONNECT: mitmproxy reads the ClientHello, and `tls_clienthello` refuses it
+            return
         if b"\n" not in buffered:
             return
         conn.line_checked = True
@@ -414,9 +451,7 @@ class CountingReader:
         try:
             http1_read._read_request_line(line)
         except ValueError:
-            method = line.split(b" ", 1)[0].decode("ascii", "replace")[:16] or "-"
-            self._engine.record(conn.sandbox, method=method, scheme="http", host="-", decision="denied", status=400,
-                                rule="invalid:request-line")
+            self._engine.refuse_connection(conn, 400, "invalid:request-line", "the request line could not be read")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reader, name)
@@ -471,6 +506,72 @@ class CountingWriter:
         return getattr(self._writer, name)
 
 
+class BoundedWebsocketLayer(mitm_websocket.WebsocketLayer):
+    """mitmproxy's WebSocket layer with a bound on each message, which mitmproxy reassembles whole without one.
+
+    A message is relayed only once complete, so its fragments wait in memory:
+    after every read the message being reassembled on each side is measured
+    (its payload, plus `WS_FRAGMENT_OVERHEAD` per fragment, since a flood of
+    tiny fragments costs memory too), and so is every complete message before
+    it is relayed. Over `max_websocket_message_bytes`, nothing more of the
+    connection is relayed: both ends get a close frame (1009, message too big)
+    and are closed, and the engine records the WebSocket as denied.
+    Installed in place of mitmproxy's class by the engine (`Engine.__init__`),
+    which it asks for the limit and tells about the cut.
+    """
+
+    engine: Engine | None = None
+
+    def __init__(self, context: Any, flow: http.HTTPFlow) -> None:
+        super().__init__(context, flow)
+        self._measured: dict[int, tuple[list[bytes], int, int]] = {}  # per side: (its fragment list, fragments counted, their cost)
+
+    def relay_messages(self, event: mitm_events.Event) -> mitm_layer.CommandGenerator[None]:
+        engine = self.engine
+        if engine is None:  # pragma: no cover - the engine installs this class
+            raise RuntimeError("BoundedWebsocketLayer without an engine")
+        limit = engine.limits.max_websocket_message_bytes
+        relay = super().relay_messages(event)
+        answer: Any = None
+        while True:
+            try:
+                command = relay.send(answer)
+            except StopIteration:
+                break
+            if isinstance(command, mitm_websocket.WebsocketMessageHook):
+                assert self.flow.websocket is not None
+                size = len(self.flow.websocket.messages[-1].content)
+                if size > limit:
+                    relay.close()
+                    yield from self._cut(engine, size)
+                    return
+            answer = yield command
+        for ws in (self.client_ws, self.server_ws):
+            size = self._pending_size(ws)
+            if size > limit:
+                yield from self._cut(engine, size)
+                return
+
+    def _pending_size(self, ws: mitm_websocket.WebsocketConnection) -> int:
+        """What the message being reassembled on this side costs, counted incrementally (fragments only grow in place)."""
+        fragments = ws.frame_buf
+        seen = self._measured.get(id(ws))
+        counted, cost = (seen[1], seen[2]) if seen is not None and seen[0] is fragments else (0, 0)
+        for fragment in fragments[counted:-1]:
+            cost += len(fragment) + WS_FRAGMENT_OVERHEAD
+        self._measured[id(ws)] = (fragments, len(fragments) - 1, cost)
+        return cost + len(fragments[-1]) + WS_FRAGMENT_OVERHEAD
+
+    def _cut(self, engine: Engine, size: int) -> mitm_layer.CommandGenerator[None]:
+        engine.cut_websocket(self.flow, size)
+        for ws in (self.client_ws, self.server_ws):
+            ws.frame_buf = [b""]
+            if ws.state is mitm_websocket.ConnectionState.OPEN:
+                yield ws.send2(WsCloseConnection(code=1009, reason="message too big"))
+            yield mitm_commands.CloseConnection(ws.conn)
+        self._handle_event = self.done
+
+
 def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
     """Turn `Refused` into an answer, and any other error into a refusal.
 
@@ -518,8 +619,12 @@ class Engine:
         self.sandboxes: dict[str, Sandbox] = {}
         self.conns: dict[str, Conn] = {}  # by mitmproxy client id
         self._pending: list[dict[str, Any]] = []  # log records of this event-loop turn
+        self._last_record_id = 0  # of the tunnels and WebSockets reported open (see `_report_open`)
         self._mode = mode_specs.ProxyMode.parse("regular")
-        mitm_server.TCP_TIMEOUT = int(self.limits.idle_timeout)
+        # mitmproxy's own idle watchdog closes connections silently; ours (the sweeper) records what it cuts, so it acts first.
+        mitm_server.TCP_TIMEOUT = int(self.limits.idle_timeout + 2 * SWEEP_SECONDS) + 1
+        BoundedWebsocketLayer.engine = self
+        mitm_websocket.WebsocketLayer = BoundedWebsocketLayer  # type: ignore[misc]  # mitmproxy's HTTP layer makes it by this name
         opts = options.Options()
         self.master = Master(opts)
         self.proxyserver = proxyserver.Proxyserver()
@@ -588,13 +693,15 @@ class Engine:
             spec = message["sandbox"]
             listener = socket.socket(fileno=fds[0])
             self._detach(spec["id"])
+            # The token is swapped only within its worker's scope: without a complete scope there is no token (fail closed).
+            worker = WorkerScope.from_json(spec["worker"]) if spec.get("api_token") and spec.get("placeholder") else None
             sandbox = Sandbox(
                 id=spec["id"],
-                context=SessionContext(spec.get("session_id"), spec.get("agent_id"), dict(spec.get("metadata") or {})),
+                context=SessionContext(spec.get("session_id"), spec.get("agent_id"), dict(spec.get("metadata") or {}), worker),
                 bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
                 connect_bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
-                api_token=spec.get("api_token"),
-                placeholder=spec.get("placeholder"),
+                api_token=spec.get("api_token") if worker is not None else None,
+                placeholder=spec.get("placeholder") if worker is not None else None,
             )
             sandbox.listener = listener
             self.sandboxes[sandbox.id] = sandbox
@@ -625,7 +732,7 @@ class Engine:
         if sandbox.server is not None:
             sandbox.server.close()
         for conn in list(sandbox.conns):
-            conn.abort("sandbox detached")
+            conn.abort("sandbox detached", rule="sandbox:detached")
 
     def _send(self, message: dict[str, Any]) -> None:
         try:
@@ -644,9 +751,9 @@ class Engine:
                 log.exception("egress engine: could not re-decide open tunnels")
             for conn in list(self.conns.values()):
                 if now - conn.opened > self.limits.max_connection_seconds:
-                    conn.abort("connection time limit")
+                    conn.abort("connection time limit", rule="limit:connection-time")
                 elif now - conn.last_activity > self.limits.idle_timeout:
-                    conn.abort("idle")
+                    conn.abort("idle", rule="limit:idle")
                 elif conn.awaiting_head and conn.head_started is not None and now - conn.head_started > self.limits.header_timeout:
                     self.refuse_connection(conn, 408, "limit:header-time",
                                            f"request head not complete within {self.limits.header_timeout:g} s")
@@ -663,10 +770,8 @@ class Engine:
             if decision.allowed and not decision.injections and not effective.needs_inspection(tunnel.host, tunnel.port):
                 tunnel.revision = revision
                 continue
-            self._end_tunnel(conn)  # its record so far
-            self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port, decision="denied",
-                        rule=decision.rule if not decision.allowed else "policy:changed:needs-inspection")
-            conn.abort("the egress policy changed")
+            # The tunnel's one record (written as it ends) is denied, with the rule that now refuses it.
+            conn.abort("the egress policy changed", rule=decision.rule if not decision.allowed else "policy:changed:needs-inspection")
 
     # ------------------------------------------------------------------ connections
 
@@ -681,6 +786,7 @@ class Engine:
             limit = f"the egress proxy has {len(self.conns)} connections open (the limit)"
         if limit is not None or self.sandboxes.get(sandbox.id) is not sandbox:
             reason = limit or "this sandbox is no longer attached"
+            # Refused before a byte is read: nothing of the request is known.
             self.record(sandbox, method="-", scheme="tcp", host="-", decision="denied", status=429, rule="limit:connections")
             writer.write(_status_bytes(429, reason, "limit:connections"))
             writer.close()
@@ -700,21 +806,38 @@ class Engine:
             sandbox.conns.discard(conn)
             self._end_tunnel(conn)
 
+    def _passthrough(self, conn: Conn, tunnel: Tunnel) -> None:
+        """The tunnel is a byte pipe from here on: tell the server it is open (its one record is written as it ends)."""
+        tunnel.passthrough = True
+        conn.awaiting_head = False
+        tunnel.record_id = self._report_open(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
+                                             decision="allowed", rule=tunnel.decision.rule, at=tunnel.at)
+
     def _end_tunnel(self, conn: Conn) -> None:
+        """A plain tunnel's one record: allowed, or denied with the limit (or policy change) that cut it."""
         tunnel = conn.tunnel
         if tunnel is None or not tunnel.passthrough:
             return
         conn.tunnel = None
+        cut = conn.cut_rule
         self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
-                    decision="allowed", status=200, rule=tunnel.decision.rule, at=tunnel.at,
+                    decision="denied" if cut else "allowed", status=None if cut else 200, rule=cut or tunnel.decision.rule, at=tunnel.at,
                     bytes_up=conn.bytes_up - tunnel.bytes_up_at_start, bytes_down=conn.bytes_down - tunnel.bytes_down_at_start,
-                    duration_ms=(time.monotonic() - tunnel.started) * 1000)
+                    duration_ms=(time.monotonic() - tunnel.started) * 1000, record_id=tunnel.record_id)
 
     def refuse_connection(self, conn: Conn, status: int, rule: str, reason: str) -> None:
-        """Answer a connection that broke a limit before a request could be read, then cut it."""
-        if conn.closing_reason is not None:
+        """Answer a connection whose request broke a limit before mitmproxy parsed it, record that once, then cut it.
+
+        The record names what could be read: the request line of a plain
+        request, the tunnel's destination inside a tunnel. Nothing more of the
+        connection reaches mitmproxy (`CountingReader`) or the log (`silenced`).
+        """
+        if conn.closing_reason is not None or conn.silenced:
             return
-        self.record(conn.sandbox, method="-", scheme="http", host="-", decision="denied", status=status, rule=rule)
+        method, scheme, host, port, path = _readable_target(conn)
+        self.record(conn.sandbox, method=method, scheme=scheme, host=host, port=port, path=path, decision="denied", status=status,
+                    rule=rule, at=time.time(), bytes_up=conn.head_bytes)
+        conn.silenced = True
         try:
             conn.writer.write(_status_bytes(status, reason, rule))
         except Exception:
@@ -746,7 +869,7 @@ class Engine:
         intercept = (
             bool(decision.injections)
             or effective.needs_inspection(host, port)
-            or (decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token is not None)
+            or decision.rule == SYSTEM_API_RULE  # a worker's tunnel to the API: each call inside is decided (and the token swapped)
         )
         conn.tunnel = Tunnel(host, port, address, decision, intercept, at, started, conn.bytes_up, conn.bytes_down, revision)
         conn.expect_head()  # what comes through the tunnel is bounded like any request head until it is known
@@ -770,13 +893,12 @@ class Engine:
             nextlayer.layer = ClosedLayer(nextlayer.context)
             if conn is not None:
                 host, port = (tunnel.host, tunnel.port) if tunnel is not None else ("-", None)
-                self.record(conn.sandbox, method="CONNECT" if tunnel else "-", scheme="https" if tunnel else "http", host=host, port=port,
-                            decision="denied", status=400, rule="invalid:not-http")
+                self.record(conn.sandbox, conn=conn, method="CONNECT" if tunnel else "-", scheme="https" if tunnel else "http", host=host,
+                            port=port, decision="denied", status=400, rule="invalid:not-http")
                 conn.tunnel = None
                 conn.abort("neither TLS nor HTTP where the proxy must read the requests")
             return
-        tunnel.passthrough = True
-        conn.awaiting_head = False
+        self._passthrough(conn, tunnel)
         nextlayer.layer = mitm_layers.TCPLayer(nextlayer.context, ignore=True)
 
     @fail_closed
@@ -786,7 +908,7 @@ class Engine:
             raise RuntimeError("TLS on a connection this engine did not accept")
         tunnel = conn.tunnel
         if tunnel is None:  # TLS spoken straight to the proxy port: there is no destination to check
-            self.record(conn.sandbox, method="-", scheme="https", host=data.client_hello.sni or "-", decision="denied",
+            self.record(conn.sandbox, conn=conn, method="-", scheme="https", host=data.client_hello.sni or "-", decision="denied",
                         status=400, rule="invalid:tls-without-connect")
             conn.abort("TLS without a CONNECT")
             return
@@ -798,7 +920,7 @@ class Engine:
                 same = False
             if not same:
                 data.context.server.sni = tunnel.host  # in case mitmproxy reaches the server before the abort lands
-                self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
+                self.record(conn.sandbox, conn=conn, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port,
                             decision="denied", status=421, rule="invalid:sni-mismatch")
                 conn.tunnel = None
                 conn.abort("TLS server name differs from the CONNECT target")
@@ -808,8 +930,7 @@ class Engine:
                 data.context.server.sni = tunnel.host
         else:
             data.ignore_connection = True
-            tunnel.passthrough = True
-            conn.awaiting_head = False
+            self._passthrough(conn, tunnel)
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -848,15 +969,26 @@ class Engine:
             if request.host_header is not None and not _authority_names(request.host_header, host, port, scheme):
                 raise Refused(421, f"the Host header {request.host_header!r} differs from the URI's host {_hostport(host, port)}",
                               "invalid:host-mismatch")
-        effective = self.resolver.resolve(conn.sandbox.context)
+        sandbox = conn.sandbox
+        effective = self.resolver.resolve(sandbox.context)
         decision = effective.decide(request.method, scheme, host, port, request.path, websocket=upgrade)
         if not decision.allowed:
             raise Refused(decision.status or 403, decision.reason, decision.rule)
         label = "allowed"
-        if decision.rule == SYSTEM_API_RULE and conn.sandbox.api_token and conn.sandbox.placeholder:
-            if request.headers.get("authorization") == f"Bearer {conn.sandbox.placeholder}":
-                request.headers["Authorization"] = f"Bearer {conn.sandbox.api_token}"
+        if decision.rule == SYSTEM_API_RULE:
+            # One of the worker's own calls: the only place the session's token is spent.
+            if sandbox.api_token is not None and request.headers.get("authorization") == f"Bearer {sandbox.placeholder}":
+                request.headers["Authorization"] = f"Bearer {sandbox.api_token}"
                 label = "injected"
+            worker = sandbox.context.worker
+            if worker is not None and self.resolver.system is not None and worker.is_session_retrieve(
+                    request.method, self.resolver.system.api_path(request.path)):
+                meta["learn"] = True  # its answer names the session's skills and memory stores
+        elif self._names_api(sandbox, scheme, host, port) and _carries(request, sandbox.placeholder):
+            # A policy allows this call to the API host, but the worker never makes it: its placeholder says the sandbox
+            # tries to act as the worker elsewhere (another session, the work queue, …). Nothing is swapped; it is refused.
+            raise Refused(403, f"{request.method} {request.path.split('?', 1)[0][:200]} is not a call this sandbox's worker makes for its "
+                               "own work item; its token is not spent on it", WORKER_SCOPE_RULE)
         for injection in decision.injections:
             secret = self.secrets.get(injection.secret_name)
             if secret is None:
@@ -905,12 +1037,58 @@ class Engine:
             flow.kill()
             return
         if meta is not None and flow.response is not None and conn is not None:
-            flow.response.stream = functools.partial(_count, meta, "down", conn, self.limits.max_body_bytes)
+            count = functools.partial(_count, meta, "down", conn, self.limits.max_body_bytes)
+            if meta.get("learn") and flow.response.status_code == 200:
+                flow.response.stream = _Collector(count, functools.partial(self._learn, conn.sandbox, flow.response.headers.get("content-encoding")))
+            else:
+                flow.response.stream = count
+
+    def _learn(self, sandbox: Sandbox, content_encoding: str | None, body: bytes | None) -> None:
+        """The API answered the worker's retrieve of its session: its skills and memory stores join the worker's scope.
+
+        Called as the answer's last byte is relayed, before the worker can ask
+        for a skill. The server keeps the learned scope with the attachment, so
+        a restarted engine has it too.
+        """
+        worker = sandbox.context.worker
+        if worker is None or body is None:
+            return  # larger than WORKER_ANSWER_MAX: nothing is learned, skills and memory stores stay out of scope
+        try:
+            session = json.loads(mitm_encoding.decode(body, content_encoding) if content_encoding else body)
+        except (ValueError, TypeError):
+            log.warning("egress engine: the API's answer about session %s could not be read; its skills and memory stores stay "
+                        "out of its worker's scope", worker.session_id)
+            return
+        learned = worker.learn(session)
+        if learned != worker:
+            sandbox.context = dataclasses.replace(sandbox.context, worker=learned)
+            self._send({"op": "worker_scope", "sandbox": sandbox.id, "worker": learned.to_json()})
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         # mitmproxy keeps every message of a WebSocket for the flow's life; nothing here reads them again.
         if flow.websocket is not None and len(flow.websocket.messages) > 1:
             del flow.websocket.messages[:-1]
+
+    @fail_closed
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        """A WebSocket's one record, written as it ends: allowed, or denied with the limit that cut it."""
+        meta = flow.metadata.get("cma")
+        conn = self.conns.get(flow.client_conn.id)
+        if meta is not None and conn is not None:
+            _apply_cut(meta, conn)
+        self._finish(flow, 101)
+
+    def cut_websocket(self, flow: http.HTTPFlow, size: int) -> None:
+        """`BoundedWebsocketLayer` cut a WebSocket for a message over the limit: its one record, denied."""
+        meta = flow.metadata.get("cma")
+        conn = self.conns.get(flow.client_conn.id)
+        if meta is None or conn is None:
+            return
+        log.info("egress engine: a WebSocket message of session %s reached %d bytes (limit %d); the connection is closed",
+                 conn.sandbox.context.session_id, size, self.limits.max_websocket_message_bytes)
+        conn.cut_rule = conn.cut_rule or "limit:websocket-message"
+        meta.update(decision="denied", rule="limit:websocket-message")
+        self._finish(flow, 101)
 
     @fail_closed
     async def http_connect_error(self, flow: http.HTTPFlow) -> None:
@@ -919,13 +1097,26 @@ class Engine:
         if conn is None or conn.tunnel is None:
             return
         tunnel, conn.tunnel = conn.tunnel, None
-        self.record(conn.sandbox, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port, decision="allowed",
+        self.record(conn.sandbox, conn=conn, method="CONNECT", scheme="https", host=tunnel.host, port=tunnel.port, decision="allowed",
                     status=502, rule=tunnel.decision.rule, at=tunnel.at, duration_ms=(time.monotonic() - tunnel.started) * 1000)
         if flow.response is not None:
             flow.response.text = f"jupyter-cma egress: {_hostport(tunnel.host, tunnel.port)} could not be reached\n"
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get("cma")
+        conn = self.conns.get(flow.client_conn.id)
+        if flow.response is not None and flow.response.status_code == 101 and meta is not None and conn is not None and not meta.get("internal"):
+            if flow.websocket is None:
+                # Not a WebSocket mitmproxy accepts (no or another Sec-WebSocket-Version): it would relay the connection as
+                # raw TCP, keeping every chunk in memory.
+                raise Refused(502, "an upgrade to anything but a WebSocket (version 13) is not relayed", "invalid:upgrade")
+            # A WebSocket: one record when it ends (`websocket_end`, `cut_websocket`), with the bytes of its whole life.
+            meta.update(ws_up=conn.bytes_up, ws_down=conn.bytes_down)
+            meta["record_id"] = self._report_open(conn.sandbox, method=flow.request.method, scheme=meta["scheme"], host=meta["host"],
+                                                  port=meta["port"], path=flow.request.path, decision=meta["decision"], rule=meta["rule"],
+                                                  at=meta["at"])
+            return
         self._finish(flow, flow.response.status_code if flow.response is not None else None)
 
     @fail_closed
@@ -936,14 +1127,24 @@ class Engine:
             conn = self.conns.get(flow.client_conn.id)
             if conn is not None and not (meta or {}).get("logged"):
                 request = flow.request
-                self.record(conn.sandbox, method=request.method, scheme=request.scheme or "http", host=request.host or "-",
+                self.record(conn.sandbox, conn=conn, method=request.method, scheme=request.scheme or "http", host=request.host or "-",
                             port=request.port, path=request.path, decision="denied", status=400, rule="invalid:protocol")
                 flow.metadata.setdefault("cma", {})["logged"] = True
                 conn.expect_head()
             return
-        if meta.get("internal") and flow.error is not None and "body_size_limit" in flow.error.msg:
-            meta.update(decision="denied", rule="limit:body-size", refused=413)  # a chunked body over INTERNAL_MAX_BODY; mitmproxy said 413
-        self._finish(flow, meta.get("refused", 502))
+        message = flow.error.msg if flow.error is not None else ""
+        if "refused" not in meta and "body_size_limit" in message:
+            # mitmproxy refused a body over the limit (a declared length; for a call to cma.internal, a chunked body too)
+            # and answered 413 (a request) or 502 (a response) itself.
+            meta.update(decision="denied", rule="limit:body-size", refused=413 if message.startswith("Request") else 502)
+        conn = self.conns.get(flow.client_conn.id)
+        if conn is not None:
+            _apply_cut(meta, conn)
+        if "refused" in meta:
+            status = meta["refused"]
+        else:  # cut short upstream (or by a limit): the status the sandbox got, if any
+            status = flow.response.status_code if flow.response is not None else 502
+        self._finish(flow, status)
 
     @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
@@ -1048,17 +1249,22 @@ class Engine:
         return conn
 
     def _finish(self, flow: http.HTTPFlow, status: int | None) -> None:
+        """A decided request's one record (once; `meta` says how it was decided, or what cut it)."""
         meta = flow.metadata.get("cma")
         conn = self.conns.get(flow.client_conn.id)
         if meta is None or meta.get("logged") or conn is None or "rule" not in meta:
             return
         meta["logged"] = True
         request = flow.request
-        self.record(conn.sandbox, method=request.method, scheme=meta["scheme"], host=meta["host"], port=meta["port"],
+        bytes_up = _head_size(request) + meta["up"]
+        bytes_down = (_head_size(flow.response) if flow.response is not None else 0) + meta["down"]
+        if "ws_up" in meta:  # a WebSocket: everything after the upgrade
+            bytes_up += conn.bytes_up - meta["ws_up"]
+            bytes_down += conn.bytes_down - meta["ws_down"]
+        self.record(conn.sandbox, conn=conn, method=request.method, scheme=meta["scheme"], host=meta["host"], port=meta["port"],
                     path=request.path, decision=meta["decision"], rule=meta["rule"], status=status, at=meta["at"],
-                    bytes_up=_head_size(request) + meta["up"],
-                    bytes_down=(_head_size(flow.response) if flow.response is not None else 0) + meta["down"],
-                    duration_ms=(time.monotonic() - meta["started"]) * 1000)
+                    bytes_up=bytes_up, bytes_down=bytes_down, duration_ms=(time.monotonic() - meta["started"]) * 1000,
+                    record_id=meta.get("record_id"))
         conn.expect_head()
 
     def refuse(self, data: Any, refused: Refused) -> None:
@@ -1095,7 +1301,7 @@ class Engine:
         if conn is None:
             return
         request = flow.request
-        self.record(conn.sandbox, method=request.method, scheme=meta.get("scheme", "http"), host=str(meta.get("host") or request.host or "-"),
+        self.record(conn.sandbox, conn=conn, method=request.method, scheme=meta.get("scheme", "http"), host=str(meta.get("host") or request.host or "-"),
                     port=meta.get("port", request.port), path=None if request.method == "CONNECT" else request.path,
                     decision="denied", status=refused.status, rule=refused.rule, at=meta.get("at"),
                     duration_ms=(time.monotonic() - meta["started"]) * 1000 if "started" in meta else None)
@@ -1103,21 +1309,51 @@ class Engine:
 
     def record(self, sandbox: Sandbox, *, method: str, scheme: str, host: str, decision: str, rule: str,
                port: int | None = None, path: str | None = None, status: int | None = None, at: float | None = None,
-               bytes_up: int = 0, bytes_down: int = 0, duration_ms: float | None = None) -> None:
+               bytes_up: int = 0, bytes_down: int = 0, duration_ms: float | None = None, conn: Conn | None = None,
+               record_id: int | None = None) -> None:
         """Queue one log record for the server (which cleans the path and stores it).
 
         Records go out at the end of the current event-loop turn, all of that
         turn's in one message: a record is never held longer, so one still
         queued when the engine is killed is rare, and a message already sent
-        is read by the server even after the engine is gone.
+        is read by the server even after the engine is gone. Nothing is
+        recorded for a connection refused as a whole (`conn.silenced`): its
+        one record is written. `record_id`: the record closes what
+        `_report_open` announced.
         """
-        self._pending.append({
+        if conn is not None and conn.silenced and record_id is None:
+            return
+        row = {
             "at": at or time.time(), "session_id": sandbox.context.session_id, "agent_id": sandbox.context.agent_id,
             "method": method[:16], "scheme": scheme, "host": host[:255], "port": port, "path": clean_path(path), "status": status,
             "bytes_up": bytes_up, "bytes_down": bytes_down, "duration_ms": duration_ms, "decision": decision, "rule": rule,
-        })
+        }
+        if record_id is not None:
+            row["record_id"] = record_id
+        self._queue(row)
+
+    def _report_open(self, sandbox: Sandbox, *, method: str, scheme: str, host: str, port: int | None, decision: str, rule: str,
+                     at: float, path: str | None = None) -> int:
+        """Tell the server that a tunnel or WebSocket is open; returns the id its one record (`record(record_id=…)`) closes.
+
+        The server keeps the announcement until that record comes; if the
+        engine dies first, the server writes the record itself, marked as cut
+        off (`EgressProxy`), so nothing open at a crash goes unrecorded.
+        """
+        self._last_record_id += 1
+        self._queue({"open_id": self._last_record_id, "at": at, "session_id": sandbox.context.session_id,
+                     "agent_id": sandbox.context.agent_id, "method": method[:16], "scheme": scheme, "host": host[:255], "port": port,
+                     "path": clean_path(path), "decision": decision, "rule": rule})
+        return self._last_record_id
+
+    def _queue(self, row: dict[str, Any]) -> None:
+        self._pending.append(row)
         if len(self._pending) == 1:
             asyncio.get_running_loop().call_soon(self._send_pending)
+
+    def _names_api(self, sandbox: Sandbox, scheme: str, host: str, port: int) -> bool:
+        """Whether a worker's sandbox is talking to the API host (the system allowance's)."""
+        return sandbox.context.worker is not None and self.resolver.system is not None and self.resolver.system.names(scheme, host, port)
 
     def _send_pending(self) -> None:
         rows, self._pending = self._pending, []
@@ -1137,6 +1373,68 @@ def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: 
         conn.abort(f"body larger than {limit} bytes")
         return b""
     return chunk
+
+
+def _apply_cut(meta: dict[str, Any], conn: Conn) -> None:
+    """A request or WebSocket under way when a limit (or a policy change) cut its connection is denied with that rule."""
+    if conn.cut_rule is not None and "refused" not in meta and meta.get("decision") != "denied":
+        meta.update(decision="denied", rule=conn.cut_rule)
+
+
+class _Collector:
+    """A response stream that passes every chunk on (through `count`) and keeps a copy, up to WORKER_ANSWER_MAX, for `done`.
+
+    `done(body)` runs when the last chunk has been relayed (mitmproxy calls a
+    stream with b"" at the end), before anything else of the event loop: the
+    client cannot ask its next question before that. `body` is None when the
+    answer was larger than the bound.
+    """
+
+    def __init__(self, count: Callable[[bytes], bytes], done: Callable[[bytes | None], None]) -> None:
+        self._count, self._done = count, done
+        self._chunks: list[bytes] | None = []
+        self._size = 0
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self._chunks is not None:
+            self._size += len(chunk)
+            if self._size > WORKER_ANSWER_MAX:
+                self._chunks = None
+            elif chunk:
+                self._chunks.append(chunk)
+        if not chunk:
+            self._done(None if self._chunks is None else b"".join(self._chunks))
+        return self._count(chunk)
+
+
+def _carries(request: http.Request, placeholder: str | None) -> bool:
+    """Whether any header of the request holds the placeholder (however it is presented)."""
+    return placeholder is not None and any(placeholder in value for _, value in request.headers.items(multi=True))
+
+
+def _readable_target(conn: Conn) -> tuple[str, str, str, int | None, str | None]:
+    """(method, scheme, host, port, path) of the request a connection is sending, as far as it can be read yet.
+
+    Inside a tunnel: its destination. On a plain connection: the request
+    line, once complete (`CountingReader` keeps its first bytes); a line not
+    yet complete gives its method at most.
+    """
+    tunnel = conn.tunnel
+    if tunnel is not None:
+        return "-", "https", tunnel.host, tunnel.port, None
+    buffered = conn.first_line.lstrip(b"\r\n")
+    if b"\n" not in buffered:
+        method = buffered.split(b" ", 1)[0] if b" " in buffered else b""
+        return (method.decode("ascii", "replace")[:16] or "-"), "http", "-", None, None
+    line = buffered.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        host, port, method, scheme, _authority, path, _version = http1_read._read_request_line(line)
+        shown = normalize_host(host) if host else "-"
+        if method == b"CONNECT":
+            return "CONNECT", "https", shown, port or None, None
+        return method.decode("ascii", "replace")[:16], scheme.decode("ascii", "replace") or "http", shown, port or None, path.decode("ascii", "replace")
+    except (ValueError, PolicyError, UnicodeError):
+        return line.split(b" ", 1)[0].decode("ascii", "replace")[:16] or "-", "http", "-", None, None
 
 
 def _head_size(message: http.Message) -> int:

@@ -16,7 +16,11 @@ credential-free worker, the session's token; secrets are read from the
 secret store by name when a request needs one.
 
 The engine sends back one record per request, which goes to the `EgressLog`
-(SQLite and the live feed).
+(SQLite and the live feed). A plain tunnel or a WebSocket is recorded when it
+ends; the engine announces each when it opens, and the server keeps the
+announcement until its record comes. When the engine dies (or is stopped)
+with some still open, the server writes their records itself, marked as cut
+off (`CUT_OFF_RULE`): nothing open at a crash goes unrecorded.
 
 It also relays the sandboxes' calls to `http://cma.internal/` (the internal
 route): each names only the sandbox whose socket it came in on, and the
@@ -48,6 +52,7 @@ from traitlets.config import LoggingConfigurable
 
 from . import channel
 from .log import EgressLog
+from .policy import WorkerScope
 
 # The engine's environment. mitmproxy 11.0.2 is the last release for Python 3.11;
 # it pins older tornado/h11/cryptography than the Jupyter server uses, hence its own venv.
@@ -59,6 +64,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 RESTART_DELAY_MIN = 0.2
 STABLE_SECONDS = 30.0  # an engine that ran this long was not crash-looping: restart it without a pause
 INTERNAL_MAX_ANSWER = 8 * 1024 * 1024  # an internal call's answer (base64 on the channel: within its MAX_MESSAGE_BYTES)
+CUT_OFF_RULE = "cut-off:engine-stopped"  # prefixes the rule of a tunnel or WebSocket still open when the engine stopped
 
 # (session_id, agent_id, method, path, body) → (status, body, content type); see EgressProxy.internal_handler.
 InternalHandler = Callable[[str | None, str | None, str, str, bytes], Awaitable[tuple[int, bytes, str]]]
@@ -86,7 +92,8 @@ def placeholder_work_secret(placeholder: str) -> str:
 
     A credential-free worker (the container tier) is given this as
     ANTHROPIC_WORK_SECRET; the SDK sends `Authorization: Bearer <placeholder>`
-    and the proxy swaps in the real token toward the API host only.
+    and the proxy swaps in the real token on the worker's own calls for its
+    work item only (`policy.WorkerScope`).
     """
     return base64.urlsafe_b64encode(json.dumps({"sessions_token": placeholder}).encode()).decode().rstrip("=")
 
@@ -120,6 +127,12 @@ class EgressProxy(LoggingConfigurable):
     idle_timeout = Float(120.0, help="Seconds a connection may stay silent before it is closed.").tag(config=True)
     max_connection_seconds = Float(3600.0, help="Longest life of one connection (or tunnel).").tag(config=True)
     max_body_bytes = Int(2 * 1024**3, help="Largest request or response body.").tag(config=True)
+    max_websocket_message_bytes = Int(
+        16 * 1024**2,
+        help="Largest WebSocket message, either way. The proxy relays a message once it is whole, so it holds its fragments "
+        "until then; each fragment counts 64 bytes on top of its payload. A larger message closes the connection (close "
+        "code 1009) and is logged as denied (limit:websocket-message).",
+    ).tag(config=True)
     connections_per_sandbox = Int(64, help="Open connections one sandbox may have; more are refused with 429.").tag(config=True)
     connections_total = Int(2048, help="Open connections through the proxy in all.").tag(config=True)
     requests_per_second = Float(200.0, help="Requests (and CONNECTs) per second one sandbox may make, on average; "
@@ -145,6 +158,8 @@ class EgressProxy(LoggingConfigurable):
         self.confdir = self.home / "mitmproxy"
         self.ca_bundle = self.home / "ca-bundle.pem"
         self.attachments: dict[str, Attachment] = {}
+        # Tunnels and WebSockets the engine announced as open, by the engine's id, until their record comes.
+        self._open: dict[int, dict[str, Any]] = {}
         self.restarts = 0
         self.last_exit: str | None = None
         self.error: str | None = None
@@ -256,7 +271,7 @@ class EgressProxy(LoggingConfigurable):
 
     def _limits(self) -> dict[str, Any]:
         names = ("max_header_bytes", "header_timeout", "idle_timeout", "max_connection_seconds", "max_body_bytes",
-                 "connections_per_sandbox", "connections_total", "requests_per_second", "request_burst")
+                 "max_websocket_message_bytes", "connections_per_sandbox", "connections_total", "requests_per_second", "request_burst")
         return {name: getattr(self, name) for name in names}
 
     async def _supervise(self) -> None:
@@ -306,6 +321,25 @@ class EgressProxy(LoggingConfigurable):
             except (RuntimeError, ValueError):
                 pass
             control.close()
+        self._cut_off_open()
+
+    def _cut_off_open(self) -> None:
+        """The engine is gone (or going): record every tunnel and WebSocket it left open, marked as cut off.
+
+        Every message it sent was read before this (the channel's end comes
+        after them), so these records will never come from it. Ids are the
+        engine's own: the next engine starts with none open.
+        """
+        announced, self._open = self._open, {}
+        if not announced:
+            return
+        now = time.time()
+        rows = []
+        for row in announced.values():
+            rows.append({**row, "rule": f"{CUT_OFF_RULE}:{row.get('rule') or '-'}", "status": None,
+                         "duration_ms": max(0.0, now - float(row.get("at") or now)) * 1000})
+        self.log.warning("jupyter-cma: the egress engine stopped with %d tunnel(s) or WebSocket(s) open; recorded as cut off", len(rows))
+        self._record(rows)
 
     async def _relay_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -339,6 +373,8 @@ class EgressProxy(LoggingConfigurable):
                 except OSError:
                     data = b""
                 if not data:
+                    self._record(rows)  # what it sent before it went comes before what it left open
+                    rows = []
                     self._close_control()  # the engine is gone; _supervise restarts it
                     return
                 try:
@@ -353,7 +389,9 @@ class EgressProxy(LoggingConfigurable):
                 if op == "ready" and self._ready is not None and not self._ready.done():
                     self._ready.set_result(message)
                 elif op == "log":
-                    rows.extend(message.get("rows") or [])
+                    rows.extend(self._closed_rows(message.get("rows") or []))
+                elif op == "worker_scope":
+                    self._learned_scope(message)
                 elif op == "internal":
                     task = asyncio.ensure_future(self._answer_internal(message, self._outbox))
                     self._internal_tasks.add(task)
@@ -399,7 +437,32 @@ class EgressProxy(LoggingConfigurable):
                                message.get("method"), str(message.get("path"))[:200], spec.get("session_id"))
             return _json_answer(500, "the server failed to answer this call; its log has the details")
 
+    def _closed_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The records to store now: an announcement (`open_id`) is kept until the record that closes it (`record_id`)."""
+        out = []
+        for row in rows:
+            if not isinstance(row, dict):
+                continue
+            if "open_id" in row:
+                self._open[row.pop("open_id")] = row
+                continue
+            self._open.pop(row.pop("record_id", None), None)
+            out.append(row)
+        return out
+
+    def _learned_scope(self, message: dict[str, Any]) -> None:
+        """The engine learned a worker's skills and memory stores: a restarted engine gets them with the attachment."""
+        attachment = self.attachments.get(str(message.get("sandbox")))
+        worker = message.get("worker")
+        if attachment is None or not isinstance(worker, dict) or not isinstance(attachment.spec.get("worker"), dict):
+            return
+        own = attachment.spec["worker"]
+        if all(worker.get(k) == own.get(k) for k in ("session_id", "work_id", "environment_id")):  # never another item's
+            attachment.spec["worker"] = {**own, "skills": worker.get("skills") or [], "memory_stores": worker.get("memory_stores") or {}}
+
     def _record(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
         try:
             self.egress_log.record_many(rows)
         except Exception:
@@ -431,9 +494,15 @@ class EgressProxy(LoggingConfigurable):
     # ------------------------------------------------------------------ sandboxes
 
     def attach(self, sandbox_id: str, socket_path: str, *, session_id: str | None, agent_id: str | None = None,
-               metadata: dict[str, str] | None = None, api_token: str | None = None, socket_mode: int = 0o600) -> str | None:
+               metadata: dict[str, str] | None = None, api_token: str | None = None, work_id: str | None = None,
+               environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
         """Serve a sandbox's socket for a session; returns the placeholder to give the sandbox when `api_token` is set.
 
+        `api_token` (a credential-free worker's: the container tier) is spent
+        only on the calls that worker makes for its own work item: `work_id`
+        and `environment_id` name it, with `session_id` (`policy.WorkerScope`);
+        a token without them is refused (ValueError). A sandbox without a token
+        has no system allowance toward the API host at all.
         Without an engine (not installed) no socket is made: the sandbox's
         bridge then answers every connection at once that there is no egress.
         While the engine (re)starts, connections wait in the socket's backlog.
@@ -441,6 +510,12 @@ class EgressProxy(LoggingConfigurable):
         a container's user differs, so its socket is opened up, and the directory
         holding it is what keeps everyone else out.
         """
+        worker = None
+        if api_token:
+            try:
+                worker = WorkerScope.from_json({"session_id": session_id, "work_id": work_id, "environment_id": environment_id}).to_json()
+            except (KeyError, TypeError):
+                raise ValueError("an API token is attached only with the work item it serves (session_id, work_id, environment_id)") from None
         self.detach(sandbox_id)
         if self._supervisor is None:  # no engine to serve it (not installed, or not started)
             return None
@@ -456,7 +531,7 @@ class EgressProxy(LoggingConfigurable):
             listener.close()
             raise
         spec = {"id": sandbox_id, "session_id": session_id, "agent_id": agent_id, "metadata": dict(metadata or {}),
-                "api_token": api_token, "placeholder": placeholder}
+                "api_token": api_token, "placeholder": placeholder, "worker": worker}
         attachment = Attachment(sandbox_id, str(path), listener, spec)
         self.attachments[sandbox_id] = attachment
         self._send_attach(attachment)

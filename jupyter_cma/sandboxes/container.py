@@ -300,8 +300,8 @@ class ContainerTier(Tier):
     api_base_url = Unicode("", config=True, help="The Managed Agents API base URL the containers' workers use (the server sets its own).")
     egress_hook = CallableTrait(
         None, allow_none=True,
-        help="Called as egress_hook(event, session_id=…, kernel_id=<container id>, socket_path=…, api_token=…, "
-        "socket_mode=…) → placeholder, with event 'attach' when a container starts serving a session and 'detach' "
+        help="Called as egress_hook(event, session_id=…, kernel_id=<container id>, socket_path=…, api_token=…, work_id=…, "
+        "environment_id=…, socket_mode=…) → placeholder, with event 'attach' when a container starts serving a session and 'detach' "
         "when it ends. The container tier refuses to start a worker without a placeholder (fail closed).",
     )
     store = Instance("jupyter_cma.store.Store", allow_none=True, help="The server's store: workspace volumes and agents' sizes.")
@@ -800,11 +800,11 @@ class ContainerTier(Tier):
         if self.store is not None:
             self.store.update_session(session_id, workspace_volume=volume)
 
-    async def attach_egress(self, slot: Slot, session_id: str, api_token: str | None) -> str | None:
+    async def attach_egress(self, slot: Slot, session_id: str, api_token: str | None, *, work_id: str, environment_id: str) -> str | None:
         if self.egress_hook is None:
             return None
         result = self.egress_hook("attach", session_id=session_id, kernel_id=slot.id, socket_path=str(slot.socket_path),
-                                  api_token=api_token, socket_mode=0o666)
+                                  api_token=api_token, work_id=work_id, environment_id=environment_id, socket_mode=0o666)
         if asyncio.iscoroutine(result):
             result = await result
         return result if isinstance(result, str) else None
@@ -1080,7 +1080,8 @@ class ContainerSandbox(Sandbox):
             slot.on_tool = self.note_tool_result
             slot.open_log(tier.log_path(session_id), start=self._how_started)
             token = item_credential(self.item.secret, worker.environment_key)
-            placeholder = await tier.attach_egress(slot, session_id, token)
+            placeholder = await tier.attach_egress(slot, session_id, token, work_id=self.item.work_id,
+                                                   environment_id=self.item.environment_id)
             attached = True
             if placeholder is None:
                 raise ContainerFailed("the container tier needs the egress proxy (its worker reaches the API only through "
