@@ -1357,7 +1357,7 @@ class KernelSandbox(Sandbox):
             timeout = max(1.0, min(self._tier.execute_timeout, SDK_TOOL_TIMEOUT - INTERRUPT_GRACE - 1 - waited))
             before = kernel.counters()
             ex = await kernel.execute(code, timeout=timeout)
-            hit = _limits_hit(kernel, before, kernel.counters(), timed_out=ex.status in ("timeout", "lost"))
+            hit = _limits_hit(kernel, before, kernel.counters(), ex)
             if hit:
                 self._limit_hits.append(hit)
                 ex.outputs.append({"output_type": "stream", "name": "stderr", "text": f"\n[{hit}]\n"})
@@ -1414,19 +1414,26 @@ class KernelSandbox(Sandbox):
 # --------------------------------------------------------------------------- helpers
 
 
-def _limits_hit(kernel: Kernel, before: Counters, after: Counters, *, timed_out: bool) -> str | None:
+def _limits_hit(kernel: Kernel, before: Counters, after: Counters, ex: Execution) -> str | None:
     """What the sandbox ran into during a call, in words for the agent (None: no limit was reached).
 
-    The CPU limit slows a sandbox down rather than failing anything: it is
-    named when a call that was held to it ran out of time.
+    With a control group its counters say; with rlimits, the error the code
+    got does (MemoryError, or EAGAIN from a fork). The CPU limit slows a
+    sandbox down rather than failing anything: it is named when a call that
+    was held to it ran out of time.
     """
     limits = kernel.limits
     if limits is None:
         return None
+    if kernel.cgroup is None and ex.error is not None:
+        failed = ex.error["ename"]
+        after = Counters(oom_kills=before.oom_kills + (failed == "MemoryError"),
+                         pids_refused=before.pids_refused + (failed == "BlockingIOError" and "Errno 11" in ex.error["evalue"]))
+    timed_out = ex.status in ("timeout", "lost")
     found = []
     if after.oom_kills > before.oom_kills:
-        found.append(f"the sandbox reached its memory limit of {human_bytes(limits.memory)} and its largest process "
-                     "was killed")
+        found.append(f"the sandbox reached its memory limit of {human_bytes(limits.memory)}"
+                     + (" and its largest process was killed" if kernel.cgroup is not None else ""))
     if after.pids_refused > before.pids_refused:
         found.append(f"the sandbox reached its process limit of {limits.pids} processes: starting another failed")
     if timed_out and after.cpu_throttled > before.cpu_throttled:
