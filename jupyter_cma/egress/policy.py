@@ -863,7 +863,7 @@ class Policy:
         presets = _list(doc, "presets", problems)
         good_presets: list[str] = []
         for i, preset in enumerate(presets):
-            if preset not in PRESETS:
+            if not isinstance(preset, str) or preset not in PRESETS:  # a list or an object is not hashable
                 problems.append(f"presets[{i}]: unknown preset {preset!r}; choose from {sorted(PRESETS)}")
             elif preset not in good_presets:
                 good_presets.append(preset)
