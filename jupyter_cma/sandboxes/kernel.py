@@ -590,8 +590,13 @@ class KernelTier(SizedTier):
         return self._isolation
 
     def isolation_status(self) -> dict[str, Any]:
-        """For the status API: the isolation kernels get, the setting, and why not / why refused."""
+        """For the status API: the isolation kernels get, the setting, why not / why refused, and the limits."""
+        probed = {} if self._isolation is None else {
+            "available": self._isolation_error is None,
+            "limits": self.limits_status() if self._isolation == "bubblewrap" else None,
+        }
         return {
+            **probed,
             "isolation": self._isolation or "none",
             "setting": self.isolation,
             "required": self.require_isolation,
@@ -717,7 +722,6 @@ class KernelTier(SizedTier):
             "kernel_dir": self.kernel_dir or (str(self._own_tempdir) if self._own_tempdir else None),
             "last_start_error": self.last_start_error,
             **self.isolation_status(),
-            "limits": self.limits_status() if self._isolation == "bubblewrap" else None,
         }
 
     @property

@@ -13,13 +13,15 @@ from .isolation import probe_bubblewrap
 
 
 def probe_kernel_tier() -> dict[str, Any]:
-    """The kernel (isolate) tier needs ipykernel; bubblewrap adds network isolation."""
+    """The kernel (isolate) tier needs ipykernel and a working bubblewrap (kernels run isolated or not at all)."""
     if importlib.util.find_spec("ipykernel") is None:
         return {"available": False, "reason": "ipykernel is not installed: pip install ipykernel"}
     # The same probe the kernel tier runs before it isolates kernels: one definition of "bubblewrap works here".
     problem = probe_bubblewrap("bwrap")
     if problem is not None:
-        return {"available": True, "isolation": "none", "reason": f"{problem}; kernels would run without isolation"}
+        return {"available": False, "isolation": "none",
+                "reason": f"{problem}; kernels are refused without isolation (KernelTier.isolation='none' runs them "
+                          "unisolated, for debugging only)"}
     return {"available": True, "isolation": "bubblewrap"}
 
 
