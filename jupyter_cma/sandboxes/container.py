@@ -45,7 +45,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import secrets
 import select
 import shutil
@@ -59,18 +58,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from traitlets import Callable as CallableTrait
-from traitlets import Dict, Float, Instance, Integer, TraitError, Unicode, default, validate
+from traitlets import Float, Integer, Unicode, default
 
 from ..anthropic_api import item_credential
-from .base import REFILL_DELAY, ClaimedItem, Sandbox, Tier, WorkerSettings, finish_shielded
+from .base import REFILL_DELAY, ClaimedItem, Sandbox, WorkerSettings, finish_shielded
+from .sizes import SizedTier, memory_bytes
 from .image import ImageSettings
 from .isolation import proxy_environment
 from .objectstore import ObjectStoreError, WorkspaceObjectStore
 
 if TYPE_CHECKING:
     import docker
-
-    from ..store import Store
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +86,6 @@ USER = "1000:1000"
 # How a session got its container: taken from the warm pool, kept on standby since its last turn, or started for it.
 START_DESCRIPTIONS = {"pool": "from the pool", "standby": "on standby since the last turn", "new": "started for this item"}
 EXIT_WORKER_FAILED = 3  # cma_sandbox.worker's exit code when the SDK flow raised
-
-DEFAULT_SIZES: dict[str, dict[str, Any]] = {
-    "small": {"cpus": 1.0, "memory": "1g", "pids": 256},
-    "medium": {"cpus": 2.0, "memory": "4g", "pids": 512},
-    "large": {"cpus": 4.0, "memory": "8g", "pids": 1024},
-}
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
-
-
-def memory_bytes(value: Any) -> int:
-    """'512m', '4g', 1073741824 → bytes."""
-    if isinstance(value, int) and value > 0:
-        return value
-    match = _MEMORY.match(str(value).strip())
-    if not match:
-        raise ValueError(f"memory {value!r}: write a size like 512m or 4g")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
-
 
 class ContainerFailed(RuntimeError):
     """The session's container ended badly; the message says how and what happened to the work item."""
@@ -261,7 +240,7 @@ class _Follower(threading.Thread):
 # --------------------------------------------------------------------------- the tier
 
 
-class ContainerTier(Tier):
+class ContainerTier(SizedTier):
     """Sandboxes that are Docker containers, with a pool of warm ones."""
 
     name: ClassVar[str] = "container"
@@ -280,17 +259,6 @@ class ContainerTier(Tier):
         "80 MB). Default 0: off.",
     )
     standby_max = Integer(4, config=True, help="Most containers on standby at once (default 4); the oldest makes way.")
-    instance_sizes = Dict(
-        default_value=DEFAULT_SIZES, config=True,
-        help="Instance sizes: name → {cpus, memory (e.g. '4g'), pids}. Default: small (1 CPU, 1g, 256 "
-        "processes), medium (2, 4g, 512), large (4, 8g, 1024). Memory is a hard limit with no swap on top.",
-    )
-    default_size = Unicode("small", config=True, help="Instance size of agents that have none (default 'small'); pooled containers have it.")
-    agent_sizes = Dict(
-        default_value={}, config=True,
-        help="Instance size per agent id, e.g. {'agent_…': 'large'} (default none). The REST API's "
-        "PATCH cma/api/agents/{id} {\"size\": …} sets it too (stored), and wins over this.",
-    )
     tmp_size = Unicode("512m", config=True, help="Size of the tmpfs at /tmp (default 512m); /var/tmp and the home directory get a quarter each.")
     stop_timeout = Float(5.0, config=True, help="Seconds a stopped container has to end its work item before it is killed (default 5).")
     start_timeout = Float(60.0, config=True, help="Seconds a container may take from start to its worker being ready (default 60).")
@@ -304,22 +272,11 @@ class ContainerTier(Tier):
         "environment_id=…, socket_mode=…) → placeholder, with event 'attach' when a container starts serving a session and 'detach' "
         "when it ends. The container tier refuses to start a worker without a placeholder (fail closed).",
     )
-    store = Instance("jupyter_cma.store.Store", allow_none=True, help="The server's store: workspace volumes and agents' sizes.")
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
         value = getattr(self.parent, "data_dir", None)
         return value if isinstance(value, str) else ""
-
-    @validate("instance_sizes")
-    def _check_sizes(self, proposal: Any) -> dict[str, dict[str, Any]]:
-        sizes = proposal["value"]
-        for name, size in sizes.items():
-            try:
-                float(size["cpus"]), memory_bytes(size["memory"]), int(size["pids"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise TraitError(f"instance size {name!r} needs cpus, memory (e.g. '4g') and pids: {exc}") from exc
-        return sizes
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -454,15 +411,6 @@ class ContainerTier(Tier):
         self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ sizes
-
-    def size_for(self, agent_id: str | None) -> str:
-        """The instance size for an agent: stored (REST) > agent_sizes > default_size."""
-        stored = self.store.agent(agent_id) if (self.store is not None and agent_id) else None
-        name = (stored or {}).get("size") or self.agent_sizes.get(agent_id or "") or self.default_size
-        if name not in self.instance_sizes:
-            log.warning("instance size %r is not configured; using %r", name, self.default_size)
-            name = self.default_size
-        return name
 
     def _resources(self, size: str) -> dict[str, Any]:
         spec = self.instance_sizes[size]
