@@ -23,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,8 @@ class Upstream:
     """A loopback HTTP(S) server that records what reached it.
 
     /redirect?to=URL answers 302 to URL; /ws answers a WebSocket upgrade with
-    101; anything else 200 with `hello from <label>`.
+    101; /big?bytes=N answers N bytes; /sleep?seconds=S answers after S
+    seconds; anything else 200 with `hello from <label>`.
     """
 
     def __init__(self, label: str, tls: ssl.SSLContext | None = None) -> None:
@@ -90,6 +92,10 @@ class Upstream:
                     self.close_connection = True
                     return
                 reply = f"hello from {upstream.label}".encode()
+                if self.path.startswith("/big?bytes="):
+                    reply = b"z" * int(self.path.split("=", 1)[1])
+                elif self.path.startswith("/sleep?seconds="):
+                    time.sleep(float(self.path.split("=", 1)[1]))
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()

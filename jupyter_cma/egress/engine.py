@@ -1138,11 +1138,11 @@ class Engine:
             # and answered 413 (a request) or 502 (a response) itself.
             meta.update(decision="denied", rule="limit:body-size", refused=413 if message.startswith("Request") else 502)
         conn = self.conns.get(flow.client_conn.id)
-        if conn is not None:
-            _apply_cut(meta, conn)
         if "refused" in meta:
             status = meta["refused"]
-        else:  # cut short upstream (or by a limit): the status the sandbox got, if any
+        elif conn is not None and _apply_cut(meta, conn):  # cut by a limit: the status the sandbox got, if any
+            status = flow.response.status_code if flow.response is not None else None
+        else:  # cut short upstream
             status = flow.response.status_code if flow.response is not None else 502
         self._finish(flow, status)
 
@@ -1258,14 +1258,16 @@ class Engine:
         request = flow.request
         bytes_up = _head_size(request) + meta["up"]
         bytes_down = (_head_size(flow.response) if flow.response is not None else 0) + meta["down"]
-        if "ws_up" in meta:  # a WebSocket: everything after the upgrade
+        websocket = "ws_up" in meta
+        if websocket:  # everything after the upgrade
             bytes_up += conn.bytes_up - meta["ws_up"]
             bytes_down += conn.bytes_down - meta["ws_down"]
         self.record(conn.sandbox, conn=conn, method=request.method, scheme=meta["scheme"], host=meta["host"], port=meta["port"],
                     path=request.path, decision=meta["decision"], rule=meta["rule"], status=status, at=meta["at"],
                     bytes_up=bytes_up, bytes_down=bytes_down, duration_ms=(time.monotonic() - meta["started"]) * 1000,
                     record_id=meta.get("record_id"))
-        conn.expect_head()
+        if not websocket:  # after a WebSocket the connection carries no more requests: nothing on it is a request head
+            conn.expect_head()
 
     def refuse(self, data: Any, refused: Refused) -> None:
         if isinstance(data, http.HTTPFlow):
@@ -1375,10 +1377,15 @@ def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: 
     return chunk
 
 
-def _apply_cut(meta: dict[str, Any], conn: Conn) -> None:
-    """A request or WebSocket under way when a limit (or a policy change) cut its connection is denied with that rule."""
-    if conn.cut_rule is not None and "refused" not in meta and meta.get("decision") != "denied":
-        meta.update(decision="denied", rule=conn.cut_rule)
+def _apply_cut(meta: dict[str, Any], conn: Conn) -> bool:
+    """A request or WebSocket under way when a limit (or a policy change) cut its connection is denied with that rule.
+
+    True when it was cut so (and was not refused otherwise already).
+    """
+    if conn.cut_rule is None or "refused" in meta or meta.get("decision") == "denied":
+        return False
+    meta.update(decision="denied", rule=conn.cut_rule)
+    return True
 
 
 class _Collector:

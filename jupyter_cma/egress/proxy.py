@@ -557,6 +557,7 @@ class EgressProxy(LoggingConfigurable):
             "last_exit": self.last_exit,
             "error": self.error or self.engine_setup_error,
             "sandboxes": len(self.attachments),
+            "open_tunnels": len(self._open),  # plain tunnels and WebSockets open now (their records come when they end)
             "ca_bundle": str(self.ca_bundle) if self.ca_bundle.exists() else None,
         }
 
