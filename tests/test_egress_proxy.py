@@ -734,17 +734,25 @@ async def test_the_worker_token_is_spent_only_on_its_own_work_item(tmp_path, tes
                          ("GET", f"/v1/sessions/{sid}/../{item['other_session']}")]
             bodies = {"/v1/sessions": json.dumps({"agent": item["agent_id"], "environment_id": env}).encode()}
             answers = await box.run("[" + ", ".join(call(m, p, bodies.get(p, b"")) for m, p in own + elsewhere) + "]")
+            # What the scope learned from the API's answer (the agent's skill) outlives the engine: the server keeps it.
+            await rig.rows(len(own) + len(elsewhere), session_id=sid)
+            engine = rig.proxy.pid
+            assert engine is not None
+            os.kill(engine, signal.SIGKILL)
+            await wait_until(lambda: rig.proxy.running and rig.proxy.pid != engine, 30, what="the engine restarted")
+            skills = await box.run("[" + ", ".join(call("GET", f"/v1/skills/{s}/versions/latest") for s in (item["skill"], item["other_skill"])) + "]")
             # A sandbox without a worker token (the kernel tier's: its worker runs in the server) has no way to the API
             # unless a policy opens it, and then without any token.
             plain = await rig.box("sesn_plain")
             no_worker = await plain.run(f'raw(b"GET http://{host}/v1/sessions/{sid} HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n")')
-            rows = await rig.rows(len(own) + len(elsewhere), session_id=sid)
+            rows = [r for r in await rig.rows(len(own) + len(elsewhere) + 2, session_id=sid)][2:]  # without the two after the restart
             plain_rows = await rig.rows(1, session_id="sesn_plain")
         reached = [(r["method"], r["path"] + (f"?{r['query']}" if r["query"] else ""), r["credential"])
                    for r in emu.requests()[item["requests_before"]:] if not r["path"].startswith("/_emulator")]
     finally:
         emu.stop()
     assert [a[0] for a in answers[:len(own)]] == [200, 200, 200, 200], answers
+    assert [a[0] for a in skills] == [200, 403], skills
     for (method, path), (status, body) in zip(elsewhere, answers[len(own):]):
         assert status == 403 and "api:outside-worker-scope" in body, (method, path, status, body)
     # The worker's own calls reached the API with the session's token; none of the others reached it at all.
