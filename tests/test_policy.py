@@ -545,6 +545,7 @@ def test_a_corrupt_stored_policy_fails_closed(policies, tmp_path, document):
     d = decide(r, "https://pypi.org/")
     assert (d.action, d.rule) == ("deny", f"error:policy:{pid}") and "corrupt" in d.reason
     assert decide(r, HEARTBEAT, "POST", ctx=WORKER).rule == "system:api-host", "the worker keeps its API"
+    assert decide(r, f"{API}/v1/sessions", "POST", ctx=WORKER).rule == f"error:policy:{pid}", "and nothing more of it"
     (listed,) = policies.list()
     assert listed.to_json()["error"].startswith("stored policy is invalid")
     policies.delete(pid)

@@ -1518,7 +1518,8 @@ class EffectivePolicy:
                 decision = self._run_middleware(request, self._by_policy(request))
             except Exception as exc:
                 decision = Decision.deny("error:internal", f"the egress policy could not be evaluated ({type(exc).__name__}); refused")
-        if not decision.allowed and request.context.worker is not None and self.system is not None and self.system.allows(request):
+        if (not decision.allowed and not decision.rule.startswith("error:") and request.context.worker is not None
+                and self.system is not None and self.system.allows(request)):
             shown = (request.path or "").split("?", 1)[0][:200]
             return Decision.deny(WORKER_SCOPE_RULE, f"{request.method} {shown} on {self.system} is not a call this sandbox's "
                                  "worker makes for its own work item (its heartbeat and stop, its session and events, the "
