@@ -46,16 +46,16 @@ class _Refused(ValueError):
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses to inf without passing through parse_constant
-        raise _Refused(f"the number {text[:40]} is too large; numbers must fit a 64-bit float")
+        raise _Refused("a number is too large; numbers must fit a 64-bit float")
     return value
 
 
 def _integer(text: str) -> int:
-    # Checked on the text first: Python refuses to convert 4,300 digits or more (with advice meant for us,
+    # Messages never quote the client's values (a secret may be among them). Checked on the text first: Python refuses to convert 4,300 digits or more (with advice meant for us,
     # not for the client), and SQLite stores nothing wider than 64 bits.
     value = int(text) if len(text) <= 20 else None
     if value is None or not INT64_MIN <= value <= INT64_MAX:
-        raise _Refused(f"the integer {text[:40]}{'…' if len(text) > 40 else ''} does not fit 64 bits")
+        raise _Refused(f"an integer of {len(text.lstrip('-'))} digits does not fit 64 bits")
     return value
 
 
