@@ -99,7 +99,7 @@ async def test_bad_policy_input_gets_a_400_that_says_what_to_fix(api):
     assert "allow_all" in await api.error(400, "POST", "egress/policies", {"name": "x", "scope": {"environment": True}, "allow": ["*"]})
     assert "scope is required" in await api.error(400, "POST", "egress/policies", {"name": "x"})
     assert "userinfo" in await api.error(400, "POST", "egress/policies", {"name": "x", "scope": {"environment": True}, "allow": ["allowed.com@evil.com"]})
-    assert "not JSON" in await api.error(400, "POST", "egress/policies", raw="{nope")
+    assert "not valid JSON" in await api.error(400, "POST", "egress/policies", raw="{nope")
     assert "JSON object" in await api.error(400, "POST", "egress/policies", raw="[1]")
     pid = (await api.ok("POST", "egress/policies", PYPI))["id"]
     assert "already exists" in await api.error(409, "POST", "egress/policies", {**PYPI, "name": "another"})
@@ -210,8 +210,11 @@ async def test_secrets_api_never_shows_a_value(api, jp_serverapp, tmp_path, capl
     # Bad input, with the value in the request: refused without echoing it.
     assert "letters, digits" in await api.error(400, "PUT", "egress/secrets/bad-name", {"value": SECRET_VALUE})
     assert "one line" in await api.error(400, "PUT", "egress/secrets/OTHER", {"value": SECRET_VALUE + "\nX-Evil: 1"})
-    assert "nothing else" in await api.error(400, "PUT", "egress/secrets/OTHER", {"value": SECRET_VALUE, "echo": SECRET_VALUE})
-    assert "not JSON" in await api.error(400, "PUT", "egress/secrets/OTHER", raw='{"value": "' + SECRET_VALUE)
+    assert "echo is not a field here; the fields are value" in await api.error(
+        400, "PUT", "egress/secrets/OTHER", {"value": SECRET_VALUE, "echo": SECRET_VALUE})
+    assert "not valid JSON" in await api.error(400, "PUT", "egress/secrets/OTHER", raw='{"value": "' + SECRET_VALUE)
+    assert "appears twice" in await api.error(400, "PUT", "egress/secrets/OTHER", raw=f'{{"value": "x", "value": "{SECRET_VALUE}"}}')
+    assert "value: input should be a valid string" in await api.error(400, "PUT", "egress/secrets/OTHER", {"value": [SECRET_VALUE]})
     assert "no secret" in await api.error(404, "DELETE", "egress/secrets/NEVER_SET")
     status_body = await api.ok("GET", "status")
     assert status_body["egress"]["secrets"] == 1 and status_body["egress"]["policies"] == 1

@@ -166,6 +166,11 @@ BAD = [
     Bad("signed, not JSON", lambda: sign("this is not JSON {"), 400),
     Bad("signed, empty body", lambda: sign(""), 400),
     Bad("signed, truncated JSON", lambda: sign(json.dumps(envelope())[:-3]), 400),
+    Bad("signed, nested 400 deep", lambda: sign("[" * 400 + "]" * 400), 400),
+    Bad("signed, NaN", lambda: sign('{"type": "event", "data": {"type": "x", "n": NaN}}'), 400),
+    Bad("signed, a number too large", lambda: sign('{"type": "event", "n": 1e999}'), 400),
+    Bad("signed, duplicate keys", lambda: sign('{"type": "event", "data": {"type": "a", "type": "b"}}'), 400),
+    Bad("signed, an unpaired surrogate", lambda: sign('{"type": "event", "id": "\\ud800"}'), 400),
 ]
 
 
@@ -287,6 +292,15 @@ def test_bad_delivery_is_refused(case, ingest, store, recorder):
     assert store.deliveries() == []
     assert recorder.events == []
     assert (ingest.accepted, ingest.rejected) == (0, 1)
+
+
+def test_a_body_nested_thousands_deep_is_a_400_not_a_recursion_error(ingest, store, recorder):
+    # json.loads raises RecursionError (not a ValueError) past about 1,000 levels: that was a 500 and a retry.
+    for depth in (3000, 100_000):
+        status, answer = ingest.receive(*sign("[" * depth + "]" * depth))
+        assert status == 400 and "deeper than 64 levels" in answer["message"], answer
+    assert store.deliveries() == [] and recorder.events == []
+    assert ingest.receive(*sign_envelope(envelope())) == (200, {"status": "accepted"})
 
 
 def test_missing_header_message_names_the_header(ingest):
