@@ -111,8 +111,11 @@ async def test_fields_are_checked_before_anything_goes_upstream(harness):
         assert message.startswith(field), (path, params, message)
     # Routes without a body take none (or {}); a field there is a mistake worth saying.
     assert "takes no body fields" in await expect_error(h, 400, "POST", "sessions/sesn_x/stop", {"force": True})
-    # After all of that the API works.
+    # After all of that the API works, whatever the body is labelled (curl -d says it is a form).
     assert (await h.api("POST", "agents", {"name": "fine", "tier": "kernel", "system": "be brief"}))["system"] == "be brief"
+    response = await h.fetch("cma", "api", "agents", method="POST", body=json.dumps({"name": "curl", "tier": "kernel"}),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.code == 201
 
 
 async def test_every_api_route_needs_a_token(harness):
