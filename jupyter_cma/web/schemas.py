@@ -33,8 +33,8 @@ from pydantic import (
 from ..egress.log import DECISIONS
 
 __all__ = [
-    "ID_PATTERN", "SESSION_STATES", "AgentCreate", "AgentPatch", "AgentsQuery", "Body", "DecideBody", "DeliveriesQuery",
-    "EgressLogQuery", "EmptyBody", "EventsQuery", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain",
+    "DEFAULT_MODEL", "ID_PATTERN", "SESSION_STATES", "AgentCreate", "AgentPatch", "AgentsQuery", "Body", "DecideBody", "DeliveriesQuery",
+    "EgressLogQuery", "EmptyBody", "EventsQuery", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain", "one_of",
 ]
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"  # also the route table's pattern for ids in paths
@@ -109,7 +109,7 @@ class InputSchema(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     type: Literal["object"]
-    properties: dict[str, dict[str, Any]] | None = None
+    properties: dict[str, Any] | None = None  # each a schema: an object, or true/false
     required: list[str] | None = None
 
 
@@ -119,7 +119,7 @@ class CustomTool(Body):
     type: Literal["custom"]
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")] = Field(
         description="1-128 letters, digits, '_' or '-'")
-    description: NonBlank
+    description: str
     input_schema: InputSchema
 
 
