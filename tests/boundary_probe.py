@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 PROBE = r'''
@@ -70,6 +71,40 @@ print(json.dumps(facts))
 '''
 
 
+TICKER = """
+import threading, time, os
+def tick():
+    n = 0
+    while True:
+        n += 1
+        with open("ticks.tmp", "w") as f:
+            f.write(str(n))
+        os.replace("ticks.tmp", "ticks")
+        time.sleep(0.001)
+threading.Thread(target=tick, daemon=True).start()
+"""
+
+
+async def frozen_facts(kernel, workspace: Path) -> dict:
+    """While the host holds the sandbox frozen (as around a file tool), does anything in it run?"""
+    ex = await kernel.execute(TICKER, timeout=30)
+    assert ex.status == "ok", ex.outputs
+    ticks = workspace / "ticks"
+    while not ticks.exists():
+        await asyncio.sleep(0.01)
+    with kernel.frozen():
+        during = [ticks.read_text()]
+        for _ in range(5):
+            time.sleep(0.02)  # (blocking on purpose: the freeze holds only inside this block)
+            during.append(ticks.read_text())
+    after = ticks.read_text()
+    for _ in range(500):
+        if ticks.read_text() != after:
+            break
+        await asyncio.sleep(0.01)
+    return {"still_while_frozen": len(set(during)) == 1, "runs_after": ticks.read_text() != after}
+
+
 async def main(config: dict) -> dict:
     from jupyter_cma.sandboxes.kernel import KernelTier
 
@@ -85,6 +120,7 @@ async def main(config: dict) -> dict:
         if ex.status != "ok":
             raise RuntimeError(f"the probe failed: {ex.outputs}")
         facts = json.loads(out)
+        facts["frozen"] = await frozen_facts(kernel, Path(config["workspace"]))
         facts["kernel_dir"] = str(kernel.directory)
         facts["workdir"] = kernel.workdir
         facts["limits"] = tier.limits_status()["mechanism"]

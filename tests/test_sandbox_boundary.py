@@ -131,5 +131,8 @@ def test_a_kernel_sandbox_sees_an_allowlist_as_an_unprivileged_user(host, server
     # The host is as it was.
     assert (host["data"] / "cma.sqlite3").read_text() == "the database"
     assert sorted(os.listdir(host["other_workspace"])) == ["private.txt"]
+    # Frozen by the host (as around every file tool): nothing in the sandbox runs until it is thawed; by the
+    # cgroup freezer as root, by stopping each process as a user who cannot make groups.
+    assert facts["frozen"] == {"still_while_frozen": True, "runs_after": True}
     # Limits: control groups as root (this host offers v1 or v2); rlimits for a user who cannot make groups.
     assert facts["limits"] == "rlimits" if server_user == "nobody" else facts["limits"] in ("v1", "v2")

@@ -526,7 +526,6 @@ class KernelTier(SizedTier):
         value = getattr(self.parent, "data_dir", None)
         return value if isinstance(value, str) else ""
 
-
     @validate("execute_timeout")
     def _check_execute_timeout(self, proposal: Any) -> float:
         value = float(proposal["value"])
