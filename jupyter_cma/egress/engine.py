@@ -1410,7 +1410,10 @@ class _Collector:
             elif chunk:
                 self._chunks.append(chunk)
         if not chunk:
-            self._done(None if self._chunks is None else b"".join(self._chunks))
+            try:
+                self._done(None if self._chunks is None else b"".join(self._chunks))
+            except Exception:  # the answer is relayed regardless; the scope just learns nothing (fail closed)
+                log.exception("egress engine: could not read the API's answer about a worker's session")
         return self._count(chunk)
 
 
