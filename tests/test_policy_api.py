@@ -139,8 +139,9 @@ async def test_decide_explains_the_decision_and_sees_edits_at_once(api, jp_serve
     await api.ok("PUT", f"egress/policies/{pid}", {**PYPI, "presets": [], "allow": ["example.com"]})
     assert (await api.decide("https://pypi.org/simple/numpy/"))["action"] == "deny", "the very next decision sees the edit"
     assert (await api.decide("https://example.com/"))["action"] == "allow"
-    # The system allowance, and its look-alikes.
-    assert (await api.decide("https://api.anthropic.com/v1/sessions"))["rule"] == "system:api-host"
+    # The system allows the API host only for a worker's own calls: a request with no worker behind it is the
+    # policy's to decide (and so are the look-alikes).
+    assert (await api.decide("https://api.anthropic.com/v1/sessions"))["action"] == "deny"
     for url in ("https://api.anthropic.com.evil.com/", "https://evilapi.anthropic.com/"):
         assert (await api.decide(url))["action"] == "deny", url
     assert (await api.decide("https://example.com:443", "CONNECT"))["action"] == "allow"
@@ -268,6 +269,6 @@ async def test_middleware_that_cannot_load_fails_closed(api, egress_middleware):
     await api.ok("POST", "egress/policies", PYPI)
     decision = await api.decide("https://pypi.org/simple/")
     assert (decision["action"], decision["rule"]) == ("deny", "error:setup")
-    assert (await api.decide("https://api.anthropic.com/v1"))["rule"] == "system:api-host"
+    assert (await api.decide("https://api.anthropic.com/v1"))["rule"] == "error:setup"
     status = await api.ok("GET", "status")
     assert any(e.startswith("egress_middleware:") for e in status["errors"]) and status["ready"] is False

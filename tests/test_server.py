@@ -51,7 +51,7 @@ async def test_tiers_are_probed_in_the_background(jp_serverapp, jp_fetch):
     await jp_serverapp.extension_manager.start_all_extensions()
     for _ in range(100):
         tiers = json.loads((await jp_fetch("cma", "api", "status")).body)["tiers"]
-        if tiers["kernel"]["available"] is not None:
+        if tiers["kernel"].get("available") is not None and tiers["container"]["available"] is not None:
             break
         await asyncio.sleep(0.1)
     assert isinstance(tiers["container"]["available"], bool)
