@@ -62,10 +62,10 @@ from traitlets import Float, Integer, Unicode, default
 
 from ..anthropic_api import item_credential
 from .base import REFILL_DELAY, ClaimedItem, Sandbox, WorkerSettings, finish_shielded
-from .sizes import SizedTier, memory_bytes
 from .image import ImageSettings
 from .isolation import proxy_environment
 from .objectstore import ObjectStoreError, WorkspaceObjectStore
+from .sizes import SizedTier, memory_bytes
 
 if TYPE_CHECKING:
     import docker
