@@ -663,7 +663,7 @@ class KernelTier(SizedTier):
                 " not limited (the server runs as root)" if os.geteuid() == 0 else "",
             )
         else:
-            self._cgroups.remove_leftovers({Path(d).name for d in _LIVE_DIRS})
+            self._cgroups.remove_groups([cleaned["dir"] for cleaned in self._cleaned])
 
     def limits_status(self) -> dict[str, Any]:
         """For the status API: how sandboxes are limited here, and each instance size's limits."""

@@ -181,14 +181,13 @@ class CgroupHost:
     def describe(self) -> dict[str, Any]:
         return {"cgroups": f"v{self.version}", "groups": sorted({str(p) for p in self.bases.values()})}
 
-    def remove_leftovers(self, live: set[str]) -> None:
-        """Remove empty sandbox groups a crashed server left (names not in `live`)."""
-        for base in self.bases.values():
-            with contextlib.suppress(OSError):
-                for entry in base.iterdir():
-                    if entry.is_dir() and entry.name not in live:
-                        with contextlib.suppress(OSError):
-                            entry.rmdir()
+    def remove_groups(self, names: list[str]) -> None:
+        """Remove the groups of sandboxes a crashed server left (by name: the kernel directories it left).
+
+        Only those: another server on this host makes its sandboxes' groups here too.
+        """
+        for name in names:
+            SandboxCgroup(self.version, {c: base / name for c, base in self.bases.items() if (base / name).is_dir()}).remove()
 
 
 def _make_v1_parents(bases: dict[str, Path]) -> str | None:
