@@ -287,6 +287,40 @@ async def test_an_interrupted_workspace_move_is_put_back_on_start(tmp_path):
     assert list(kernel_dir.iterdir()) == []
 
 
+async def test_extra_read_only_paths_are_shared_read_only_with_hidden_paths_masked(bwrap, tmp_path):
+    """An operator shares a dataset directory: readable, never writable, and a hidden path inside stays hidden."""
+    datasets = tmp_path / "datasets"
+    (datasets / "private").mkdir(parents=True)
+    (datasets / "iris.csv").write_text("sepal,petal\n")
+    (datasets / "private" / "key.txt").write_text("not for sandboxes")
+    (tmp_path / "next-door.txt").write_text("not shared")
+    tier = KernelTier(pool_size=0, kernel_dir=str(tmp_path / "kernels"), extra_read_only_paths=[str(datasets)],
+                      hidden_paths=[str(datasets / "private")])
+    try:
+        await tier.start()
+        kernel = await tier.take_kernel()
+        facts = await run(kernel, ATTEMPT + f'''
+{{
+    "read": open({str(datasets / "iris.csv")!r}).read(),
+    "write": attempt(write, {str(datasets / "new.csv")!r}),
+    "overwrite": attempt(write, {str(datasets / "iris.csv")!r}),
+    "hidden": sorted(os.listdir({str(datasets / "private")!r})),
+    "next_door": attempt(read, {str(tmp_path / "next-door.txt")!r}),
+}}''')
+    finally:
+        await tier.close()
+    assert facts == {"read": "sepal,petal\n", "write": "EROFS", "overwrite": "EROFS", "hidden": [], "next_door": "ENOENT"}
+    assert sorted(os.listdir(datasets)) == ["iris.csv", "private"]
+
+    missing = KernelTier(pool_size=0, kernel_dir=str(tmp_path / "k2"), extra_read_only_paths=[str(tmp_path / "nowhere")])
+    try:
+        await missing.start()
+        with pytest.raises(KernelStartError, match="extra_read_only_paths entry does not exist"):
+            await missing.take_kernel()
+    finally:
+        await missing.close()
+
+
 async def test_pythons_own_directories_stay_readable_under_tmp(bwrap, tmp_path, monkeypatch):
     """/tmp is private in the sandbox: a PYTHONPATH entry (or a venv) under it is bound back, read-only."""
     library = tmp_path / "lib"

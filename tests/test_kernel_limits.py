@@ -57,5 +57,8 @@ async def test_a_sandbox_past_its_limits_is_told_which_while_another_session_run
         assert memory.is_error and "MemoryError" in text(memory) and "memory limit of 256 MiB" in text(memory)
     assert fork.is_error and "BlockingIOError" in text(fork) and "process limit of 48 processes" in text(fork)
     assert not after.is_error and text(after) == "'a fresh kernel'"
-    hits = hog_box.status()["limit_hits"]
-    assert any("process limit" in h for h in hits)
+    box = hog_box.status()
+    assert any("process limit" in h for h in box["limit_hits"])
+    # The session's detail shows the limits in force, and what enforces them.
+    assert box["size"] == "tiny" and box["limits"]["pids"] == 48 and box["limits"]["memory_text"] == "256 MiB"
+    assert box["limits"]["enforced_by"] == ("rlimits" if limits["mechanism"] == "rlimits" else "cgroup")

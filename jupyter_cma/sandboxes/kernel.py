@@ -1106,6 +1106,8 @@ class KernelSandbox(Sandbox):
         self._kernel_deaths = 0
         self._kernel_error: str | None = None
         self._limit_hits: list[str] = []  # what each call that ran into a limit was told
+        self._size: str | None = None  # the instance size of its (latest) kernel, and the limits in force
+        self._limits: dict[str, Any] | None = None
         self._error: str | None = None
         self._served = False
         self._stopping = False
@@ -1137,9 +1139,8 @@ class KernelSandbox(Sandbox):
             "isolation": self.isolation,
             "egress_socket": None if kernel is None or kernel.egress_socket is None else str(kernel.egress_socket),
             "kernel": None if kernel is None else {"id": kernel.id, "pid": kernel.pid, "alive": kernel.alive()},
-            "size": None if kernel is None else kernel.size,
-            "limits": None if kernel is None or kernel.limits is None else {
-                **kernel.limits.describe(), "enforced_by": "cgroup" if kernel.cgroup is not None else "rlimits"},
+            "size": self._size,
+            "limits": self._limits,
             "limit_hits": list(self._limit_hits[-10:]),
             "calls": self._calls,
             "errors": self._errors,
@@ -1251,6 +1252,9 @@ class KernelSandbox(Sandbox):
             await finish_shielded(self._release_kernel(kernel))
             raise
         self._kernel = kernel
+        if kernel.limits is not None:
+            self._size = kernel.size
+            self._limits = {**kernel.limits.describe(), "enforced_by": "cgroup" if kernel.cgroup is not None else "rlimits"}
         self._kernels_started += 1
         self._kernel_error = None
         return kernel
