@@ -159,7 +159,7 @@ def system_mounts() -> list[str]:
             args += ["--ro-bind", name, name]
     for path in SYSTEM_ETC:
         if os.path.lexists(path):
-            args += ["--ro-bind", path, path]
+            args += ["--ro-bind-try", path, path]  # (-try: a dangling link, say /etc/localtime, is left out)
     return args
 
 
