@@ -8,6 +8,7 @@ demo: setup
 	.venv/bin/jupyter cma demo
 
 test: setup
+	PYTHONPATH=sandbox .venv/bin/lint-imports --no-cache
 	.venv/bin/pytest
 
 bench: setup
