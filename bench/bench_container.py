@@ -46,8 +46,8 @@ the worker's progress lines in the session's log (`ready`, `assigned`,
 Wiring as in the server (`CMAApp`): a real `EgressProxy` (the mitmproxy engine,
 its data dir in a temp dir) answering the internal route with a `ToolRegistry`
 (empty, as on a default server), its CA bundle mounted in the containers, the
-tier's `egress_hook` calling `EgressProxy.attach/detach` as `CMAApp._egress_hook`
-does, and a real `Store` (sessions' rows as `SessionManager.route` writes them,
+server's own `control.egress.SessionEgress` as the tier's `egress_hook`, and a
+real `Store` (sessions' rows as `SessionManager.route` writes them,
 so the tier records each session's workspace volume there).
 
 Baselines in the same run, with the same image: `docker run --rm --network
@@ -90,6 +90,7 @@ from typing import Any
 import docker
 from anthropic import AsyncAnthropic
 
+from jupyter_cma.control.egress import SessionEgress
 from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.egress.log import EgressLog
 from jupyter_cma.egress.proxy import EgressProxy, default_engine_dir
@@ -225,16 +226,6 @@ class Bench:
         self.tiers: list[ContainerTier] = []
         self.docker_events = DockerEvents(self.data)
 
-    def egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str, api_token: str | None = None,
-                    socket_mode: int = 0o600) -> str | None:
-        """As `CMAApp._egress_hook`: the session's agent and metadata from the store."""
-        if event == "attach":
-            row = self.store.session(session_id) or {}
-            return self.proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
-                                     metadata=row.get("metadata") or {}, api_token=api_token, socket_mode=socket_mode)
-        self.proxy.detach(kernel_id)
-        return None
-
     async def start(self) -> None:
         self.docker_events.start()
         if not await self.proxy.start():
@@ -244,7 +235,7 @@ class Bench:
         self.store.set_agent(agent.id, tier="container", name="bench")
 
     async def tier(self, pool_size: int, standby_seconds: float = 0.0) -> ContainerTier:
-        tier = ContainerTier(pool_size=pool_size, data_dir=str(self.data), store=self.store, egress_hook=self.egress_hook,
+        tier = ContainerTier(pool_size=pool_size, data_dir=str(self.data), store=self.store, egress_hook=SessionEgress(store=self.store, proxy=self.proxy),
                              api_base_url=self.info["base_url"], ca_bundle=str(self.proxy.ca_bundle), stop_timeout=2.0,
                              standby_seconds=standby_seconds)
         tier.image.auto_build = False  # built (or found up to date) once before the run: one image for every part

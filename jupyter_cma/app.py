@@ -24,6 +24,7 @@ from traitlets import Enum, Float, Integer, List, Type, Unicode, default
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
 from .control.dispatcher import Dispatcher
+from .control.egress import SessionEgress
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
 from .egress.log import EgressLog
@@ -163,14 +164,24 @@ class CMAApp(ExtensionApp):
         self.store = Store(data / "cma.sqlite3")
         self.credentials, self.setting_errors = self._load_credentials()
         self.tier_probe: dict[str, dict[str, Any]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.egress_secrets = SecretStore(data / "secrets")
+        self.egress_policies = PolicyStore(self.store)
+        self.egress_resolver = self._make_egress_resolver()
+        self.egress_log = EgressLog(self.store)
+        # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket).
+        self.tools = ToolRegistry()
+        self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
+                                        middleware=list(self.egress_middleware), egress_log=self.egress_log,
+                                        internal_handler=self.tools.handle_internal)
+        egress = SessionEgress(store=self.store, proxy=self.egress_proxy)
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
                 parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell, store=self.store,
-                egress_hook=self._egress_hook,
+                egress_hook=egress,
             ),
             "container": self.container_tier_class(
-                parent=self, data_dir=str(data), store=self.store, egress_hook=self._egress_hook, api_base_url=self.api_base_url,
+                parent=self, data_dir=str(data), store=self.store, egress_hook=egress, api_base_url=self.api_base_url,
             ),
         }
         self.client = self._make_client()
@@ -190,15 +201,6 @@ class CMAApp(ExtensionApp):
                 route=self.sessions.route,
                 reclaim_older_than_ms=self.reclaim_older_than_ms,
             )
-        self.egress_secrets = SecretStore(data / "secrets")
-        self.egress_policies = PolicyStore(self.store)
-        self.egress_resolver = self._make_egress_resolver()
-        self.egress_log = EgressLog(self.store)
-        # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket).
-        self.tools = ToolRegistry()
-        self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
-                                        middleware=list(self.egress_middleware), egress_log=self.egress_log,
-                                        internal_handler=self.tools.handle_internal)
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
@@ -333,21 +335,6 @@ class CMAApp(ExtensionApp):
             "proxy": self.egress_proxy.status(),
         }
 
-    def _egress_hook(self, event: str, *, session_id: str, kernel_id: str, socket_path: str, api_token: str | None = None,
-                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
-        """A sandbox's egress socket starts or stops serving a session (called by the tiers).
-
-        On attach with `api_token` (a credential-free worker) returns the placeholder the sandbox gets instead; the
-        token is spent only on that worker's calls for its work item (`work_id`, `environment_id`, the session).
-        """
-        if event == "attach":
-            row = self.store.session(session_id) or {}
-            return self.egress_proxy.attach(kernel_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
-                                            metadata=row.get("metadata") or {}, api_token=api_token, work_id=work_id,
-                                            environment_id=environment_id, socket_mode=socket_mode)
-        self.egress_proxy.detach(kernel_id)
-        return None
-
     # ------------------------------------------------------------------ background tasks
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -356,7 +343,7 @@ class CMAApp(ExtensionApp):
             self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
         await self.egress_proxy.start()
         for tier in self.sandbox_tiers.values():
-            if self.egress_proxy.ca_bundle.exists() and hasattr(tier, "ca_bundle") and not tier.ca_bundle:
+            if self.egress_proxy.ca_bundle.exists() and not tier.ca_bundle:
                 tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
         for tier in self.sandbox_tiers.values():
             await tier.start()
@@ -373,7 +360,10 @@ class CMAApp(ExtensionApp):
             self._spawn(self.dispatcher.poll_forever())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
-        self._tasks.append(asyncio.ensure_future(coro))
+        """Start a background task the extension owns: held until done, cancelled and awaited in stop_extension."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job` now and then every `seconds`; a failing run is logged, not fatal."""
@@ -390,12 +380,8 @@ class CMAApp(ExtensionApp):
     def tiers_status(self) -> dict[str, dict[str, Any]]:
         """What the machine can run (the periodic probe), with each tier's own view of now on top."""
         tiers = {name: dict(self.tier_probe.get(name) or {"available": None, "reason": "probing"}) for name in ("container", "kernel")}
-        isolation = getattr(self.sandbox_tiers["kernel"], "isolation_status", None)
-        if isolation is not None:
-            tiers["kernel"].update(isolation())  # what kernels actually get
-        container = getattr(self.sandbox_tiers["container"], "status", None)
-        if container is not None:
-            tiers["container"].update(container())  # image (or why it is not ready) and the warm pool
+        for name, tier in self.sandbox_tiers.items():
+            tiers.setdefault(name, {}).update(tier.status())  # e.g. the isolation kernels get; the image and the warm pool
         return tiers
 
     async def _reap_ended(self) -> None:
@@ -423,7 +409,7 @@ class CMAApp(ExtensionApp):
             self.log.info("jupyter-cma: pruned %d egress log records", removed)
 
     async def stop_extension(self) -> None:
-        tasks, self._tasks = self._tasks, []
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:

@@ -10,10 +10,19 @@ tier left behind).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
 from jupyter_core.application import JupyterApp
 from traitlets import Bool, Unicode
 
 from ._version import __version__
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `jupyter cma --help` stays quick
+    from .sandboxes.base import Tier, WorkspaceTransfer
+    from .store import Store
+
+T = TypeVar("T")
 
 
 class CMACommand(JupyterApp):
@@ -185,8 +194,8 @@ class _WorkspaceCommand(_DataDirApp):
             self.fail(f"{self.extra_args[0]!r} is not a session id")
         return list(self.extra_args)
 
-    def run(self, work: object) -> object:
-        """Run `work(tier)` with a container tier on the data directory's database (opened read-write)."""
+    def run(self, work: Callable[[Tier, Store], Awaitable[T]]) -> T:
+        """Run `work(tier, store)` with a container tier on the data directory's database (opened read-write)."""
         import asyncio
         from pathlib import Path
 
@@ -200,11 +209,11 @@ class _WorkspaceCommand(_DataDirApp):
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = Store(database)
 
-        async def main() -> object:
+        async def main() -> T:
             tier = ContainerTier(parent=self, data_dir=str(data_dir), store=store)
             tier.image.auto_build = False
             try:
-                return await work(tier)  # type: ignore[operator]
+                return await work(tier, store)
             finally:
                 await tier.close()
 
@@ -228,13 +237,13 @@ class WorkspaceExportApp(_WorkspaceCommand):
 
         session_id, path = self.arguments()
 
-        async def work(tier: object) -> dict:
+        async def work(tier: Tier, store: Store) -> WorkspaceTransfer:
             if path == "-":
-                return await tier.export_workspace(session_id, sys.stdout.buffer)  # type: ignore[attr-defined]
+                return await tier.export_workspace(session_id, sys.stdout.buffer)
             tmp = f"{path}.partial"
             try:
                 with open(tmp, "wb") as fh:
-                    result = await tier.export_workspace(session_id, fh)  # type: ignore[attr-defined]
+                    result = await tier.export_workspace(session_id, fh)
                 os.replace(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -249,10 +258,10 @@ class WorkspaceExportApp(_WorkspaceCommand):
         except Exception as exc:
             self.fail(f"the export failed: {type(exc).__name__}: {exc}")
         where = "standard output" if path == "-" else path
-        print(f"exported {result['files']} files ({result['bytes']} bytes) of session {session_id} "  # type: ignore[index]
-              f"from volume {result['volume']} to {where}", file=sys.stderr)  # type: ignore[index]
-        if result["skipped"]:  # type: ignore[index]
-            print(f"left out (fifos or devices): {', '.join(result['skipped'])}", file=sys.stderr)  # type: ignore[index]
+        print(f"exported {result['files']} files ({result['bytes']} bytes) of session {session_id} "
+              f"from volume {result['volume']} to {where}", file=sys.stderr)
+        if result["skipped"]:
+            print(f"left out (fifos or devices): {', '.join(result['skipped'])}", file=sys.stderr)
 
 
 class WorkspaceImportApp(_WorkspaceCommand):
@@ -265,15 +274,17 @@ class WorkspaceImportApp(_WorkspaceCommand):
     def start(self) -> None:
         import sys
 
-        from .sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+        from .sandboxes.base import WorkspaceArchiveError, WorkspaceBusy
 
         session_id, path = self.arguments()
 
-        async def work(tier: object) -> dict:
+        async def work(tier: Tier, store: Store) -> WorkspaceTransfer:
+            from .control.workspaces import import_workspace
+
             if path == "-":
-                return await tier.import_workspace(session_id, sys.stdin.buffer)  # type: ignore[attr-defined]
+                return await import_workspace(store, tier, session_id, sys.stdin.buffer)
             with open(path, "rb") as fh:
-                return await tier.import_workspace(session_id, fh)  # type: ignore[attr-defined]
+                return await import_workspace(store, tier, session_id, fh)
 
         try:
             result = self.run(work)
@@ -285,8 +296,8 @@ class WorkspaceImportApp(_WorkspaceCommand):
             self.fail(f"the workspace was not imported: {exc}")
         except Exception as exc:
             self.fail(f"the import failed: {type(exc).__name__}: {exc}")
-        print(f"imported {result['files']} files, {result['directories']} directories and {result['links']} links "  # type: ignore[index]
-              f"({result['bytes']} bytes) into volume {result['volume']}; session {session_id}'s next container mounts it")  # type: ignore[index]
+        print(f"imported {result['files']} files, {result['directories']} directories and {result['links']} links "
+              f"({result['bytes']} bytes) into volume {result['volume']}; session {session_id}'s next container mounts it")
 
 
 class _ObjectStoreCommand(_WorkspaceCommand):
@@ -295,14 +306,17 @@ class _ObjectStoreCommand(_WorkspaceCommand):
     aliases = {**_DataDirApp.aliases, "url": "WorkspaceObjectStore.url", "endpoint-url": "WorkspaceObjectStore.endpoint_url"}
 
     def start(self) -> None:
-        from .sandboxes.objectstore import ObjectStoreError
-        from .sandboxes.workspace import WorkspaceArchiveError, WorkspaceBusy
+        from .sandboxes.base import ObjectStoreError
+        from .sandboxes.base import WorkspaceArchiveError, WorkspaceBusy
 
         (session_id,) = self.arguments()
 
-        async def work(tier: object) -> object:
-            method = getattr(tier, f"{self.action}_workspace")
-            return await method(session_id)
+        async def work(tier: Tier, store: Store) -> WorkspaceTransfer | None:
+            from .control.workspaces import pull_workspace
+
+            if self.action == "push":
+                return await tier.push_workspace(session_id)
+            return await pull_workspace(store, tier, session_id)
 
         try:
             result = self.run(work)
@@ -314,9 +328,9 @@ class _ObjectStoreCommand(_WorkspaceCommand):
             self.fail(f"the {self.action} failed: {type(exc).__name__}: {exc}")
         if result is None:
             self.fail(f"the object store has no workspace for session {session_id}; push it from the host it ran on")
-        self.report(session_id, result)  # type: ignore[arg-type]
+        self.report(session_id, result)
 
-    def report(self, session_id: str, result: dict) -> None:
+    def report(self, session_id: str, result: WorkspaceTransfer) -> None:
         raise NotImplementedError
 
 
@@ -327,7 +341,7 @@ class WorkspacePushApp(_ObjectStoreCommand):
     description = __doc__
     action = "push"
 
-    def report(self, session_id: str, result: dict) -> None:
+    def report(self, session_id: str, result: WorkspaceTransfer) -> None:
         print(f"pushed {result['files']} files ({result['bytes']} bytes) of session {session_id} to {result['object']}")
 
 
@@ -338,7 +352,7 @@ class WorkspacePullApp(_ObjectStoreCommand):
     description = __doc__
     action = "pull"
 
-    def report(self, session_id: str, result: dict) -> None:
+    def report(self, session_id: str, result: WorkspaceTransfer) -> None:
         print(f"pulled {result['files']} files ({result['bytes']} bytes) of session {session_id} from {result['object']} "
               f"into volume {result['volume']}; its next container mounts it")
 

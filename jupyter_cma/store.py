@@ -361,6 +361,17 @@ class Store:
             raise
         return from_state
 
+    def forget_session(self, session_id: str) -> None:
+        """Remove a session this server only just recorded (nothing ran: an import that failed), with its transitions."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM session_transitions WHERE session_id = ?", (session_id,))
+            self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def update_session(self, session_id: str, **fields: Any) -> None:
         """Set measured or descriptive fields (no state change, so no transition row)."""
         allowed = {"cold_start_ms", "title", "metadata", "workspace_volume", "workspace_etag", "workspace_sync"}

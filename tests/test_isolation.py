@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from jupyter_cma.sandboxes.base import ClaimedItem
+from jupyter_cma.sandboxes.base import ClaimedItem, EgressHook
 from jupyter_cma.sandboxes.isolation import CA_VARIABLES, EGRESS_SOCKET, PROXY_URL
 from jupyter_cma.sandboxes.kernel import Kernel, KernelStartError, KernelTier, clean_orphans, kernel_processes
 from tests.helpers import wait_until
@@ -424,14 +424,16 @@ async def test_egress_hook_learns_which_session_a_socket_serves(bwrap, emulator,
     events: list[tuple[str, str, str, str]] = []
     proxies: dict[str, HttpRecorder] = {}
 
-    async def hook(event: str, *, session_id: str, kernel_id: str, socket_path: str) -> None:
-        events.append((event, session_id, kernel_id, socket_path))
-        if event == "attach":
+    class Hook(EgressHook):
+        async def attach(self, sandbox_id: str, socket_path: str, *, session_id: str, **_: object) -> None:
+            events.append(("attach", session_id, sandbox_id, socket_path))
             proxies[socket_path] = await HttpRecorder(session_id).start(socket_path)
-        else:
+
+        async def detach(self, sandbox_id: str, socket_path: str, *, session_id: str) -> None:
+            events.append(("detach", session_id, sandbox_id, socket_path))
             proxies[socket_path].close()
 
-    tier = KernelTier(pool_size=1, kernel_dir=str(data / "kernels"), data_dir=str(data), egress_hook=hook)
+    tier = KernelTier(pool_size=1, kernel_dir=str(data / "kernels"), data_dir=str(data), egress_hook=Hook())
     await tier.start()
     session = Session(emulator, tier)
     try:

@@ -80,6 +80,12 @@ class SessionManager:
         self.worker = worker
         self.live: dict[str, Live] = {}
         self.sandboxes_started = 0
+        self._tasks: set[asyncio.Task[Any]] = set()  # work started for events (e.g. reaping); close() ends it
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ routing
 
@@ -201,7 +207,7 @@ class SessionManager:
         """Reflect the API's view of a session (webhook mode)."""
         if event_type in ENDED_EVENTS:
             # Reap at once: the worker would notice on its stream, but nothing is left to serve.
-            asyncio.ensure_future(self.reap(session_id, f"the session ended upstream ({event_type})"))
+            self._spawn(self.reap(session_id, f"the session ended upstream ({event_type})"))
             return
         if session_id not in self.live:
             return
@@ -217,12 +223,10 @@ class SessionManager:
             return False
         await self.stop(session_id, reason)
         for tier in self.tiers.values():
-            remove = getattr(tier, "remove_workspace", None)
-            if remove is not None:
-                try:
-                    await remove(session_id)
-                except Exception as exc:  # e.g. no Docker engine now; `jupyter cma cleanup` can finish the job
-                    log.warning("could not remove the %s workspace of session %s: %s", tier.name, session_id, exc)
+            try:
+                await tier.remove_workspace(session_id)
+            except Exception as exc:  # e.g. no Docker engine now; `jupyter cma cleanup` can finish the job
+                log.warning("could not remove the %s workspace of session %s: %s", tier.name, session_id, exc)
         await asyncio.to_thread(shutil.rmtree, self.workspaces / session_id, True)
         self.store.transition(session_id, "ended", f"{reason}; its sandbox and workspace were removed")
         return True
@@ -253,11 +257,24 @@ class SessionManager:
         return released
 
     async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for session_id in list(self.live):
             await self.stop(session_id, "the server is shutting down")
 
     def status(self) -> dict[str, Any]:
         return {"live": len(self.live), "sandboxes_started": self.sandboxes_started}
+
+    def is_serving(self, session_id: str) -> bool:
+        """Whether a sandbox of this process serves (or is about to serve) the session."""
+        return session_id in self.live
+
+    def sandbox_of(self, session_id: str) -> Sandbox | None:
+        """The sandbox serving the session in this process, if any."""
+        live = self.live.get(session_id)
+        return None if live is None else live.sandbox
 
     def describe(self, session_id: str) -> dict[str, Any] | None:
         live = self.live.get(session_id)

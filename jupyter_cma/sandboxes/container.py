@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from traitlets import Callable as CallableTrait
 from traitlets import Float, Integer, Unicode, default
 
 from ..anthropic_api import item_credential
@@ -266,12 +265,6 @@ class ContainerTier(SizedTier):
     data_dir = Unicode(config=True, help="The server's data directory: container socket directories go in <data_dir>/containers, logs in <data_dir>/logs.")
     ca_bundle = Unicode("", config=True, help="The CA bundle (PEM) containers trust, mounted over the system one (the server sets the egress proxy's bundle).")
     api_base_url = Unicode("", config=True, help="The Managed Agents API base URL the containers' workers use (the server sets its own).")
-    egress_hook = CallableTrait(
-        None, allow_none=True,
-        help="Called as egress_hook(event, session_id=…, kernel_id=<container id>, socket_path=…, api_token=…, work_id=…, "
-        "environment_id=…, socket_mode=…) → placeholder, with event 'attach' when a container starts serving a session and 'detach' "
-        "when it ends. The container tier refuses to start a worker without a placeholder (fail closed).",
-    )
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -751,18 +744,13 @@ class ContainerTier(SizedTier):
     async def attach_egress(self, slot: Slot, session_id: str, api_token: str | None, *, work_id: str, environment_id: str) -> str | None:
         if self.egress_hook is None:
             return None
-        result = self.egress_hook("attach", session_id=session_id, kernel_id=slot.id, socket_path=str(slot.socket_path),
-                                  api_token=api_token, work_id=work_id, environment_id=environment_id, socket_mode=0o666)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result if isinstance(result, str) else None
+        return await self.egress_hook.attach(slot.id, str(slot.socket_path), session_id=session_id, api_token=api_token,
+                                             work_id=work_id, environment_id=environment_id, socket_mode=0o666)
 
     async def detach_egress(self, slot: Slot, session_id: str) -> None:
         if self.egress_hook is None:
             return
-        result = self.egress_hook("detach", session_id=session_id, kernel_id=slot.id, socket_path=str(slot.socket_path))
-        if asyncio.iscoroutine(result):
-            await result
+        await self.egress_hook.detach(slot.id, str(slot.socket_path), session_id=session_id)
 
     async def remove_workspace(self, session_id: str) -> bool:
         """Remove a session's workspace volume (its session ended); False when it has none or it is in use."""

@@ -61,7 +61,7 @@ from traitlets import Bool, Enum, Float, Integer, List, TraitError, Unicode, def
 from traitlets import Callable as CallableTrait
 
 from . import isolation as iso
-from .base import REFILL_DELAY, ClaimedItem, Sandbox, WorkerSettings, finish_shielded
+from .base import REFILL_DELAY, ClaimedItem, IsolationStatus, Sandbox, TierStatus, WorkerSettings, finish_shielded
 from .limits import CgroupHost, Counters, Limits, SandboxCgroup, frozen, human_bytes
 from .sizes import SizedTier, memory_bytes
 
@@ -512,14 +512,6 @@ class KernelTier(SizedTier):
         "REQUESTS_CA_BUNDLE, PIP_CERT, NODE_EXTRA_CA_CERTS and CURL_CA_BUNDLE point at it (bound read-only into "
         "the sandbox). Default: none (the tier sets none of them; unsandboxed kernels never get them).",
     )
-    egress_hook = CallableTrait(
-        None,
-        allow_none=True,
-        help="Called as egress_hook(event, session_id=…, kernel_id=…, socket_path=…) with event 'attach' when a "
-        "sandboxed kernel starts serving a session and 'detach' when it is released; may return an awaitable. "
-        "socket_path (<kernel dir>/egress.sock) is where the sandbox's proxy port leads: the egress proxy listens "
-        "there while attached, and the socket a request arrives on identifies the session. Default: none.",
-    )
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -588,7 +580,11 @@ class KernelTier(SizedTier):
         """"bubblewrap" or "none" (what kernels get); None until start() has probed."""
         return self._isolation
 
-    def isolation_status(self) -> dict[str, Any]:
+    def status(self) -> TierStatus:
+        """The isolation kernels get (what the status API shows of this tier)."""
+        return self.isolation_status()  # type: ignore[return-value]
+
+    def isolation_status(self) -> IsolationStatus:  # type: ignore[override]
         """For the status API: the isolation kernels get, the setting, why not / why refused, and the limits."""
         probed = {} if self._isolation is None else {
             "available": self._isolation_error is None,
@@ -1044,9 +1040,8 @@ class KernelTier(SizedTier):
         else:
             kernel.egress_session = session_id
         try:
-            outcome = self.egress_hook(event, session_id=session_id, kernel_id=kernel.id, socket_path=str(kernel.egress_socket))
-            if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
-                await asyncio.wait_for(outcome, EGRESS_HOOK_TIMEOUT)
+            hook = self.egress_hook.attach if event == "attach" else self.egress_hook.detach
+            await asyncio.wait_for(hook(kernel.id, str(kernel.egress_socket), session_id=session_id), EGRESS_HOOK_TIMEOUT)
         except Exception:
             self.log.exception("kernel tier: egress_hook(%r) failed for kernel %s of session %s", event, kernel.id, session_id)
 

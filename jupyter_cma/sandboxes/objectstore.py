@@ -31,9 +31,7 @@ from urllib.parse import urlparse
 from traitlets import Bool, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-
-class ObjectStoreError(RuntimeError):
-    """The object store could not be used; the message says why without any credential."""
+from .base import ObjectStoreError
 
 
 class WorkspaceObjectStore(LoggingConfigurable):

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from .base import WorkspaceArchiveError, WorkspaceBusy  # noqa: F401  (callers have imported them from here)
+
 if TYPE_CHECKING:
     import docker
 
@@ -36,14 +38,6 @@ OWNER = 1000  # the sandbox image's user `agent`
 HELPER_KIND = "workspace-helper"  # the kind label of helper containers (never started)
 _MAX_LINK_HOPS = 40
 _SPOOL_IN_MEMORY = 16 * 1024 * 1024
-
-
-class WorkspaceArchiveError(ValueError):
-    """The archive is not acceptable; the message names the entry and says why."""
-
-
-class WorkspaceBusy(RuntimeError):
-    """A container uses the volume; an import would write under a running session."""
 
 
 @dataclass
