@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -36,6 +36,9 @@ from .sandboxes.probe import probe_tiers
 from .store import Store
 from .tools.registry import ToolRegistry
 from .web.handlers import ApiContext, handlers
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
 
 DEFAULT_API_BASE_URL = "https://api.anthropic.com"
 
@@ -238,8 +241,8 @@ class CMAApp(ExtensionApp):
             self.setting_errors.append(f"egress: {resolver.setup_error}")
         return resolver
 
-    def _make_client(self) -> Any:
-        from anthropic import AsyncAnthropic
+    def _make_client(self) -> AsyncAnthropic:
+        from anthropic import AsyncAnthropic  # the SDK takes a while to import: only when the server starts
 
         # Without an API key the client still serves the worker flow (which uses
         # the environment key or the item's sessions token); control-plane calls
