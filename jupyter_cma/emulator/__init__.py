@@ -10,7 +10,7 @@ side of the contract, and sharing would hide contract bugs.
 """
 
 from .app import Emulator, EmulatorApp
-from .brains import Brain, DemoBrain, ScriptedBrain, Turn
-from .service import ToolResult
+from .brains import DemoBrain, ScriptedBrain
+from .turns import Brain, ToolResult, Turn
 
 __all__ = ["Brain", "DemoBrain", "Emulator", "EmulatorApp", "ScriptedBrain", "ToolResult", "Turn"]

@@ -20,9 +20,10 @@ from tornado.netutil import bind_sockets
 from traitlets import Bool, Float, Integer, List, Type, Unicode
 from traitlets.config import Application
 
-from .brains import BRAINS, Brain
+from .brains import BRAINS
 from .http import make_application
 from .service import Service
+from .turns import Brain
 from .webhooks import WebhookSender, new_webhook_secret
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

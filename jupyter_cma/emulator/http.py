@@ -1,7 +1,8 @@
 """The emulator's HTTP surface: routes, credentials, JSON and SSE rendering.
 
 One tornado handler serves every path from a route table, so each route is a
-line here and its behaviour lives in `service.py`. Who may call what:
+line here and its behaviour lives in `Service` (service.py and the per-resource
+modules it is made of). Who may call what:
 
 - control plane (environments, agents, sessions create/list/update/archive,
   skills upload, work retrieve/update): the API key;
@@ -24,7 +25,9 @@ from typing import Any
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from .service import ApiError, Credential, Service, bad_request, clamp_limit
+from .credentials import Credential
+from .service import Service
+from .wire import ApiError, bad_request, clamp_limit
 
 Route = tuple[str, "re.Pattern[str]", str]
 ID = r"([A-Za-z0-9_.\-]+)"
