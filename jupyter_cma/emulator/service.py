@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .agents import Agents
@@ -68,15 +69,24 @@ class Service(Credentials, Environments, WorkQueue, Agents, Sessions, Events, Sk
         self.api_key = api_key or "sk-ant-api-emu-" + secrets.token_urlsafe(24)
         self.tokens[self.api_key] = Credential("api_key")
         self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # small jobs (queue wake-ups): held until done, cancelled by close()
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_leases())
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Start a small background job the service owns (close() cancels what is left)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
         for rec in self.sessions.values():
             if rec.turn and not rec.turn.done():
                 rec.turn.cancel()

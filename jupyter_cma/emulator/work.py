@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .wire import ApiError, bad_request, conflict, merge_metadata, new_id, not_found, now_iso, paginate
@@ -79,6 +80,7 @@ class WorkQueue:
     """Work items and their queues, a part of `Service` (see service.py)."""
 
     lease_ttl: float  # a setting of the Service
+    spawn: Callable[[Coroutine[Any, Any, None]], None]  # the Service's owned background jobs
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,7 +110,7 @@ class WorkQueue:
             async with cond:
                 cond.notify_all()
 
-        asyncio.get_running_loop().create_task(notify())
+        self.spawn(notify())
 
     def work_item(self, environment_id: str, work_id: str) -> WorkItem:
         self.environment(environment_id)
