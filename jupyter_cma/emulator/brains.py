@@ -70,7 +70,7 @@ class ScriptedBrain(Brain):
         if script is None:
             await turn.say(
                 'No script found. Send a user message whose text is {"cma_script": [...]} '
-                "(see the emulator section of the README for the step format)."
+                "(see docs/emulator.md, Brains, for the step format)."
             )
             return
         last = ""

@@ -2,7 +2,7 @@
 
 Everything here follows the wire contract as the `anthropic` SDK uses it; where
 the contract is uncertain, the choice is made here once and documented in the
-README's emulator section. The HTTP layer (`http.py`) only parses requests,
+emulator's documentation (docs/emulator.md). The HTTP layer (`http.py`) only parses requests,
 checks credentials and renders what this module returns.
 
 The emulator deliberately shares no code with the rest of `jupyter_cma`: it
