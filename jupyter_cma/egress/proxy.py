@@ -346,7 +346,7 @@ class EgressProxy(LoggingConfigurable):
         async for line in proc.stderr:
             text = line.decode(errors="replace").rstrip()
             if text:
-                # The engine's lines start with their level (see engine.main); tracebacks' lines do not.
+                # The engine's lines start with their level (see engine.__main__.main); tracebacks' lines do not.
                 level = logging.WARNING if text.startswith(("WARNING", "ERROR", "CRITICAL")) else logging.INFO
                 self.log.log(level, "egress engine: %s", text[:2000])
 
