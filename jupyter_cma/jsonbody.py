@@ -1,6 +1,6 @@
 """Reading a JSON request body strictly, the one way every route does it.
 
-The REST handlers (`web/handlers.py`) and the webhook ingest (`control/webhooks.py`)
+The REST handlers (`web/base.py`) and the webhook ingest (`control/webhooks.py`)
 both call `read_json`. Python's `json` module alone accepts more than JSON and
 fails in more ways than `ValueError`: it takes `NaN`, `Infinity` and numbers
 that overflow to infinity, keeps the last of duplicate keys, decodes bytes with

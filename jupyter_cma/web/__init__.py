@@ -1,1 +1,1 @@
-"""Tornado handlers: the REST API under {base_url}cma/api/ and, later, the webhook route."""
+"""Tornado handlers: the REST API under {base_url}cma/api/ and the webhook route; `web/handlers.py` lists the routes."""

@@ -1,7 +1,7 @@
 """What each REST route accepts: one pydantic model per JSON body and per query string.
 
 A handler reads its input through `CMAHandler.body(Model)` / `CMAHandler.query(Model)`
-(`web/handlers.py`), which parse the body with `jsonbody.read_json` and validate here,
+(`web/base.py`), which parse the body with `jsonbody.read_json` and validate here,
 so a field of the wrong type or out of range is a 400 naming the field and what it
 takes, before anything goes to Anthropic's API or into the store. Bodies are validated
 strictly (`"5"` is not a number, unknown fields are refused, so a misspelt field is not

@@ -1,25 +1,32 @@
-"""`POST {base_url}cma/webhooks`: the one route without Jupyter authentication.
+"""Webhooks: `POST {base_url}cma/webhooks` receives them, `GET {base_url}cma/api/webhooks` lists those received.
 
-It is guarded by its signature instead (see `control/webhooks.py`). The body
+The receiving route is the one route without Jupyter authentication. It is
+guarded by its signature instead (see `control/webhooks.py`). The body
 is streamed so an oversized delivery is refused before it is read into memory.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from tornado import web
 
 from ..control.webhooks import WebhookIngest
+from ..jsonbody import JSONBodyError, read_json
+from .base import CMAHandler
+from .schemas import DeliveriesQuery
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 @web.stream_request_body
 class WebhookHandler(web.RequestHandler):
     """Receives Standard Webhooks deliveries from the Managed Agents API."""
 
-    def initialize(self, ingest: WebhookIngest, max_bytes: int) -> None:
+    def initialize(self, *, ingest: WebhookIngest, max_bytes: int) -> None:
         self._ingest = ingest
         self._max_bytes = max_bytes
         self._chunks: list[bytes] = []
@@ -54,3 +61,25 @@ class WebhookHandler(web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self._reply(status_code, {"message": self._reason})
+
+
+class WebhookDeliveriesHandler(CMAHandler):
+    """`GET cma/api/webhooks`: received deliveries, newest first; pass `next_before` back as `before` for the next page."""
+
+    def initialize(self, name: str, *, store: Store) -> None:  # type: ignore[override]
+        super().initialize(name)
+        self._store = store
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        query = self.query(DeliveriesQuery)
+        rows = self._store.deliveries(limit=query.limit, before=query.before)
+        data = []
+        for row in rows:
+            try:
+                body = read_json(row.pop("body"), max_bytes=None)
+            except JSONBodyError:
+                body = None  # stored as received (by an older version, which took any JSON); shown as null
+            data.append({**row, "body": body})
+        self.finish({"data": data, "next_before": rows[-1]["seq"] if rows else None})
