@@ -27,7 +27,7 @@ from jupyter_cma.anthropic_api import Secret
 from jupyter_cma.sandboxes.base import ClaimedItem, WorkerSettings
 from jupyter_cma.sandboxes.isolation import probe_bubblewrap
 from jupyter_cma.sandboxes.kernel import KERNEL_DIED, SDK_TOOL_TIMEOUT, STOPPED, KernelSandbox, KernelTier, kernel_processes
-from jupyter_cma.sandboxes.notebook import build_notebook
+from jupyter_cma.sandboxes.kernel.recording import build_notebook
 from tests.helpers import wait_until
 
 # --------------------------------------------------------------------------- helpers

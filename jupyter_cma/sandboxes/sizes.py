@@ -65,6 +65,10 @@ class SizedTier(Tier):
                 raise TraitError(f"instance size {name!r}: cpus must be above 0, memory at least 64m, pids at least 16")
         return sizes
 
+    def size_names(self) -> list[str]:
+        """The instance sizes an agent on this tier may have: those configured in `instance_sizes`, by name."""
+        return sorted(self.instance_sizes)
+
     def size_for(self, agent_id: str | None) -> str:
         """The instance size for an agent: stored (REST) > agent_sizes > default_size."""
         stored = self.store.agent(agent_id) if (self.store is not None and agent_id) else None
