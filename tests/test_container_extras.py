@@ -24,7 +24,7 @@ import tornado.httpclient
 
 from jupyter_cma.sandboxes.container import DATA_DIR_LABEL, KIND_LABEL, MANAGED, SESSION_LABEL, VOLUME_PREFIX
 from jupyter_cma.sandboxes.image import ImageSettings, build_sandbox_image
-from jupyter_cma.sandboxes.workspace import HELPER_KIND, WorkspaceArchiveError, export_workspace, import_workspace
+from jupyter_cma.sandboxes.container import HELPER_KIND, WorkspaceArchiveError, export_workspace, import_workspace
 from jupyter_cma.store import Store
 from tests.helpers import wait_until
 from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-end tests)

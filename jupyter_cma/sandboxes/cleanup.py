@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .container import DATA_DIR_LABEL, KIND_LABEL, MANAGED, SESSION_LABEL
+from .container.labels import DATA_DIR_LABEL, KIND_LABEL, MANAGED, SESSION_LABEL
 
 if TYPE_CHECKING:
     import docker

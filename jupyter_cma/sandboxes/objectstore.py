@@ -2,9 +2,10 @@
 
 Off unless `WorkspaceObjectStore.url` is set (`s3://bucket/prefix`). Each
 session's workspace is one object, `<prefix>/<session id>.tar.gz`, in the
-archive format of `sandboxes/workspace.py` (so an object is checked like any
-imported archive before a byte of it is written). AWS S3 by default; any
-S3-compatible service (MinIO, Ceph, Cloudflare R2, …) through `endpoint_url`.
+archive format of `sandboxes/container/volume_archives.py` (so an object is
+checked like any imported archive before a byte of it is written). AWS S3 by
+default; any S3-compatible service (MinIO, Ceph, Cloudflare R2, …) through
+`endpoint_url`.
 
 Credentials come from boto3's own chain (AWS_ACCESS_KEY_ID and
 AWS_SECRET_ACCESS_KEY, a profile, an instance role), never from this
@@ -25,13 +26,21 @@ boto3 is an optional dependency: `pip install "jupyter-cma[s3]"`.
 from __future__ import annotations
 
 import threading
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 from urllib.parse import urlparse
 
 from traitlets import Bool, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from .base import ObjectStoreError
+
+
+class ObjectStoreStatus(TypedDict):
+    """Where the store is, never how to get in (`GET cma/api/status`: `tiers.container.object_store`)."""
+
+    url: str | None
+    endpoint_url: str | None
+    sync: bool
 
 
 class WorkspaceObjectStore(LoggingConfigurable):
@@ -94,7 +103,7 @@ class WorkspaceObjectStore(LoggingConfigurable):
     def location(self, session_id: str) -> str:
         return f"s3://{self.bucket}/{self.key(session_id)}"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ObjectStoreStatus:
         """For the status API: where, not how to get in."""
         return {"url": self.url or None, "endpoint_url": self.endpoint_url or None, "sync": self.sync and self.enabled}
 

@@ -28,14 +28,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from .base import WorkspaceArchiveError, WorkspaceBusy  # noqa: F401  (callers have imported them from here)
+from ..base import WorkspaceArchiveError, WorkspaceBusy, WorkspaceTransfer
+from .labels import HELPER_KIND, KIND_LABEL
 
 if TYPE_CHECKING:
     import docker
 
 WORKSPACE = "/workspace"
 OWNER = 1000  # the sandbox image's user `agent`
-HELPER_KIND = "workspace-helper"  # the kind label of helper containers (never started)
 _MAX_LINK_HOPS = 40
 _SPOOL_IN_MEMORY = 16 * 1024 * 1024
 
@@ -98,7 +98,7 @@ def _relative(name: str, root: str) -> str | None:
 
 
 def export_workspace(client: docker.DockerClient, volume: str, image: str, fileobj: IO[bytes], *,
-                     labels: dict[str, str] | None = None) -> dict[str, Any]:
+                     labels: dict[str, str] | None = None) -> WorkspaceTransfer:
     """Write the volume's files to `fileobj` as a tar.gz (names relative to /workspace); return counts.
 
     Raises LookupError when the volume does not exist. On any failure the
@@ -305,8 +305,6 @@ def _add_member(source: tarfile.TarFile, member: tarfile.TarInfo, out: tarfile.T
 
 def volume_in_use(client: docker.DockerClient, volume: str) -> list[str]:
     """Names of containers (not helpers) that mount the volume and run or are about to."""
-    from .container import KIND_LABEL
-
     busy = []
     for container in client.containers.list(all=True, filters={"volume": volume}):
         if container.labels.get(KIND_LABEL) == HELPER_KIND:
@@ -317,7 +315,7 @@ def volume_in_use(client: docker.DockerClient, volume: str) -> list[str]:
 
 
 def import_workspace(client: docker.DockerClient, volume: str, image: str, fileobj: IO[bytes] | CleanArchive, *,
-                     labels: dict[str, str] | None = None, volume_labels: dict[str, str] | None = None) -> dict[str, Any]:
+                     labels: dict[str, str] | None = None, volume_labels: dict[str, str] | None = None) -> WorkspaceTransfer:
     """Put an archive's files into the volume (created with `volume_labels` if missing); return counts.
 
     The archive is checked whole first (`clean_archive`), so a refused one
@@ -354,8 +352,6 @@ def import_workspace(client: docker.DockerClient, volume: str, image: str, fileo
 def _helper(client: docker.DockerClient, volume: str, image: str, labels: dict[str, str] | None) -> Any:
     """A container that is created, never started, with the volume at /workspace (for the daemon's archive calls)."""
     from docker.types import Mount
-
-    from .container import KIND_LABEL
 
     return client.containers.create(
         image,
