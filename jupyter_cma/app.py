@@ -34,6 +34,7 @@ from .egress.secrets import SecretStore, SecretStoreError
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
 from .store import Store
+from .tasks import BackgroundTasks
 from .tools.registry import ToolRegistry
 from .web.handlers import ApiContext, handlers
 
@@ -167,7 +168,7 @@ class CMAApp(ExtensionApp):
         self.store = Store(data / "cma.sqlite3")
         self.credentials, self.setting_errors = self._load_credentials()
         self.tier_probe: dict[str, dict[str, Any]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.background = BackgroundTasks("jupyter-cma")  # the extension's own loops, ended in stop_extension
         self.egress_secrets = SecretStore(data / "secrets")
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
@@ -350,23 +351,17 @@ class CMAApp(ExtensionApp):
                 tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
         for tier in self.sandbox_tiers.values():
             await tier.start()
-        self._spawn(self._every(self.tier_probe_interval, self._probe_tiers))
-        self._spawn(self._every(3600.0, self._prune))
+        self.background.spawn(self._every(self.tier_probe_interval, self._probe_tiers))
+        self.background.spawn(self._every(3600.0, self._prune))
         if self.reap_interval > 0 and self.credentials.api_key is not None:
-            self._spawn(self._every(self.reap_interval, self._reap_ended))
+            self.background.spawn(self._every(self.reap_interval, self._reap_ended))
         if self.dispatcher is None:
             self.log.warning("jupyter-cma: not serving work: %s missing", ", ".join(self.missing_settings()) or "settings")
         elif self.effective_mode == "webhook":
             self.dispatcher.request_drain()  # work queued while this server was down
-            self._spawn(self.dispatcher.safety_drains(self.safety_drain_interval))
+            self.background.spawn(self.dispatcher.safety_drains(self.safety_drain_interval))
         else:
-            self._spawn(self.dispatcher.poll_forever())
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        """Start a background task the extension owns: held until done, cancelled and awaited in stop_extension."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self.background.spawn(self.dispatcher.poll_forever())
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job` now and then every `seconds`; a failing run is logged, not fatal."""
@@ -412,13 +407,7 @@ class CMAApp(ExtensionApp):
             self.log.info("jupyter-cma: pruned %d egress log records", removed)
 
     async def stop_extension(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.stop_timeout)
-            for task in pending:
-                self.log.warning("jupyter-cma: background task %s did not stop within %ss", task, self.stop_timeout)
+        await self.background.close(self.stop_timeout)
         try:
             await asyncio.wait_for(self._release_all(), self.stop_timeout)
         except asyncio.TimeoutError:

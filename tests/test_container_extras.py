@@ -313,6 +313,10 @@ async def test_a_workspace_exported_from_one_session_arrives_in_a_new_one(harnes
     h.ext.store.transition("sesn_lost", "sleeping", "test")
     h.ext.store.update_session("sesn_lost", workspace_volume=f"{VOLUME_PREFIX}lost-{uuid.uuid4().hex[:8]}")
     assert "does not exist" in await api_error(h, 404, "GET", "sessions/sesn_lost/workspace")
+    # This server has no object store: push and pull say which settings to set.
+    for action in ("push", "pull"):
+        message = await api_error(h, 409, "POST", f"sessions/{target}/workspace/{action}", b"")
+        assert "no object store is configured" in message and "WorkspaceObjectStore.url" in message
     helpers = docker_client.containers.list(all=True, filters={"label": f"{KIND_LABEL}={HELPER_KIND}"})
     assert not [c for c in helpers if c.labels.get(SESSION_LABEL) in (source, target)], "helper containers are removed"
 

@@ -99,9 +99,9 @@ async def test_webhook_mode_when_secret_configured(jp_configurable_serverapp, tm
 async def test_stop_extension_is_bounded(jp_serverapp):
     await jp_serverapp.extension_manager.start_all_extensions()
     (ext,) = jp_serverapp.extension_manager.extension_apps["jupyter_cma"]
-    assert ext._tasks, "background tasks should be running"
+    assert len(ext.background), "background tasks should be running"
     await ext.stop_extension()
-    assert not ext._tasks
+    assert not len(ext.background)
 
 
 def test_extension_enabled_on_install():

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..anthropic_api import item_credential
 from ..sandboxes.base import ClaimedItem, Sandbox, Tier, WorkerSettings
+from ..tasks import BackgroundTasks
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -80,12 +81,7 @@ class SessionManager:
         self.worker = worker
         self.live: dict[str, Live] = {}
         self.sandboxes_started = 0
-        self._tasks: set[asyncio.Task[Any]] = set()  # work started for events (e.g. reaping); close() ends it
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background = BackgroundTasks("sessions")  # work started for events (e.g. reaping); close() ends it
 
     # ------------------------------------------------------------------ routing
 
@@ -207,7 +203,7 @@ class SessionManager:
         """Reflect the API's view of a session (webhook mode)."""
         if event_type in ENDED_EVENTS:
             # Reap at once: the worker would notice on its stream, but nothing is left to serve.
-            self._spawn(self.reap(session_id, f"the session ended upstream ({event_type})"))
+            self._background.spawn(self.reap(session_id, f"the session ended upstream ({event_type})"))
             return
         if session_id not in self.live:
             return
@@ -257,10 +253,7 @@ class SessionManager:
         return released
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._background.close()
         for session_id in list(self.live):
             await self.stop(session_id, "the server is shutting down")
 

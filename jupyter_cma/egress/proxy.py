@@ -50,6 +50,7 @@ from typing import Any
 from traitlets import Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
+from ..tasks import BackgroundTasks
 from . import channel
 from .log import EgressLog
 from .policy import WorkerScope
@@ -153,7 +154,8 @@ class EgressProxy(LoggingConfigurable):
         # Answers the sandboxes' calls to http://cma.internal/ with the session of the calling sandbox's attachment.
         # None: such calls get 404 (no tool registry on this server).
         self.internal_handler = internal_handler
-        self._internal_tasks: set[asyncio.Task[None]] = set()
+        self._answers = BackgroundTasks("egress proxy: cma.internal answers")
+        self._background = BackgroundTasks("egress proxy")  # the supervisor and the engine's stderr relay
         self.home = self.data_dir / "egress"
         self.confdir = self.home / "mitmproxy"
         self.ca_bundle = self.home / "ca-bundle.pem"
@@ -209,7 +211,7 @@ class EgressProxy(LoggingConfigurable):
             self.error = f"the egress engine did not start: {exc}; retrying"
             self.log.error("jupyter-cma: %s", self.error)
             await self._kill()
-        self._supervisor = asyncio.ensure_future(self._supervise())
+        self._supervisor = self._background.spawn(self._supervise())
         return self.running
 
     async def stop(self) -> None:
@@ -217,11 +219,11 @@ class EgressProxy(LoggingConfigurable):
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
-        for task in list(self._internal_tasks):
-            task.cancel()
+        await self._answers.close(5.0)
         for sandbox_id in list(self.attachments):
             self.detach(sandbox_id)
         await self._kill()
+        await self._background.close(5.0)  # the stderr relay ends with the engine
 
     def _link_package(self) -> None:
         """The engine imports this very package (same version as the server) and nothing else from the server's environment."""
@@ -257,7 +259,7 @@ class EgressProxy(LoggingConfigurable):
         self._ready = loop.create_future()
         server_end.setblocking(False)
         loop.add_reader(server_end.fileno(), self._on_control)
-        asyncio.ensure_future(self._relay_stderr(self._proc))
+        self._background.spawn(self._relay_stderr(self._proc))
         self._send({"op": "configure", "data_dir": str(self.data_dir), "confdir": str(self.confdir), "api_base_url": self.api_base_url,
                     "middleware": self.middleware, "upstream_ca": self.upstream_ca or None, "limits": self._limits(),
                     "internal_timeout": self.internal_timeout})
@@ -393,9 +395,7 @@ class EgressProxy(LoggingConfigurable):
                 elif op == "worker_scope":
                     self._learned_scope(message)
                 elif op == "internal":
-                    task = asyncio.ensure_future(self._answer_internal(message, self._outbox))
-                    self._internal_tasks.add(task)
-                    task.add_done_callback(self._internal_tasks.discard)
+                    self._answers.spawn(self._answer_internal(message, self._outbox))
         finally:
             if rows:
                 self._record(rows)

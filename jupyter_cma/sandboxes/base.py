@@ -65,6 +65,14 @@ class ObjectStoreError(RuntimeError):
     """The workspace object store could not be used; the message says why without any credential."""
 
 
+class ObjectStoreNotConfigured(ObjectStoreError):
+    """A push or pull was asked of a server with no object store; the message says which settings to set."""
+
+    def __init__(self) -> None:
+        super().__init__("no object store is configured on this server: set WorkspaceObjectStore.url (s3://bucket/prefix) "
+                         "and, for an S3-compatible service, WorkspaceObjectStore.endpoint_url")
+
+
 class TierStatus(TypedDict, total=False):
     """A tier's own view of now, merged over the machine probe in `GET cma/api/status` (`tiers.<name>`).
 

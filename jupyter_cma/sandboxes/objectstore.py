@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 from traitlets import Bool, Integer, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from .base import ObjectStoreError
+from .base import ObjectStoreError, ObjectStoreNotConfigured
 
 
 class ObjectStoreStatus(TypedDict):
@@ -112,7 +112,7 @@ class WorkspaceObjectStore(LoggingConfigurable):
     def _client(self) -> Any:
         """One client for every thread (boto3's clients are thread-safe; making them concurrently is not)."""
         if not self.enabled:
-            raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
+            raise ObjectStoreNotConfigured()
         with self._client_lock:
             if self._cached_client is None:
                 try:

@@ -17,7 +17,13 @@ import tornado.web
 from jupyter_server.auth.decorator import authorized
 
 from ..control.workspaces import import_workspace, pull_workspace
-from ..sandboxes.base import NotSupported, ObjectStoreError, WorkspaceArchiveError, WorkspaceBusy
+from ..sandboxes.base import (
+    NotSupported,
+    ObjectStoreError,
+    ObjectStoreNotConfigured,
+    WorkspaceArchiveError,
+    WorkspaceBusy,
+)
 from .base import CMAHandler
 from .schemas import EmptyBody
 
@@ -25,10 +31,6 @@ if TYPE_CHECKING:
     from ..control.sessions import SessionManager
     from ..sandboxes.base import Tier, WorkspaceTransfer
     from ..store import Store
-
-
-_NO_OBJECT_STORE = ("no object store is configured on this server: set WorkspaceObjectStore.url (s3://bucket/prefix) "
-                    "and, for an S3-compatible service, WorkspaceObjectStore.endpoint_url")
 
 
 class _QueueWriter:
@@ -131,7 +133,8 @@ class SessionWorkspaceHandler(_WorkspaceHandler):
         finally:
             if chunk is not end:  # the client went away (or the server is stopping): let the export end and remove its helper
                 writer.cancelled = True
-                asyncio.ensure_future(_drain(queue, end))
+                await _drain(queue, end)  # the export's next write fails, so this ends soon
+                await asyncio.gather(producer, return_exceptions=True)
         if chunk is not end:
             return
         await asyncio.gather(producer, return_exceptions=True)
@@ -190,8 +193,8 @@ class SessionWorkspaceSyncHandler(_WorkspaceHandler):
                                                 "push it from the host it ran on")
         except tornado.web.HTTPError:
             raise
-        except NotSupported:  # the tier keeps no object store on this server
-            raise tornado.web.HTTPError(409, _NO_OBJECT_STORE) from None
+        except (NotSupported, ObjectStoreNotConfigured) as exc:
+            raise tornado.web.HTTPError(409, str(exc)) from None
         except LookupError as exc:
             raise tornado.web.HTTPError(404, f"{exc}; nothing to push") from None
         except WorkspaceBusy as exc:
@@ -199,9 +202,6 @@ class SessionWorkspaceSyncHandler(_WorkspaceHandler):
         except WorkspaceArchiveError as exc:
             raise tornado.web.HTTPError(502, f"the store's object was refused, nothing was written: {exc}") from None
         except ObjectStoreError as exc:
-            if str(exc).startswith("no object store is configured"):
-                # Transitional: the container tier still says "none configured" with ObjectStoreError, not NotSupported.
-                raise tornado.web.HTTPError(409, _NO_OBJECT_STORE) from None
             raise tornado.web.HTTPError(502, str(exc)) from None
         except Exception as exc:  # the Docker engine or the image, not the store
             raise tornado.web.HTTPError(503, f"could not {action} the workspace: {type(exc).__name__}: {exc}") from None

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from ...tasks import BackgroundTasks
 from ..base import finish_shielded
 from .engine import DockerEngine
 from .slots import ContainerFailed, Slot, describe_exit
@@ -54,6 +55,7 @@ class WarmPool(DockerEngine):
     _pool: list[Slot]
     _filling: int
     _closed: bool
+    _chores: BackgroundTasks  # clean-ups started from callbacks; close() lets them finish
     _wake: asyncio.Event | None
     _refill_not_before: float
 
@@ -93,7 +95,7 @@ class WarmPool(DockerEngine):
         if slot in self._pool:
             self._pool.remove(slot)
             log.warning("container tier: pooled container %s ended while waiting: %s", slot.name, describe_exit(slot.exited.result()))
-            asyncio.ensure_future(self._discard(slot, keep_volume=False))
+            self._chores.spawn(self._discard(slot, keep_volume=False))
             if self._wake is not None:
                 self._wake.set()
 
@@ -118,6 +120,7 @@ class Standby(DockerEngine):
     store: Store | None
     _standby: dict[str, asyncio.Task[Slot]]  # session id → its standby container, started or starting
     _closed: bool
+    _chores: BackgroundTasks  # clean-ups started from callbacks; close() lets them finish
 
     def keep_standby(self, session_id: str, size: str) -> None:
         """The session's container ended idle: with `standby_seconds`, start one on its volume for its next turn."""
@@ -128,7 +131,7 @@ class Standby(DockerEngine):
             return
         while len(self._standby) >= self.standby_max:
             oldest = self._standby.pop(next(iter(self._standby)))
-            asyncio.ensure_future(self._let_go(oldest))
+            self._chores.spawn(self._let_go(oldest))
         self._standby[session_id] = asyncio.ensure_future(self._start_standby(session_id, size, row["workspace_volume"]))
 
     async def _start_standby(self, session_id: str, size: str, volume: str) -> Slot:
@@ -147,8 +150,8 @@ class Standby(DockerEngine):
             await finish_shielded(self._discard(slot))
             raise
         slot.expiry = asyncio.get_running_loop().call_later(
-            self.standby_seconds, lambda: asyncio.ensure_future(self._drop_standby(session_id, only=task)))
-        slot.exited.add_done_callback(lambda _: asyncio.ensure_future(self._drop_standby(session_id, only=task)))
+            self.standby_seconds, lambda: self._chores.spawn(self._drop_standby(session_id, only=task)))
+        slot.exited.add_done_callback(lambda _: self._chores.spawn(self._drop_standby(session_id, only=task)))
         return slot
 
     def _failed_standby(self, session_id: str, task: asyncio.Task[Any] | None, exc: Exception) -> None:
@@ -167,7 +170,7 @@ class Standby(DockerEngine):
         except asyncio.CancelledError:
             if task.cancelled():
                 return None  # the standby container was let go meanwhile
-            asyncio.ensure_future(self._let_go(task))  # this take was cancelled (a stop): not left running
+            self._chores.spawn(self._let_go(task))  # this take was cancelled (a stop): not left running
             raise
         except Exception:
             return None  # logged where it failed

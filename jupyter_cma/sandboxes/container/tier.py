@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from traitlets import Float, Integer, Unicode, default
 
+from ...tasks import BackgroundTasks
 from ..base import REFILL_DELAY, ClaimedItem, IsolationStatus, TierStatus
 from ..image import ImageSettings
 from ..objectstore import ObjectStoreStatus, WorkspaceObjectStore
@@ -111,6 +112,7 @@ class ContainerTier(WarmPool, WorkspaceVolumes, SizedTier):
         self._wake: asyncio.Event | None = None
         self._refill_not_before = 0.0  # monotonic time: REFILL_DELAY after the last take from the pool
         self._closed = False
+        self._chores = BackgroundTasks("container tier")  # clean-ups started from callbacks
         self.image_error: str | None = None
         self.image_id: str | None = None
         self.engine_error: str | None = None  # no Docker engine answered when the tier started (until the image is ready)
@@ -139,11 +141,14 @@ class ContainerTier(WarmPool, WorkspaceVolumes, SizedTier):
             self._fill_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._fill_task
+        if self._image_ready is not None:
+            self._image_ready.cancel()
         self._pool = []
         standby, self._standby = list(self._standby.values()), {}
         for task in standby:
             task.cancel()
         await asyncio.gather(*standby, return_exceptions=True)
+        await self._chores.close(60.0, cancel=False)  # removals under way: let them finish
         slots = list(self._slots.values())
         await asyncio.gather(*(self._discard(slot, keep_volume=slot.session_id is not None or slot.standby_for is not None)
                                for slot in slots), return_exceptions=True)

@@ -24,7 +24,7 @@ import time
 import weakref
 from typing import IO, TYPE_CHECKING, Any
 
-from ..base import ObjectStoreError, WorkspaceBusy, WorkspaceTransfer, finish_shielded
+from ..base import ObjectStoreError, ObjectStoreNotConfigured, WorkspaceBusy, WorkspaceTransfer, finish_shielded
 from .labels import VOLUME_PREFIX
 from .pool import Standby
 from .slots import ContainerFailed
@@ -189,7 +189,7 @@ class WorkspaceVolumes(Standby):
 
     async def _push(self, session_id: str) -> WorkspaceTransfer:
         if not self.object_store.enabled:
-            raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
+            raise ObjectStoreNotConfigured()
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
             summary = await self._export(session_id, spool)
             spool.seek(0)
@@ -209,7 +209,7 @@ class WorkspaceVolumes(Standby):
 
     async def _pull(self, session_id: str) -> WorkspaceTransfer | None:
         if not self.object_store.enabled:
-            raise ObjectStoreError("no object store is configured: set WorkspaceObjectStore.url (s3://bucket/prefix)")
+            raise ObjectStoreNotConfigured()
         with tempfile.TemporaryFile(dir=self.data_dir or None) as spool:
             etag = await asyncio.to_thread(self.object_store.download, session_id, spool)
             if etag is None:
