@@ -64,7 +64,7 @@ class EgressPoliciesHandler(EgressHandler):
     async def post(self) -> None:
         from ..egress.policy import PolicyConflict, PolicyError
 
-        body = self.json_object()  # the document's own rules are egress/policy.py's
+        body = self.json_object()  # the document's own rules are egress/policy/document.py's
         try:
             record = self._policies.create(body)
         except PolicyError as exc:

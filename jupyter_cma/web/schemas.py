@@ -8,7 +8,7 @@ strictly (`"5"` is not a number, unknown fields are refused, so a misspelt field
 silently ignored); query strings are text, so their numbers are parsed from it.
 
 What depends on this server's configuration (the tiers, their instance sizes) and the
-egress policy documents (`egress/policy.py`, which validates its own) are checked by
+egress policy documents (`egress/policy/document.py`, which validates its own) are checked by
 the handlers after these models.
 """
 

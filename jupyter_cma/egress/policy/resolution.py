@@ -118,7 +118,7 @@ class EffectivePolicy:
                     )
         record = self.deciding
         if record is None:
-            return Decision.deny("default:no-policy", f"no egress policy applies to this session, so {where} is denied; add a policy (see the README, Egress policies)")
+            return Decision.deny("default:no-policy", f"no egress policy applies to this session, so {where} is denied; add a policy (see docs/egress.md)")
         policy, pid, label = record.policy, record.id, f"policy {record.policy.name!r} ({record.id})"
         decision: Decision | None = None
         for service in policy.private_services:
