@@ -1651,3 +1651,58 @@ def test_non_loopback_host_is_refused() -> None:
     assert proc.returncode != 0
     assert proc.stdout.strip() == ""
     assert "allow-remote" in proc.stderr
+
+
+# =========================================================================== custom tool schemas the API refuses
+
+
+def _custom_tool(schema: dict[str, Any], name: str = "checker") -> dict[str, Any]:
+    return {"type": "custom", "name": name, "description": "Checks.", "input_schema": schema}
+
+
+@pytest.mark.parametrize(("schema", "phrases"), [
+    ({"type": "object", "properties": {"p": {"$ref": "#/$defs/P"}}, "$defs": {"P": {"type": "string"}}},
+     ["input_schema has $defs", "remove $defs and inline"]),
+    ({"type": "object", "properties": {"p": {"type": "array", "items": {"$ref": "#/definitions/P"}}}},
+     ["input_schema.properties.p.items has a $ref", "inline the schema it points to"]),
+    ({"type": "object", "properties": {"p": {"type": "object"}}, "definitions": {"P": {"type": "string"}}},
+     ["input_schema has definitions", "remove definitions"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "^(?=.*[0-9]).{8,}$"}}},
+     ["input_schema.properties.p.pattern", "a lookahead '(?='", "remove it"]),
+    ({"type": "object", "properties": {"p": {"anyOf": [{"type": "string", "pattern": "(?<!un)happy"}, {"type": "null"}]}}},
+     ["input_schema.properties.p.anyOf[0].pattern", "a negative lookbehind '(?<!'"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "(?<=#)\\w+"}}}, ["a lookbehind '(?<='"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "^#(?!\\d)"}}}, ["a negative lookahead '(?!'"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "^(\\w)\\w*\\1$"}}}, ["a backreference '\\1'"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "(?<c>a)\\k<c>"}}},
+     ["a named backreference '\\k<name>'"]),
+    ({"type": "object", "properties": {"p": {"type": "string", "pattern": "(?P<c>a)(?P=c)"}}},
+     ["a named backreference '(?P=name)'"]),
+    ({"type": "object", "properties": {"p": {"type": "object", "patternProperties": {"^(?!x)": {"type": "string"}}}}},
+     ["patternProperties key '^(?!x)'", "a negative lookahead"]),
+])
+def test_custom_tool_schemas_with_references_or_lookarounds_are_400(ctx: Ctx, schema: dict[str, Any], phrases: list[str]) -> None:
+    error = assert_error(ctx.api.post("/v1/agents", json={"name": "a", "model": "m", "tools": [_custom_tool(schema)]}),
+                         400, "invalid_request_error")
+    assert error["message"].startswith("custom tool 'checker': "), error
+    for phrase in phrases:
+        assert phrase in error["message"], error
+    # an update is held to the same rule
+    agent = ctx.agent(tools=[LOOKUP_TOOL])
+    assert_error(ctx.api.post(f"/v1/agents/{agent['id']}", json={"tools": [_custom_tool(schema)]}), 400, "invalid_request_error")
+
+
+def test_custom_tool_schemas_that_only_look_like_references_are_accepted(ctx: Ctx) -> None:
+    """Property names are names, data is data, and escaped or bracketed parentheses are no lookarounds."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "$ref": {"type": "string"},
+            "definitions": {"type": "string", "pattern": "^\\(?=[(?=]\\\\1[\\1]$"},
+            "pattern": {"type": "object", "default": {"$ref": "#/x", "$defs": {}}},
+            "named": {"type": "string", "pattern": "^(?<year>\\d{4})-(?:\\d{2})$"},
+        },
+        "required": ["$ref"],
+    }
+    agent = ctx.agent(tools=[_custom_tool(schema)])
+    assert agent["tools"][0]["input_schema"] == schema

@@ -16,6 +16,73 @@ TOOLSET_NAMES = ("bash", "edit", "read", "write", "glob", "grep", "web_fetch", "
 CUSTOM_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
+# What a custom tool's input_schema may not hold, as the API refuses it: references (the schema must be
+# written out in full) and regular expressions with lookarounds or backreferences. Only keywords whose
+# value is a schema are walked: `default`, `enum`, `const` are data, and a property may be *named* "$ref".
+_SUBSCHEMA = ("additionalProperties", "items", "additionalItems", "contains", "propertyNames", "not", "if", "then",
+              "else", "unevaluatedItems", "unevaluatedProperties")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "dependentSchemas")
+_LOOKAROUNDS = (("<=", "a lookbehind '(?<='"), ("<!", "a negative lookbehind '(?<!'"), ("=", "a lookahead '(?='"),
+                ("!", "a negative lookahead '(?!'"), ("P=", "a named backreference '(?P=name)'"))
+
+
+def _input_schema_problem(node: Any, path: str) -> str | None:
+    if not isinstance(node, dict):
+        return None
+    if "$ref" in node:
+        return f"{path} has a $ref; references are not supported: inline the schema it points to"
+    for key in ("$defs", "definitions"):
+        if key in node:
+            return f"{path} has {key}; references are not supported: remove {key} and inline its schemas where they are used"
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and (feature := _regex_feature(pattern)):
+        return f"{path}.pattern uses {feature}; lookarounds and backreferences are not supported: remove it"
+    for key in node.get("patternProperties") or {}:
+        if isinstance(key, str) and (feature := _regex_feature(key)):
+            return f"{path}.patternProperties key {key!r} uses {feature}; lookarounds and backreferences are not supported: remove it"
+    children: list[tuple[Any, str]] = [(node.get(k), f"{path}.{k}") for k in _SUBSCHEMA if isinstance(node.get(k), dict)]
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            children += [(v, f"{path}.{key}[{i}]") for i, v in enumerate(node[key])]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            children += [(v, f"{path}.{key}.{name}") for name, v in node[key].items()]
+    for child, child_path in children:
+        problem = _input_schema_problem(child, child_path)
+        if problem:
+            return problem
+    return None
+
+
+def _regex_feature(pattern: str) -> str | None:
+    """A lookaround or backreference in `pattern`, named; escapes and character classes are followed."""
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            nxt = pattern[i + 1 : i + 2]
+            if not in_class and nxt in tuple("123456789"):
+                return f"a backreference '\\{nxt}'"
+            if not in_class and nxt == "k" and pattern[i + 2 : i + 3] in ("<", "{", "'"):
+                return "a named backreference '\\k<name>'"
+            i += 2
+        elif in_class:
+            in_class = char != "]"
+            i += 1
+        elif char == "[":
+            in_class = True
+            i += 2 if pattern[i + 1 : i + 2] == "^" else 1
+            i += 1 if pattern[i : i + 1] == "]" else 0  # a ']' first in a class is itself
+        else:
+            if char == "(" and pattern[i + 1 : i + 2] == "?":
+                for start, feature in _LOOKAROUNDS:
+                    if pattern[i + 2 :].startswith(start):
+                        return feature
+            i += 1
+    return None
+
+
 class Agents:
     """The agents and their versions, a part of `Service` (see service.py)."""
 
@@ -61,6 +128,9 @@ class Agents:
                 schema = tool.get("input_schema")
                 if not isinstance(schema, dict) or schema.get("type") != "object":
                     raise bad_request(f"custom tool {name!r}: input_schema must be a JSON schema with type 'object'")
+                problem = _input_schema_problem(schema, "input_schema")
+                if problem:
+                    raise bad_request(f"custom tool {name!r}: {problem}")
                 names.add(name)
                 out.append({"type": "custom", "name": name, "description": tool.get("description") or "", "input_schema": schema})
             elif kind == "mcp_toolset":
