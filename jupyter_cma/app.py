@@ -23,6 +23,8 @@ from traitlets import Enum, Float, Integer, List, Type, Unicode, default
 
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
+from .client.connection import SERVER_URL_ENV
+from .control.agents import refresh_agents
 from .control.dispatcher import Dispatcher
 from .control.egress import SessionEgress
 from .control.sessions import SessionManager
@@ -35,7 +37,9 @@ from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
 from .store import Store
 from .tasks import BackgroundTasks
+from .tools.kernels import KERNEL_ACTIONS, KernelCredentials, NotebookTool, NotebookTools, ServerKernels
 from .tools.registry import ToolRegistry
+from .web.base import KERNEL_CREDENTIALS
 from .web.handlers import ApiContext, handlers
 
 if TYPE_CHECKING:
@@ -131,6 +135,9 @@ class CMAApp(ExtensionApp):
     reclaim_older_than_ms = Integer(
         5000, help="Reclaim work items another worker polled but never acknowledged after this many ms (default 5000)."
     ).tag(config=True)
+    notebook_tool_timeout = Float(
+        120.0, help="Seconds a call to a notebook tool (@cma.tool) may take unless the tool sets its own timeout (default 120)."
+    ).tag(config=True)
     idle_release_seconds = Float(
         60.0, help="Seconds a session may stay idle (turn ended) before its sandbox is released; the workspace is kept (default 60)."
     ).tag(config=True)
@@ -173,8 +180,15 @@ class CMAApp(ExtensionApp):
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
         self.egress_log = EgressLog(self.store)
-        # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket).
-        self.tools = ToolRegistry()
+        # Notebook tools (@cma.tool) run in the kernel that defined them; a kernel proves which one it is by signing
+        # its requests with its own key (KernelCredentials, checked by every REST handler).
+        kernels = ServerKernels(self.serverapp.kernel_manager, self.serverapp.session_manager)
+        self.notebook_tools = NotebookTools(kernels, default_timeout=self.notebook_tool_timeout,
+                                            on_change=self._notebook_tool_changed)
+        self.settings[KERNEL_CREDENTIALS] = KernelCredentials(kernels)
+        # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket),
+        # with the notebook tools of their session's agent.
+        self.tools = ToolRegistry(self.notebook_tools, agent_tools=lambda agent_id: (self.store.agent(agent_id) or {}).get("notebook_tools") or {})
         self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
                                         middleware=list(self.egress_middleware), egress_log=self.egress_log,
                                         internal_handler=self.tools.handle_internal)
@@ -182,10 +196,11 @@ class CMAApp(ExtensionApp):
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
                 parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell, store=self.store,
-                egress_hook=egress,
+                egress_hook=egress, custom_tools=self.tools,
             ),
             "container": self.container_tier_class(
                 parent=self, data_dir=str(data), store=self.store, egress_hook=egress, api_base_url=self.api_base_url,
+                custom_tools=self.tools,
             ),
         }
         self.client = self._make_client()
@@ -227,6 +242,8 @@ class CMAApp(ExtensionApp):
             egress=self.egress_resolver,
             secrets=self.egress_secrets,
             egress_log=self.egress_log,
+            notebook_tools=self.notebook_tools,
+            registry=self.tools,
         )))
 
     def _make_egress_resolver(self) -> PolicyResolver:
@@ -342,6 +359,10 @@ class CMAApp(ExtensionApp):
     # ------------------------------------------------------------------ background tasks
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        url = server_url(serverapp)
+        if url:  # the kernels this server starts find it there (an address, not a credential)
+            os.environ[SERVER_URL_ENV] = url
+        serverapp.event_logger.add_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
         released = self.sessions.recover()
         if released:
             self.log.info("jupyter-cma: released %d session(s) left serving by a previous process", len(released))
@@ -406,7 +427,15 @@ class CMAApp(ExtensionApp):
         if removed:
             self.log.info("jupyter-cma: pruned %d egress log records", removed)
 
+    async def _on_kernel_action(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        self.notebook_tools.on_kernel_event(data)
+
+    def _notebook_tool_changed(self, tool: NotebookTool) -> None:
+        """A notebook tool was defined again with another schema or description: the agents given it get it too."""
+        self.background.spawn(refresh_agents(self.client, self.store, tool))
+
     async def stop_extension(self) -> None:
+        self.serverapp.event_logger.remove_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
         await self.background.close(self.stop_timeout)
         try:
             await asyncio.wait_for(self._release_all(), self.stop_timeout)
@@ -421,4 +450,16 @@ class CMAApp(ExtensionApp):
         for tier in self.sandbox_tiers.values():
             await tier.close()
         await self.egress_proxy.stop()
+        await self.notebook_tools.close()
         await self.client.close()
+
+
+def server_url(serverapp: Any) -> str | None:
+    """The server's own URL as a process on this machine reaches it (loopback for a wildcard address); None for a
+    server on a Unix socket."""
+    if getattr(serverapp, "sock", ""):
+        return None
+    ip = serverapp.ip or "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "[::1]"}.get(ip, f"[{ip}]" if ":" in ip else ip)
+    scheme = "https" if serverapp.certfile else "http"
+    return f"{scheme}://{host}:{serverapp.port}{serverapp.base_url}"

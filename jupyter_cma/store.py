@@ -144,6 +144,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sessions ADD COLUMN workspace_etag TEXT;
     ALTER TABLE sessions ADD COLUMN workspace_sync TEXT;
     """,
+    # 8: the notebook tools an agent was given (JSON: tool name → the kernel that defines it, its notebook and
+    # the definition the agent has upstream), so a session's call reaches that kernel.
+    """
+    ALTER TABLE agents ADD COLUMN notebook_tools TEXT;
+    """,
 ]
 
 
@@ -436,10 +441,20 @@ class Store:
 
     def agent(self, agent_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
-        return dict(row) if row else None
+        return _agent_row(row) if row else None
 
     def agents(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute("SELECT * FROM agents ORDER BY created_at DESC").fetchall()]
+        return [_agent_row(r) for r in self._db.execute("SELECT * FROM agents ORDER BY created_at DESC").fetchall()]
+
+    def set_agent_notebook_tools(self, agent_id: str, tools: dict[str, dict[str, Any]]) -> None:
+        """Replace the notebook tools of a stored agent: tool name → {"kernel_id", "notebook", "definition"}."""
+        self._db.execute("UPDATE agents SET notebook_tools = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(tools) if tools else None, time.time(), agent_id))
+
+    def agents_with_notebook_tool(self, kernel_id: str, name: str) -> list[dict[str, Any]]:
+        """The stored agents given tool `name` of kernel `kernel_id`."""
+        rows = self._db.execute("SELECT * FROM agents WHERE notebook_tools IS NOT NULL").fetchall()
+        return [a for a in map(_agent_row, rows) if (a["notebook_tools"].get(name) or {}).get("kernel_id") == kernel_id]
 
     # ------------------------------------------------------------------ recorded cells (notebook export)
 
@@ -542,3 +557,13 @@ def _session_row(row: sqlite3.Row) -> dict[str, Any]:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _agent_row(row: sqlite3.Row) -> dict[str, Any]:
+    agent = dict(row)
+    try:
+        tools = json.loads(agent.get("notebook_tools") or "{}")
+    except ValueError:
+        tools = {}
+    agent["notebook_tools"] = tools if isinstance(tools, dict) else {}
+    return agent

@@ -78,12 +78,19 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("SessionsHandler", "POST"): Route(body={"agent_id": "agent_fuzz", "message": "hi"}, fields=_fields(schemas.SessionCreate)),
     ("SessionHandler", "GET"): Route(),
     ("SessionEventsHandler", "GET"): Route(query=_fields(schemas.EventsQuery)),
+    ("SessionMessagesHandler", "POST"): Route(body={"text": "hi"}, fields=_fields(schemas.SessionMessage)),
     ("SessionStopHandler", "POST"): Route(body={}),
     ("SessionNotebookHandler", "GET"): Route(),
     ("SessionTerminalHandler", "POST"): Route(body={}),
     ("SessionWorkspaceHandler", "GET"): Route(),
     ("SessionWorkspaceHandler", "PUT"): Route(binary=True),
     ("SessionWorkspaceSyncHandler", "POST"): Route(body={}),
+    ("ToolsHandler", "GET"): Route(),
+    ("KernelToolsHandler", "GET"): Route(),
+    # Only the kernel itself may PUT (signed with its key): the fuzz's token gets 403, whatever the body.
+    ("KernelToolHandler", "PUT"): Route(body={"description": "x", "input_schema": {"type": "object"}},
+                                        fields=_fields(schemas.NotebookToolPut)),
+    ("KernelToolHandler", "DELETE"): Route(),
     ("WebhookDeliveriesHandler", "GET"): Route(query=_fields(schemas.DeliveriesQuery)),
     ("EgressLogHandler", "GET"): Route(query=_fields(schemas.EgressLogQuery)),
     ("EgressPoliciesHandler", "GET"): Route(),
@@ -99,7 +106,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("WebhookHandler", "POST"): Route(),  # fuzzed by the webhook tests below
 }
 # A well-formed value for each path parameter; the path tests break them.
-PATH_VALUES = {"session_id": "sesn_fuzz", "agent_id": "agent_fuzz", "policy_id": "pol_fuzz", "name": "FUZZ_SECRET", "action": "push"}
+PATH_VALUES = {"session_id": "sesn_fuzz", "agent_id": "agent_fuzz", "policy_id": "pol_fuzz", "name": "FUZZ_SECRET", "action": "push",
+               "kernel_id": "0b8f3c1e-0000-4000-8000-00000000f022", "tool_name": "fuzz_tool"}
 _GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
 
 

@@ -148,6 +148,20 @@ class EgressHook(abc.ABC):
         """The sandbox no longer serves `session_id`: its socket stops being served."""
 
 
+class CustomTools(abc.ABC):
+    """The custom tools a session may call beyond its tier's own: the server's registry (`tools/registry.py`),
+    with the notebook tools of the session's agent. The container tier's sandboxes reach it through the egress
+    proxy's internal route; the kernel tier's sandboxes call it directly."""
+
+    @abc.abstractmethod
+    def definitions(self, session_id: str | None, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """The tools the session may call: name, description, input_schema."""
+
+    @abc.abstractmethod
+    async def call(self, session_id: str, name: str, input: dict[str, Any], agent_id: str | None = None) -> dict[str, Any]:
+        """Run one: {"content": str or content blocks, "is_error": bool}; LookupError if the session has no such tool."""
+
+
 @dataclass(frozen=True)
 class ClaimedItem:
     """A work item this server has claimed (polled and acked). `secret` is never shown."""
@@ -242,6 +256,13 @@ class Tier(LoggingConfigurable):
         allow_none=True,
         help="Told when a sandbox's egress socket starts and stops serving a session (the server sets the egress "
         "proxy's; default none: sandboxes get no way out).",
+    )
+
+    custom_tools = Instance(
+        CustomTools,
+        allow_none=True,
+        help="The custom tools sessions may call beyond the tier's own (the server sets its registry, with the "
+        "notebook tools of each session's agent; default none).",
     )
 
     async def start(self) -> None:

@@ -18,6 +18,11 @@ result for the model.
 
 The session a call is made for comes from the proxy (the sandbox's socket),
 never from the request: nothing in the path or body names it.
+
+Besides the server's own tools, a session sees the notebook tools its agent
+was given (`@cma.tool` in a notebook; `tools/kernels.py` runs them in the
+notebook's kernel): `agent_tools(agent_id)` says which, as the store keeps them.
+The kernel tier's sandboxes use the same registry (`Tier.custom_tools`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..sandboxes.base import CustomTools
+
+if TYPE_CHECKING:
+    from .kernels import NotebookTools
 
 log = logging.getLogger("jupyter_cma.tools")
 
@@ -56,11 +66,18 @@ class Tool:
         return {"name": self.name, "description": self.description, "input_schema": self.input_schema}
 
 
-class ToolRegistry:
-    """Custom tools by name; each visible to every session or to the sessions it was registered for."""
+# agent id → its notebook tools: name → {"kernel_id", "notebook", "definition"} (see control/agents.py)
+AgentTools = Callable[[str], dict[str, dict[str, Any]]]
 
-    def __init__(self) -> None:
+
+class ToolRegistry(CustomTools):
+    """Custom tools by name; each visible to every session or to the sessions it was registered for; and the
+    notebook tools of each session's agent."""
+
+    def __init__(self, notebook: NotebookTools | None = None, agent_tools: AgentTools | None = None) -> None:
         self._tools: dict[str, Tool] = {}
+        self._notebook = notebook
+        self._agent_tools = agent_tools
 
     def register(self, name: str, handler: ToolHandler, *, description: str, input_schema: dict[str, Any],
                  sessions: Iterable[str] | None = None) -> None:
@@ -93,23 +110,37 @@ class ToolRegistry:
         """Withdraw a tool; False if there was none of that name."""
         return self._tools.pop(name, None) is not None
 
-    def definitions(self, session_id: str | None) -> list[dict[str, Any]]:
-        """The tools this session may call: name, description, input_schema (in the order they were registered)."""
-        return [tool.definition() for tool in self._tools.values() if tool.visible_to(session_id)]
+    def definitions(self, session_id: str | None, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """The tools this session may call: name, description, input_schema (the server's in the order they were
+        registered, then the notebook tools of the session's agent)."""
+        own = [tool.definition() for tool in self._tools.values() if tool.visible_to(session_id)]
+        taken = {d["name"] for d in own}
+        notebook = [{k: b["definition"][k] for k in ("name", "description", "input_schema")}
+                    for name, b in self._notebook_bindings(agent_id).items() if name not in taken]
+        return own + notebook
+
+    def _notebook_bindings(self, agent_id: str | None) -> dict[str, dict[str, Any]]:
+        if agent_id is None or self._agent_tools is None or self._notebook is None:
+            return {}
+        return self._agent_tools(agent_id)
 
     def _visible(self, session_id: str | None, name: str) -> Tool | None:
         tool = self._tools.get(name)
         return tool if tool is not None and tool.visible_to(session_id) else None
 
-    async def call(self, session_id: str, name: str, input: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, session_id: str, name: str, input: dict[str, Any], agent_id: str | None = None) -> dict[str, Any]:
         """Run a tool for a session: {"content": str or list, "is_error": bool}.
 
-        A handler that raises gives `is_error` with the exception's message.
-        LookupError if this session has no tool of that name.
+        A handler that raises gives `is_error` with the exception's message; a
+        notebook tool runs in its notebook's kernel. LookupError if this session
+        has no tool of that name.
         """
         tool = self._visible(session_id, name)
         if tool is None:
-            raise LookupError(f"no tool named {name!r}")
+            binding = self._notebook_bindings(agent_id).get(name)
+            if binding is None or self._notebook is None:
+                raise LookupError(f"no tool named {name!r}")
+            return await self._notebook.call(binding["kernel_id"], name, input, notebook=binding.get("notebook"))
         try:
             result = tool.handler(session_id, input)
             if inspect.isawaitable(result):
@@ -132,11 +163,11 @@ class ToolRegistry:
         if route.rstrip("/") == ROUTE:
             if method != "GET":
                 return _error(405, USAGE)
-            return _answer(200, {"tools": self.definitions(session_id)})
+            return _answer(200, {"tools": self.definitions(session_id, agent_id)})
         if not route.startswith(ROUTE + "/"):
             return _error(404, f"no such route; {USAGE}")
         name = route[len(ROUTE) + 1:]
-        if not TOOL_NAME.fullmatch(name) or self._visible(session_id, name) is None:
+        if not TOOL_NAME.fullmatch(name) or name not in {d["name"] for d in self.definitions(session_id, agent_id)}:
             return _error(404, f"no tool named {name[:100]!r}; GET {ROUTE} lists this session's tools")
         if method != "POST":
             return _error(405, USAGE)
@@ -148,7 +179,7 @@ class ToolRegistry:
             return _error(400, f"send the tool's input as a JSON object in the body, such as {{}} or "
                                f"{{\"query\": \"...\"}} (the tool's input_schema says which fields; GET {ROUTE} lists it)")
         try:
-            return _answer(200, await self.call(session_id, name, tool_input))
+            return _answer(200, await self.call(session_id, name, tool_input, agent_id))
         except LookupError:  # withdrawn while the body was read
             return _error(404, f"no tool named {name!r}; GET {ROUTE} lists this session's tools")
 

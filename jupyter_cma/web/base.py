@@ -8,6 +8,11 @@ arrive as typed `initialize(...)` keyword arguments, each handler only those
 it uses (the route table, `web/handlers.py`, hands them out), never through
 globals.
 
+A notebook kernel this server started needs no token: it signs each request with its own message key
+(`client/signing.py`), `prepare` checks the signature against the server's kernels (`KernelCredentials`,
+given in the tornado setting `KERNEL_CREDENTIALS`), and the handler knows the kernel (`self.kernel_id`). A
+kernel's signature opens jupyter-cma's routes only, not the rest of the Jupyter server.
+
 Errors are JSON `{"message": …}` with a message that says what to do. Every
 input is checked before any call to Anthropic's API or write to the store: a
 JSON body is read by `jsonbody.read_json` (one way for every route) and
@@ -23,17 +28,23 @@ from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import tornado.web
+from jupyter_server.auth import User
+from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
 
 from ..jsonbody import JSONBodyError, read_json
+from ..tools.kernels import KernelAuthError
+from ..client.signing import SCHEME
 from .schemas import explain
 
 if TYPE_CHECKING:
     from ..sandboxes.base import Tier
+    from ..tools.kernels import KernelCredentials
 
 AUTH_RESOURCE = "cma"
+KERNEL_CREDENTIALS = "jupyter_cma_kernel_credentials"  # the tornado setting holding the KernelCredentials
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
@@ -46,6 +57,28 @@ class CMAHandler(ExtensionHandlerMixin, APIHandler):
     """
 
     auth_resource = AUTH_RESOURCE
+    kernel_id: str | None = None  # the kernel of this server that signed the request, if one did
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate a kernel-signed request by its signature; any other the Jupyter server's way."""
+        credentials: KernelCredentials | None = self.settings.get(KERNEL_CREDENTIALS)
+        header = self.request.headers.get("Authorization", "")
+        if credentials is None or not header.startswith(f"{SCHEME} "):
+            await super().prepare()
+            return
+        # What JupyterHandler.prepare does for any request, with the kernel as the user.
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        if not self.check_host():
+            raise tornado.web.HTTPError(403)
+        try:
+            kernel_id = credentials.verify(header, self.request.method or "", self.request.uri or "", self.request.body)
+        except KernelAuthError as exc:
+            self.current_user = self._jupyter_current_user = None
+            raise tornado.web.HTTPError(403, str(exc)) from None
+        self.kernel_id = kernel_id
+        self.current_user = self._jupyter_current_user = User(username=f"kernel-{kernel_id}", name=f"kernel {kernel_id}")
+        self.set_cors_headers()
+        # No XSRF check: the request carries no cookie, and its signature covers its method, path and body.
 
     def json_object(self) -> dict[str, Any]:
         """The request body as a JSON object (no body: `{}`); 400 (413 when too large) saying what to send.

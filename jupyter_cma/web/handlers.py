@@ -6,7 +6,8 @@ themselves live in a module per resource:
 
 - `web/status.py`: `status`;
 - `web/agents.py`: `agents`, `agents/{id}`;
-- `web/sessions.py`: `sessions`, `sessions/{id}`, its `events`, `stop` and `notebook`;
+- `web/sessions.py`: `sessions`, `sessions/{id}`, its `events`, `messages`, `stop` and `notebook`;
+- `web/tools.py`: `tools`, `kernels/{id}/tools` and `kernels/{id}/tools/{name}` (notebook tools);
 - `web/terminals.py`: `sessions/{id}/terminal`;
 - `web/workspaces.py`: `sessions/{id}/workspace` and its `push`/`pull`;
 - `web/egress.py`: `egress/log`, `egress/policies…`, `egress/decide`, `egress/secrets…`;
@@ -32,9 +33,17 @@ from .egress import (
     EgressSecretsHandler,
 )
 from .schemas import ID_PATTERN
-from .sessions import SessionEventsHandler, SessionHandler, SessionNotebookHandler, SessionsHandler, SessionStopHandler
+from .sessions import (
+    SessionEventsHandler,
+    SessionHandler,
+    SessionMessagesHandler,
+    SessionNotebookHandler,
+    SessionsHandler,
+    SessionStopHandler,
+)
 from .status import StatusHandler
 from .terminals import SessionTerminalHandler
+from .tools import KernelToolHandler, KernelToolsHandler, ToolsHandler
 from .webhooks import WebhookDeliveriesHandler, WebhookHandler
 from .workspaces import SessionWorkspaceHandler, SessionWorkspaceSyncHandler
 
@@ -49,6 +58,8 @@ if TYPE_CHECKING:
     from ..egress.secrets import SecretStore
     from ..sandboxes.base import Tier
     from ..store import Store
+    from ..tools.kernels import NotebookTools
+    from ..tools.registry import ToolRegistry
 
 
 @dataclass
@@ -68,13 +79,17 @@ class ApiContext:
     egress: PolicyResolver
     secrets: SecretStore
     egress_log: EgressLog
+    notebook_tools: NotebookTools
+    registry: ToolRegistry
 
 
 def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
     """The extension's routes, relative to the server's base_url, each with its handler's `initialize` arguments."""
     api = r"/cma/api"
     sid = f"(?P<session_id>{ID_PATTERN})"
-    agents = {"store": ctx.store, "client": ctx.client, "tiers": ctx.tiers, "default_tier": ctx.default_tier}
+    kid = r"(?P<kernel_id>[0-9a-fA-F-]{1,64})"
+    agents = {"store": ctx.store, "client": ctx.client, "tiers": ctx.tiers, "default_tier": ctx.default_tier,
+              "notebook_tools": ctx.notebook_tools}
     workspaces = {"store": ctx.store, "sessions": ctx.sessions, "tiers": ctx.tiers}
     policies = {"policies": ctx.policies, "secrets": ctx.secrets}
     return [
@@ -85,11 +100,15 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
          {"store": ctx.store, "tiers": ctx.tiers, "client": ctx.client, "environment_id": ctx.environment_id}),
         (rf"{api}/sessions/{sid}", SessionHandler, {"store": ctx.store, "sessions": ctx.sessions}),
         (rf"{api}/sessions/{sid}/events", SessionEventsHandler, {"client": ctx.client}),
+        (rf"{api}/sessions/{sid}/messages", SessionMessagesHandler, {"client": ctx.client}),
         (rf"{api}/sessions/{sid}/stop", SessionStopHandler, {"sessions": ctx.sessions}),
         (rf"{api}/sessions/{sid}/notebook", SessionNotebookHandler, {"store": ctx.store}),
         (rf"{api}/sessions/{sid}/terminal", SessionTerminalHandler, {"store": ctx.store, "sessions": ctx.sessions}),
         (rf"{api}/sessions/{sid}/workspace", SessionWorkspaceHandler, workspaces),
         (rf"{api}/sessions/{sid}/workspace/(?P<action>push|pull)", SessionWorkspaceSyncHandler, workspaces),
+        (rf"{api}/tools", ToolsHandler, {"notebook_tools": ctx.notebook_tools, "registry": ctx.registry}),
+        (rf"{api}/kernels/{kid}/tools", KernelToolsHandler, {"notebook_tools": ctx.notebook_tools}),
+        (rf"{api}/kernels/{kid}/tools/(?P<tool_name>[A-Za-z0-9_-]{{1,64}})", KernelToolHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, {"store": ctx.store}),
         (rf"{api}/egress/log", EgressLogHandler, {"egress_log": ctx.egress_log}),
         (rf"{api}/egress/policies", EgressPoliciesHandler, policies),

@@ -123,6 +123,23 @@ class CustomTool(Body):
     input_schema: InputSchema
 
 
+class NotebookToolRef(Body):
+    """A tool a notebook kernel registered (`@cma.tool`), given to an agent by its kernel and name."""
+
+    kernel_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F-]{1,64}$")] = Field(
+        description="the id of a kernel of this server (GET cma/api/tools lists the notebook tools)")
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = Field(
+        description="1-64 letters, digits, '_' or '-'")
+
+
+class NotebookToolPut(Body):
+    """`PUT cma/api/kernels/{kernel_id}/tools/{name}`: what `@cma.tool` registers for its kernel."""
+
+    description: str = Field(description="the tool's description, a string")
+    input_schema: InputSchema
+    timeout: float | None = Field(None, gt=0, le=3600, description="seconds a call may take, more than 0 and at most 3600")
+
+
 class ModelConfig(Body):
     """A model with settings (the SDK's BetaManagedAgentsModelConfigParams); the API checks the values."""
 
@@ -156,13 +173,18 @@ class AgentCreate(Body):
     tools: list[CustomTool] = Field(
         default_factory=list, max_length=256,
         description='custom tools only: [{"type": "custom", "name", "description", "input_schema": {"type": "object", …}}]')
+    notebook_tools: list[NotebookToolRef] = Field(
+        default_factory=list, max_length=256,
+        description='tools notebook kernels registered with @cma.tool: [{"kernel_id", "name"}]; they run in that kernel')
 
 
 class AgentPatch(Body):
-    """`PATCH cma/api/agents/{id}`: at least one of the two."""
+    """`PATCH cma/api/agents/{id}`: at least one of these."""
 
     tier: str | None = Field(None, description="a tier of this server, or null for the server's default")
     size: str | None = Field(None, description="an instance size of the agent's tier")
+    notebook_tools: list[NotebookToolRef] | None = Field(
+        None, max_length=256, description='the agent\'s notebook tools, all of them: [{"kernel_id", "name"}] ([] for none)')
 
 
 class AgentsQuery(Query):
@@ -182,6 +204,12 @@ class SessionCreate(Body):
     title: str | None = Field(None, description="a string")
     metadata: Metadata | None = Field(
         None, description='string values such as {"team": "ml"} (at most 16, keys of 1-64 characters); egress policies can match on them')
+
+
+class SessionMessage(Body):
+    """`POST cma/api/sessions/{id}/messages`: a user message to the session."""
+
+    text: NonBlank = Field(description="the message, non-empty text")
 
 
 class SessionsQuery(Query):

@@ -14,7 +14,7 @@ import tornado.web
 from jupyter_server.auth.decorator import authorized
 
 from .base import CMAHandler, known_tier
-from .schemas import EmptyBody, EventsQuery, SessionCreate, SessionsQuery
+from .schemas import EmptyBody, EventsQuery, SessionCreate, SessionMessage, SessionsQuery
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -99,6 +99,23 @@ class SessionEventsHandler(CMAHandler):
             params["page"] = query.page
         page = await self.upstream(self._client.beta.sessions.events.list(session_id, **params))
         self.finish({"data": [e.model_dump(mode="json") for e in page.data], "next_page": page.next_page})
+
+
+class SessionMessagesHandler(CMAHandler):
+    """`POST cma/api/sessions/{id}/messages` `{"text"}`: a user message to the session (its next turn)."""
+
+    def initialize(self, name: str, *, client: AsyncAnthropic) -> None:  # type: ignore[override]
+        super().initialize(name)
+        self._client = client
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, session_id: str) -> None:
+        body = self.body(SessionMessage)
+        message = {"type": "user.message", "content": [{"type": "text", "text": body.text}]}
+        await self.upstream(self._client.beta.sessions.events.send(session_id, events=[message]))
+        self.set_status(201)
+        self.finish({"session_id": session_id, "sent": True})
 
 
 class SessionStopHandler(CMAHandler):

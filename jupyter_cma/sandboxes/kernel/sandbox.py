@@ -314,7 +314,35 @@ class KernelSandbox(Sandbox):
                 continue
             tools.append(self._wrap_file_tool(tool))
         tools.append(self.python_tool())
-        return tools
+        return tools + self._custom_tools([t.name for t in tools])
+
+    def _custom_tools(self, taken: list[str]) -> list[BetaAsyncFunctionTool[Any]]:
+        """The session's custom tools from the server's registry (its own and the agent's notebook tools)."""
+        from anthropic.lib.tools import BetaAsyncFunctionTool
+
+        registry = self._tier.custom_tools if self._tier is not None else None
+        if registry is None:
+            return []
+        row = self._tier.store.session(self.session_id) if self._tier is not None and self._tier.store is not None else None
+        agent_id = row.get("agent_id") if row else None
+
+        def bound(name: str) -> Any:
+            async def call(**kwargs: Any) -> Any:
+                try:
+                    answer = await registry.call(self.session_id, name, kwargs, agent_id)
+                except LookupError as exc:
+                    raise _tool_error(f"{exc}; it was withdrawn from this session") from None
+                finally:
+                    self._note_result()
+                if answer["is_error"]:
+                    raise _tool_error(answer["content"])
+                return answer["content"]
+
+            return call
+
+        return [BetaAsyncFunctionTool(bound(d["name"]), name=d["name"], description=d.get("description") or "",
+                                      input_schema=d["input_schema"])
+                for d in registry.definitions(self.session_id, agent_id) if d["name"] not in taken]
 
     def _wrap_file_tool(self, tool: BetaAsyncFunctionTool[Any]) -> BetaAsyncFunctionTool[Any]:
         """The SDK's tool as is, run while the sandbox is frozen, plus recording (write/edit) and the first-result mark.
