@@ -2,7 +2,8 @@
 
 Each brain overrides `Brain.run_turn` and acts through the `Turn` it gets
 (both in turns.py): `ScriptedBrain` does what a script says, `DemoBrain`
-plays the README scenario.
+plays the README scenario and the plain-language requests of the example
+notebooks (scenarios.py).
 
 Brains are pluggable: `EmulatorApp.brain_class` (a `Type` trait; `--brain`
 on the command line takes `demo`, `scripted` or a dotted class name).
@@ -15,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from .scenarios import SCENARIOS, python_tool, without_fences
 from .turns import Brain, Turn
 
 __all__ = ["BRAINS", "Brain", "DemoBrain", "ScriptedBrain", "Turn"]
@@ -101,12 +103,15 @@ SQUARES_REQUEST = re.compile(r"squares?\b.*?(\d+)\s*(?:\.\.|to|-|–|through)\s*
 
 
 class DemoBrain(ScriptedBrain):
-    """The README scenario, with tool calls fitting the agent's tools.
+    """A stand-in model for demos and example notebooks, offline and deterministic.
 
     Asked to "write a Python script that prints the squares of 1..10, run it,
     report the result", it writes the script and runs it with whatever the
     agent has: `write` + `bash`, or `bash` alone, or `write` + a custom tool
-    that takes Python `code` (the kernel tier), or that tool alone. It reports the real output the sandbox returned. Scripts
+    that takes Python `code` (the kernel tier), or that tool alone. Otherwise it
+    tries the scenarios of scenarios.py in order: run a fenced code block,
+    summarise documents through `list_…`/`read_…` tools, call the custom tools
+    the message names. It reports the real results the tools returned. Scripts
     (see `ScriptedBrain`) work too; anything else gets a short explanation.
     """
 
@@ -114,21 +119,19 @@ class DemoBrain(ScriptedBrain):
         if find_script(turn.user_text) is not None:
             await super().run_turn(turn)
             return
-        match = SQUARES_REQUEST.search(turn.user_text)
+        # The request is prose: numbers in a fenced block of code are no request for squares.
+        match = SQUARES_REQUEST.search(without_fences(turn.user_text))
         if match is None:
-            await turn.say(
-                "I am the emulator's demo brain. Ask me to \"write a Python script that prints the squares "
-                "of 1..10, run it, and report the result\", or send a script for the scripted brain."
-            )
+            for scenario in SCENARIOS:
+                if await scenario(turn):
+                    return
+            await turn.say(self.help(turn))
             return
         low, high = sorted((int(match.group(1)), int(match.group(2))))
         high = min(high, low + 1000)
         code = f"for n in range({low}, {high + 1}):\n    print(n * n)\n"
         builtin = turn.builtin_tools()
-        python_tool = next(
-            (name for name, t in turn.custom_tools().items() if "code" in (t["input_schema"].get("properties") or {})),
-            None,
-        )
+        python = python_tool(turn)
         await turn.say(f"I'll write a Python script that prints the squares of {low}..{high}, then run it.")
         if "write" in builtin and "bash" in builtin:
             wrote = await turn.use_tool("write", {"file_path": "squares.py", "content": code})
@@ -138,14 +141,14 @@ class DemoBrain(ScriptedBrain):
             result = await turn.use_tool("bash", {"command": "python3 squares.py"})
         elif "bash" in builtin:
             result = await turn.use_tool("bash", {"command": f"cat > squares.py <<'EOF'\n{code}EOF\npython3 squares.py"})
-        elif python_tool is not None and "write" in builtin:
+        elif python is not None and "write" in builtin:
             wrote = await turn.use_tool("write", {"file_path": "squares.py", "content": code})
             if wrote.is_error:
                 await turn.say(f"Writing the script failed: {wrote.text}")
                 return
-            result = await turn.use_tool(python_tool, {"code": 'exec(open("squares.py").read())'})
-        elif python_tool is not None:
-            result = await turn.use_tool(python_tool, {"code": code})
+            result = await turn.use_tool(python, {"code": 'exec(open("squares.py").read())'})
+        elif python is not None:
+            result = await turn.use_tool(python, {"code": code})
         else:
             await turn.say("This agent has no tool that can run code: enable bash (and write), or add a Python tool that takes `code`.")
             return
@@ -157,6 +160,25 @@ class DemoBrain(ScriptedBrain):
             f"The script ran. It printed the squares of {low}..{high}:\n\n```\n{result.text.strip()}\n```\n"
             f"That is {', '.join(numbers)}."
         )
+
+    @staticmethod
+    def help(turn: Turn) -> str:
+        """What the demo brain can do, naming the agent's own custom tools."""
+        tools = [name for name in turn.custom_tools() if name != "python"]
+        lines = [
+            "I am the emulator's demo brain, a stand-in for a model that works offline. I can:",
+            "- write and run a script: \"write a Python script that prints the squares of 1..10, run it, and report "
+            "the result\";",
+            "- run a fenced code block (python or bash) in your message and report its output;",
+            "- summarise documents when the agent has a `list_…` and a `read_…` tool: \"summarise the PDFs under "
+            "'reports/'\";",
+            f"- call the custom tools you name, with strings in quotes: \"use {tools[0] if tools else 'word_count'} on "
+            "'some text'\".",
+        ]
+        if tools:
+            lines.append(f"This agent's custom tools: {', '.join(f'`{n}`' for n in tools)}.")
+        lines.append("A script for the scripted brain works too (docs/emulator.md, Brains).")
+        return "\n".join(lines)
 
 
 BRAINS: dict[str, str] = {
