@@ -34,6 +34,7 @@ class CMACommand(JupyterApp):
     subcommands = {
         "emulator": ("jupyter_cma.emulator.app.EmulatorApp", "Run the local Managed Agents API emulator."),
         "demo": ("jupyter_cma.demo.DemoApp", "Run the README scenario end to end against the emulator."),
+        "lab": ("jupyter_cma.lab.LabApp", "JupyterLab with jupyter-cma on the emulator: offline, no API key (try the examples)."),
         "install-egress-engine": ("jupyter_cma.cli.InstallEgressEngineApp", "Install the egress proxy's engine (mitmproxy) in its own environment."),
         "build-image": ("jupyter_cma.cli.BuildImageApp", "Build the container sandbox image (offline by default; cached)."),
         "workspace": ("jupyter_cma.cli.WorkspaceApp", "Export or import a container session's workspace (tar.gz)."),
