@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -232,7 +233,9 @@ def _tool_names(tools: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def _notebook_refs(tools: Iterable[Any], tier: str | None) -> list[dict[str, str]]:
     """`notebook_tools` for the REST API from what a user passed as `tools`; standard tool names are checked."""
-    from ..tools.notebook import NotebookTool
+    # Not imported: `tools.notebook` uses this package, and an object can only be a NotebookTool once it is loaded.
+    notebook = sys.modules.get("jupyter_cma.tools.notebook")
+    NotebookTool: Any = getattr(notebook, "NotebookTool", ())  # noqa: N806  (a class, named as in its module)
 
     if isinstance(tools, (str, bytes)) or isinstance(tools, NotebookTool):
         tools = [tools]  # a single tool where a list was meant
