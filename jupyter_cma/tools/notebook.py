@@ -51,7 +51,7 @@ class NotebookTool:
         self.timeout = float(timeout) if timeout is not None else DEFAULT_TIMEOUT
         if not self.timeout > 0:
             raise ValueError(f"tool {self.name!r}: timeout must be a positive number of seconds, not {timeout!r}")
-        self.registered: str | None = None  # None: registered with the server; else why not
+        self.registered: str | None = "not registered yet"  # None once the server has it; else why not
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
