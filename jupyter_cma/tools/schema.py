@@ -30,7 +30,9 @@ that cannot become a tool raises `ToolSchemaError` when the tool is defined,
 naming the parameter and the fix.
 
 This module is imported when a notebook defines a tool, inside the kernel: it
-imports nothing of the server.
+imports nothing of the server. It is long because it does one thing in full —
+a signature in, a schema the API accepts out, and the input back in — and each
+part of that needs the others' rules (what is flattened is what is checked).
 """
 
 from __future__ import annotations
