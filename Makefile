@@ -17,3 +17,4 @@ bench: setup
 	.venv/bin/python bench/bench_kernel.py
 	.venv/bin/python bench/bench_proxy.py
 	.venv/bin/python bench/bench_container.py
+	.venv/bin/python bench/bench_tools.py
