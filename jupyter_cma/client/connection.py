@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,13 @@ class Connection:
     def request(self, method: str, path: str, body: Any = None, *, params: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
         """One REST call: the answer's JSON (None for an empty answer); CMAError with the server's message."""
-        import httpx  # only when the first request is made: importing jupyter_cma stays cheap
+        import httpx
 
         url = self.url(path, params)
         data = b"" if body is None else json.dumps(body).encode()
         try:
-            response = httpx.request(method, url, content=data or None, headers=self._headers(method, url, data),
-                                     timeout=timeout or self.timeout)
+            response = _http().request(method, url, content=data or None, headers=self._headers(method, url, data),
+                                       timeout=timeout or self.timeout)
         except httpx.HTTPError as exc:
             raise CMAError(f"could not reach the jupyter-cma server at {self.base_url}: {exc}") from None
         if response.status_code >= 400:
@@ -110,12 +111,27 @@ class Connection:
 
         url = self.url(path)
         try:
-            response = httpx.get(url, headers=self._headers("GET", url, b""), timeout=timeout or self.timeout)
+            response = _http().get(url, headers=self._headers("GET", url, b""), timeout=timeout or self.timeout)
         except httpx.HTTPError as exc:
             raise CMAError(f"could not reach the jupyter-cma server at {self.base_url}: {exc}") from None
         if response.status_code >= 400:
             raise CMAError(_message(response), response.status_code)
         return response.content
+
+
+_client: Any = None  # one httpx.Client for the process: a new client per request costs ~30 ms (its TLS context)
+_client_lock = threading.Lock()
+
+
+def _http() -> Any:
+    """The process's HTTP client, made on first use (httpx is imported then: importing jupyter_cma stays cheap)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import httpx
+
+            _client = httpx.Client()
+        return _client
 
 
 def _message(response: Any) -> str:
