@@ -136,7 +136,8 @@ class CMAApp(ExtensionApp):
         5000, help="Reclaim work items another worker polled but never acknowledged after this many ms (default 5000)."
     ).tag(config=True)
     notebook_tool_timeout = Float(
-        120.0, help="Seconds a call to a notebook tool (@cma.tool) may take unless the tool sets its own timeout (default 120)."
+        120.0, help="Seconds a call to a notebook tool (@cma.tool) may take unless the tool sets its own timeout (default 120; "
+        "keep it under 150, the SDK worker's bound on any tool call)."
     ).tag(config=True)
     idle_release_seconds = Float(
         60.0, help="Seconds a session may stay idle (turn ended) before its sandbox is released; the workspace is kept (default 60)."

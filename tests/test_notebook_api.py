@@ -247,18 +247,22 @@ async def test_errors_say_what_went_wrong_and_what_to_do(harness):
         assert said.startswith("CMAError") and "no agent has the id or name 'no-such-agent'" in said, said
         assert "Agent.create" in said
 
-        # A tool the server refused to register (its timeout is above the server's bound) cannot be given.
+        # A timeout beyond what the worker gives a call is refused in the cell that defines the tool.
         said = await error_of('''
-import warnings
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    @cma.tool(timeout=7200)
-    def slow() -> str:
-        """Takes its time."""
-        return "late"
-cma.Agent.create("refused", tier="kernel", tools=[slow])''')
-        assert said.startswith("CMAError") and "tool 'slow' is not registered with the server" in said, said
-        assert "timeout" in said, said
+@cma.tool(timeout=7200)
+def slow() -> str:
+    """Takes its time."""
+    return "late"''')
+        assert said.startswith("ValueError") and "at most 140 s" in said, said
+
+        # A tool the server does not have (never registered) cannot be given.
+        said = await error_of('''
+from jupyter_cma.tools.notebook import NotebookTool
+def local() -> str:
+    """Only here."""
+    return "here"
+cma.Agent.create("refused", tier="kernel", tools=[NotebookTool(local)])''')
+        assert said.startswith("CMAError") and "tool 'local' is not registered with the server" in said, said
 
         # A tool withdrawn from the server: the server's refusal names the kernel and what to run.
         said = await error_of('cma.unregister("add")\ncma.Agent.create("withdrawn", tier="kernel", tools=[add])')

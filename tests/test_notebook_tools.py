@@ -111,8 +111,8 @@ async def test_failures_timeouts_and_bad_input_are_tool_errors(harness):
 
             @cma.tool(timeout=1)
             def slow_sync() -> str:
-                """Sleeps for three seconds."""
-                time.sleep(3)
+                """Sleeps well past its timeout and the server's grace (1 + 2 s)."""
+                time.sleep(8)
                 return "late"
         ''')
         agent = await agent_with(harness, notebook, "divide", "slow_async", "slow_sync")

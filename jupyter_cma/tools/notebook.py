@@ -34,6 +34,7 @@ from typing import Any, overload
 __all__ = ["NotebookTool", "tool", "tools", "unregister"]
 
 DEFAULT_TIMEOUT = 120.0  # seconds; a tool's own is @cma.tool(timeout=...)
+MAX_TIMEOUT = 140.0  # the SDK's worker gives any tool call 150 s; the tool's own bound must end first
 
 _TOOLS: dict[str, NotebookTool] = {}
 _RESULTS: dict[str, str] = {}  # call id → its result as JSON text, until the server reads it
@@ -49,8 +50,9 @@ class NotebookTool:
         self.signature = ToolSignature(fn, name=name)
         self.name: str = self.signature.name
         self.timeout = float(timeout) if timeout is not None else DEFAULT_TIMEOUT
-        if not self.timeout > 0:
-            raise ValueError(f"tool {self.name!r}: timeout must be a positive number of seconds, not {timeout!r}")
+        if not 0 < self.timeout <= MAX_TIMEOUT:
+            raise ValueError(f"tool {self.name!r}: timeout must be more than 0 and at most {MAX_TIMEOUT:g} s (the worker "
+                             f"gives each tool call 150 s), not {timeout!r}; hand longer work to a thread and return at once")
         self.registered: str | None = "not registered yet"  # None once the server has it; else why not
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -98,8 +100,8 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     Args:
         fn: a plain or async function with a docstring and type hints.
         name: the tool's name (default: the function's); letters, digits, '_' and '-'.
-        timeout: seconds a call may take (default 120); an async tool is cancelled then, a plain one is
-            answered with an error while it finishes on its own.
+        timeout: seconds a call may take (default 120, at most 140: the worker gives each tool call 150 s); an
+            async tool is cancelled then, a plain one is answered with an error while it finishes on its own.
     """
     def make(f: Callable[..., Any]) -> NotebookTool:
         if isinstance(f, NotebookTool):

@@ -137,7 +137,8 @@ class NotebookToolPut(Body):
 
     description: str = Field(description="the tool's description, a string")
     input_schema: InputSchema
-    timeout: float | None = Field(None, gt=0, le=3600, description="seconds a call may take, more than 0 and at most 3600")
+    timeout: float | None = Field(None, gt=0, le=140, description="seconds a call may take, more than 0 and at most 140 (the "
+                                  "worker gives each tool call 150 s)")
 
 
 class ModelConfig(Body):
