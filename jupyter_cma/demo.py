@@ -99,13 +99,7 @@ class DemoApp(Application):
             return 1 if failed else 0
         finally:
             for proc in (server, emulator):
-                if proc is not None:
-                    proc.terminate()
-                    try:
-                        proc.wait(15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc)
             _remove_sandboxes(os.path.join(work, "cma"))
 
     async def _tiers(self, api: _Api) -> list[str]:
@@ -228,6 +222,19 @@ class _Api:
             if tiers["container"].get("available") is not None or time.monotonic() > deadline:
                 return tiers
             await asyncio.sleep(0.2)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
+    """Stop a server or the emulator the command started: SIGTERM (a Jupyter server asks for confirmation on
+    SIGINT), then SIGKILL after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _remove_sandboxes(data_dir: str) -> None:

@@ -25,7 +25,7 @@ import tempfile
 from traitlets import Bool, Integer, Unicode
 from traitlets.config import Application
 
-from .demo import _free_port, _remove_sandboxes
+from .demo import _free_port, _remove_sandboxes, stop_process
 
 
 class LabApp(Application):
@@ -45,6 +45,8 @@ class LabApp(Application):
         if importlib.util.find_spec("jupyterlab") is None:
             print("JupyterLab is not installed: pip install 'jupyter_cma[examples]' (or jupyterlab)", file=sys.stderr)
             self.exit(2)
+        # Stopped by a signal, it still stops JupyterLab and the emulator and removes what they made (finally).
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         port = self.port or _free_port()
         work = tempfile.mkdtemp(prefix="cma-lab-")
         emulator = subprocess.Popen(
@@ -72,12 +74,10 @@ class LabApp(Application):
             pass
         finally:
             for proc in (lab, emulator):
-                if proc is not None and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)  # a server asks before stopping on SIGINT
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc, 20.0)
             _remove_sandboxes(os.path.join(work, "cma"))
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

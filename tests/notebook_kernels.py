@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from jupyter_client.session import Session
@@ -73,3 +75,15 @@ class NotebookKernel:
             return
         self.client.stop_channels()
         await self.serverapp.kernel_manager.shutdown_kernel(self.kernel_id)
+
+
+@asynccontextmanager
+async def notebook_of(h: Any, path: str = "analysis.ipynb") -> AsyncIterator[NotebookKernel]:
+    """The started server of a test harness (tests/test_dispatch.py) with a notebook kernel of its own, shut down
+    at the end."""
+    await h.start()
+    kernel = await NotebookKernel(h.serverapp, path).start()
+    try:
+        yield kernel
+    finally:
+        await kernel.shutdown()

@@ -8,12 +8,10 @@ tier against the emulator, whose scripted brain calls the notebook's tools. Noth
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from textwrap import dedent
 from typing import Any
 
-from tests.notebook_kernels import CellError, NotebookKernel
+from tests.notebook_kernels import CellError, NotebookKernel, notebook_of
 from tests.test_dispatch import Harness, cma_emulator, cma_mode, harness, jp_server_config, script  # noqa: F401
 
 # A cell every test runs first: the API, a notebook tool with a global it reads, and a way to write scripts.
@@ -39,17 +37,6 @@ def call(name, **tool_input):
 
 # A 1×1 PNG, for a tool that returns an image.
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
-
-
-@asynccontextmanager
-async def notebook_of(h: Harness, path: str = "analysis.ipynb") -> AsyncIterator[NotebookKernel]:
-    """The started server with a notebook kernel of its own, shut down at the end."""
-    await h.start()
-    kernel = await NotebookKernel(h.serverapp, path).start()
-    try:
-        yield kernel
-    finally:
-        await kernel.shutdown()
 
 
 async def outputs(kernel: NotebookKernel, code: str, timeout: float = 120) -> list[dict[str, Any]]:

@@ -8,15 +8,13 @@ kernel, with its globals. Nothing of ours is mocked.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from tornado.httpclient import HTTPClientError
 
 from jupyter_cma.client.signing import authorization
 from tests.helpers import wait_until
-from tests.notebook_kernels import NotebookKernel
+from tests.notebook_kernels import NotebookKernel, notebook_of
 from tests.test_dispatch import Harness, cma_emulator, cma_mode, harness, jp_server_config, script  # noqa: F401
 
 ADD = '''
@@ -47,17 +45,6 @@ async def agent_with(h: Harness, kernel: NotebookKernel, *names: str, tier: str 
 async def run_session(h: Harness, agent: str, *steps: dict[str, Any]) -> list[tuple[str, bool]]:
     sid = await h.session(agent, script(*steps))
     return tool_results(await h.turn_ends(sid, timeout=120))
-
-
-@asynccontextmanager
-async def notebook_of(h: Harness, path: str = "analysis.ipynb") -> AsyncIterator[NotebookKernel]:
-    """The started server with a notebook kernel of its own, shut down at the end."""
-    await h.start()
-    kernel = await NotebookKernel(h.serverapp, path).start()
-    try:
-        yield kernel
-    finally:
-        await kernel.shutdown()
 
 
 async def test_a_tool_runs_in_the_kernel_that_defined_it_with_its_globals_at_call_time(harness):
