@@ -248,11 +248,11 @@ class NotebookTools:
         """Run tool `name` in kernel `kernel_id`: {"content": str or blocks, "is_error": bool}; never raises for the
         tool's own failures (they are tool errors the model reads)."""
         where = self._where(kernel_id, notebook)
+        if not self.kernels.running(kernel_id):
+            return _error(f"{where} is not running any more, so its tool {name!r} cannot run: open the notebook and "
+                          f"run the cell that defines {name!r} (then give the agent the tool again)")
         tool = self.get(kernel_id, name)
         if tool is None:
-            if not self.kernels.running(kernel_id):
-                return _error(f"{where} is not running any more, so its tool {name!r} cannot run: open the notebook and "
-                              f"run the cell that defines {name!r} (then give the agent the tool again)")
             why = self._gone.get(kernel_id)
             if why:
                 return _error(f"the kernel of {where} {why}, so its tool {name!r} is gone: run the cell that defines it again")

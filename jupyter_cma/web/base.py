@@ -34,9 +34,9 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
 
+from ..client.signing import SCHEME
 from ..jsonbody import JSONBodyError, read_json
 from ..tools.kernels import KernelAuthError
-from ..client.signing import SCHEME
 from .schemas import explain
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ class CMAHandler(ExtensionHandlerMixin, APIHandler):
         self.kernel_id = kernel_id
         self.current_user = self._jupyter_current_user = User(username=f"kernel-{kernel_id}", name=f"kernel {kernel_id}")
         self.set_cors_headers()
-        # No XSRF check: the request carries no cookie, and its signature covers its method, path and body.
+        # No XSRF check: XSRF rides on a browser's cookie, and this request is authenticated by its signature alone
+        # (over its method, path and body), which no page can make without the kernel's key.
 
     def json_object(self) -> dict[str, Any]:
         """The request body as a JSON object (no body: `{}`); 400 (413 when too large) saying what to send.
