@@ -67,8 +67,17 @@ def tool_results(events: list[Any]) -> list[str]:
 
 
 def session_containers(client: docker.DockerClient, session_id: str | None = None) -> list[Any]:
+    """The tier's containers (of one session), inspected; one removed between the listing and its inspection is
+    gone, so it is not listed (docker's list-then-inspect would raise NotFound for it)."""
     label = [f"{MANAGED}=1"] + ([f"{SESSION_LABEL}={session_id}"] if session_id else [])
-    return client.containers.list(all=True, filters={"label": label})
+    found = []
+    for container in client.containers.list(all=True, filters={"label": label}, sparse=True):
+        try:
+            container.reload()
+        except docker.errors.NotFound:
+            continue
+        found.append(container)
+    return found
 
 
 async def wait_state(h: Harness, session_id: str, *states: str, timeout: float = 60) -> str:
