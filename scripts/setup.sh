@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- system packages (bubblewrap isolates kernel sandboxes) -----------------
+# --- system packages (bubblewrap isolates kernel sandboxes; chromium runs the browser tests) ---
 need=()
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the browser tests' browser (Playwright drives it)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup: missing ${need[*]}; run as root or install them with apt" >&2
