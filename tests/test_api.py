@@ -132,6 +132,9 @@ async def test_sessions_list_get_events_and_stop(harness):
     await wait_until(lambda: h.state(sid) == "running" and len(h.ext.store.cells(sid)) == 1, 60, what="the first call")
     listed = (await h.api("GET", "sessions"))["data"]
     assert [s["id"] for s in listed] == [sid]
+    summary = listed[0]["sandbox"]  # what a list of sessions shows of the live sandbox
+    assert summary["state"] == "serving" and summary["start"] in ("pool", "new") and summary["isolation"] in ("bubblewrap", "none")
+    assert summary["tool_calls"] == 1 and summary["last_activity"] is not None
     running = await h.fetch("cma", "api", "sessions", params={"status": "running,idle", "tier": "kernel", "agent_id": agent})
     assert [s["id"] for s in json.loads(running.body)["data"]] == [sid]
     none = await h.fetch("cma", "api", "sessions", params={"status": "failed"})
@@ -144,5 +147,6 @@ async def test_sessions_list_get_events_and_stop(harness):
     assert stopped == {"id": sid, "stopped": True}
     row = await h.api("GET", f"sessions/{sid}")
     assert row["status"] == "stopped" and "stopped through the API" in row["reason"] and row["sandbox"] is None
+    assert (await h.api("GET", "sessions"))["data"][0]["sandbox"] is None
     # The worker force-stopped the work item on its way out.
     await wait_until(lambda: any(r["path"].endswith("/stop") and r["body"] == {"force": True} for r in h.emulator.requests()), 30, what="the force-stop")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..anthropic_api import item_credential
-from ..sandboxes.base import ClaimedItem, Sandbox, Tier, WorkerSettings
+from ..sandboxes.base import ClaimedItem, Sandbox, SandboxSummary, Tier, WorkerSettings
 from ..tasks import BackgroundTasks
 
 if TYPE_CHECKING:
@@ -268,6 +268,11 @@ class SessionManager:
         """The sandbox serving the session in this process, if any."""
         live = self.live.get(session_id)
         return None if live is None else live.sandbox
+
+    def summary(self, session_id: str) -> SandboxSummary | None:
+        """The few facts a list of sessions shows of the sandbox serving the session now (None: none serves it)."""
+        sandbox = self.sandbox_of(session_id)
+        return None if sandbox is None else sandbox.summary()
 
     def describe(self, session_id: str) -> dict[str, Any] | None:
         live = self.live.get(session_id)

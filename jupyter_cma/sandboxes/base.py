@@ -102,6 +102,18 @@ class SandboxStatus(TypedDict, total=False):
     work_id: str
     size: str | None
     error: str | None
+    start: str | None  # how it got its kernel or container ("pool", "new", "standby", …)
+    isolation: str  # "container", or a kernel's isolation ("bubblewrap" or "none")
+
+
+class SandboxSummary(TypedDict):
+    """What a list of sessions shows of a live sandbox."""
+
+    state: str | None
+    start: str | None  # how the sandbox got its kernel or container: "pool", "new", "standby", …
+    isolation: str | None  # "container", or the kernel tier's isolation ("bubblewrap", "none")
+    tool_calls: int
+    last_activity: float | None  # time.time() of its latest tool result
 
 
 class WorkspaceTransfer(TypedDict, total=False):
@@ -196,13 +208,31 @@ class Sandbox(abc.ABC):
         self.workspace = workspace
         self.first_result_at: float | None = None  # time.monotonic() of the first tool result
         self.on_first_result: Callable[[float], None] | None = None
+        self.tool_results = 0  # tool calls answered in this sandbox
+        self.last_tool_at: float | None = None  # time.time() of the latest tool result: the session's last activity here
+        self.on_tool_result: Callable[[Sandbox], None] | None = None  # e.g. the live channel's `session.tool`
 
     def note_tool_result(self) -> None:
         """Tiers call this after each tool result; the first one marks the end of the cold start."""
+        self.tool_results += 1
+        self.last_tool_at = time.time()
         if self.first_result_at is None:
             self.first_result_at = time.monotonic()
             if self.on_first_result is not None:
                 self.on_first_result(self.first_result_at)
+        if self.on_tool_result is not None:
+            self.on_tool_result(self)
+
+    def summary(self) -> SandboxSummary:
+        """The few facts a list of sessions shows (REST `GET cma/api/sessions` rows: `sandbox`)."""
+        status = self.status()
+        return {
+            "state": status.get("state"),
+            "start": status.get("start"),
+            "isolation": status.get("isolation"),
+            "tool_calls": self.tool_results,
+            "last_activity": self.last_tool_at,
+        }
 
     @property
     def session_id(self) -> str:

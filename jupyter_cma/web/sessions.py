@@ -25,13 +25,16 @@ if TYPE_CHECKING:
 
 
 class SessionsHandler(CMAHandler):
-    """`GET cma/api/sessions` (filters: status, agent_id, tier; paged by `before`) and `POST` to start one."""
+    """`GET cma/api/sessions` (filters: status, agent_id, tier; paged by `before`; each row with its live sandbox's
+    summary, or null) and `POST` to start one."""
 
     def initialize(  # type: ignore[override]
-        self, name: str, *, store: Store, tiers: Mapping[str, Tier], client: AsyncAnthropic, environment_id: str,
+        self, name: str, *, store: Store, sessions: SessionManager, tiers: Mapping[str, Tier], client: AsyncAnthropic,
+        environment_id: str,
     ) -> None:
         super().initialize(name)
         self._store = store
+        self._sessions = sessions
         self._tiers = tiers
         self._client = client
         self._environment_id = environment_id
@@ -43,6 +46,8 @@ class SessionsHandler(CMAHandler):
         if query.tier is not None:
             known_tier(self._tiers, query.tier)
         rows = self._store.sessions(statuses=query.status, agent_id=query.agent_id, tier=query.tier, limit=query.limit, before=query.before)
+        for row in rows:
+            row["sandbox"] = self._sessions.summary(row["id"])
         self.finish({"data": rows, "next_before": rows[-1]["updated_at"] if rows else None})
 
     @tornado.web.authenticated

@@ -50,7 +50,6 @@ class ContainerExit(TypedDict):
 class ContainerSandboxStatus(SandboxStatus, total=False):
     """A container sandbox now (REST `GET cma/api/sessions/{id}`: `sandbox`)."""
 
-    start: str | None  # how it got its container: a key of START_DESCRIPTIONS
     container: ContainerInfo | None
     tool_calls: int
     in_tool: str | None  # the tool call running now, if any
@@ -95,6 +94,7 @@ class ContainerSandbox(Sandbox):
             "work_id": self.item.work_id,
             "size": self._size,
             "start": self._how_started,
+            "isolation": "container",
             "container": None if slot is None else {
                 "id": slot.container_id and slot.container_id[:12], "name": slot.name, "volume": slot.volume,
                 "image": self._tier.image.tag,

@@ -165,6 +165,7 @@ class WarmPool(SizedTier):
                 if kernel.alive():
                     self._in_use.add(kernel)
                     if await self._hand_over_or_release(kernel, workspace, size):
+                        kernel.origin = "pool"
                         return kernel
                     self._in_use.discard(kernel)
                     self._pool.insert(0, kernel)  # still good for a workspace on its own file system
@@ -186,6 +187,7 @@ class WarmPool(SizedTier):
                         raise
                     else:
                         if await self._hand_over_or_release(kernel, workspace, size):
+                            kernel.origin = "pool"
                             return kernel
                         self._in_use.discard(kernel)
                         self._pool.append(kernel)

@@ -128,6 +128,7 @@ class Kernel:
         cgroup: SandboxCgroup | None = None,
     ) -> None:
         self.directory = directory
+        self.origin = "new"  # "pool" once a warm pool hands it to a session
         self.manager = manager
         self.client = client
         self.isolation = isolation

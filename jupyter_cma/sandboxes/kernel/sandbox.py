@@ -85,7 +85,6 @@ class KernelSandboxStatus(SandboxStatus, total=False):
     """What a kernel sandbox is doing (REST `GET cma/api/sessions/{id}`: `sandbox`): the SandboxStatus keys and these."""
 
     workspace: str
-    isolation: str  # "bubblewrap" or "none"
     egress_socket: str | None  # the host Unix socket its proxy port is bridged to (sandboxed kernels)
     kernel: KernelProcessStatus | None
     limits: dict[str, Any] | None  # the limits of `size` in force, and what enforces them ("cgroup" or "rlimits")
@@ -125,6 +124,7 @@ class KernelSandbox(Sandbox):
         self._lock = asyncio.Lock()
         self._file_lock = asyncio.Lock()
         self._calls = 0
+        self._how_started: str | None = None  # "pool" or "new": how the session's first kernel came
         self._errors = 0
         self._kernels_started = 0
         self._kernel_deaths = 0
@@ -161,6 +161,7 @@ class KernelSandbox(Sandbox):
             "work_id": self.item.work_id,
             "workspace": str(self.workspace),
             "isolation": self.isolation,
+            "start": self._how_started,
             "egress_socket": None if kernel is None or kernel.egress_socket is None else str(kernel.egress_socket),
             "kernel": None if kernel is None else {"id": kernel.id, "pid": kernel.pid, "alive": kernel.alive()},
             "size": self._size,
@@ -265,6 +266,7 @@ class KernelSandbox(Sandbox):
         assert self._tier is not None
         size = await asyncio.to_thread(self._tier.size_of_session, self.session_id)
         kernel = await self._tier.take_kernel(self.workspace, size)
+        self._how_started = self._how_started or kernel.origin
         try:
             if kernel.workdir is None:
                 path = os.path.abspath(self.workspace)
