@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -33,8 +34,10 @@ from .egress.log import EgressLog
 from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
 from .egress.proxy import EgressProxy
 from .egress.secrets import SecretStore, SecretStoreError
+from .local_emulator import EmulatorInfo, LocalEmulator
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
+from .setup import CredentialSource, EmulatorRefused, SetupInput, setup_checks, setup_document
 from .store import Store
 from .tasks import BackgroundTasks
 from .tools.kernels import KERNEL_ACTIONS, KernelCredentials, NotebookTool, NotebookTools, ServerKernels
@@ -222,6 +225,11 @@ class CMAApp(ExtensionApp):
                 reclaim_older_than_ms=self.reclaim_older_than_ms,
             )
         self.webhooks = WebhookIngest(store=self.store, secret=self.credentials.webhook_secret, on_event=self._on_webhook_event)
+        # The local emulator this server owns once `POST cma/api/setup/emulator` started it (use_local_emulator).
+        self.local_emulator: LocalEmulator | None = None
+        self._emulator_lock = asyncio.Lock()
+        self._emulator_poll: asyncio.Task[None] | None = None
+        self._extension_started = False
         if self.webhooks.config_error:
             self.setting_errors.append(f"webhook_secret: {self.webhooks.config_error}")
         for problem in self.setting_errors:
@@ -234,7 +242,7 @@ class CMAApp(ExtensionApp):
             sessions=self.sessions,
             tiers=self.sandbox_tiers,
             client=self.client,
-            environment_id=self.environment_id,
+            environment_id=lambda: self.environment_id,  # read per request: use_local_emulator may set it
             default_tier=self.resolve_default_tier,
             status=self.status,
             webhooks=self.webhooks,
@@ -245,6 +253,8 @@ class CMAApp(ExtensionApp):
             egress_log=self.egress_log,
             notebook_tools=self.notebook_tools,
             registry=self.tools,
+            setup=self.setup_status,
+            start_emulator=self.use_local_emulator,
         )))
 
     def _make_egress_resolver(self) -> PolicyResolver:
@@ -357,9 +367,115 @@ class CMAApp(ExtensionApp):
             "proxy": self.egress_proxy.status(),
         }
 
+    # ------------------------------------------------------------------ setup
+
+    def setup_status(self) -> dict[str, Any]:
+        """The document of `GET cma/api/setup`: every check with its fix (names, never values), and the emulator."""
+        status = self.status()
+        sources = {
+            "api_key": CredentialSource(self.api_key_env, "api_key_file", self.api_key_file),
+            "environment_key": CredentialSource(self.environment_key_env, "environment_key_file", self.environment_key_file),
+            "webhook_secret": CredentialSource(self.webhook_secret_env, "webhook_secret_file", self.webhook_secret_file),
+        }
+        checks = setup_checks(SetupInput.from_status(status, sources=sources, base_url=self.serverapp.base_url))
+        return setup_document(status, checks, emulator=self._emulator_state(), can_start_emulator=self._emulator_refusal() is None)
+
+    def _emulator_state(self) -> dict[str, Any]:
+        emulator = self.local_emulator
+        if emulator is not None:
+            return {"running": emulator.running, "owned": True, "url": emulator.url}
+        # An API on loopback is an emulator someone else runs (`jupyter cma lab`, a test): there, not ours.
+        host = urlsplit(self.api_base_url).hostname or ""
+        local = self.environment_id and host in ("127.0.0.1", "localhost", "::1")
+        return {"running": bool(local), "owned": False, "url": self.api_base_url if local else None}
+
+    def _emulator_refusal(self) -> str | None:
+        """Why the local emulator may not replace this server's configuration, or None when it may."""
+        if self.local_emulator is not None:
+            return None  # ours: running (answered again) or dead (started again)
+        if self.environment_id or self.dispatcher is not None:
+            return (f"this server is configured for the environment {self.environment_id} at {self.api_base_url}; the local "
+                    "emulator would replace that. To try the emulator, start a server without c.CMAApp.environment_id "
+                    "(and $ANTHROPIC_ENVIRONMENT_ID), or run `jupyter cma lab`")
+        return None
+
+    async def use_local_emulator(self) -> dict[str, Any]:
+        """Start the built-in emulator as a loopback process this server owns and serve it, then answer `setup_status()`.
+
+        It becomes this server's API: base URL, environment id, API key and environment key, poll mode — the
+        SDK client, the session manager's worker settings, the dispatcher and its poll loop, the egress
+        policy's system allowance (the proxy's engine restarts with it) and the container tier's API URL.
+        Called again, it answers the same emulator (or starts a new one if it died). EmulatorRefused when
+        the server is configured for another API; EmulatorStartError when the emulator does not start.
+        """
+        async with self._emulator_lock:
+            if self.local_emulator is not None and self.local_emulator.running:
+                return self.setup_status()
+            refusal = self._emulator_refusal()
+            if refusal is not None:
+                raise EmulatorRefused(refusal)
+            if self.local_emulator is not None:
+                await self.local_emulator.stop(self.stop_timeout)  # died: its state went with it; a new one takes over
+            emulator = LocalEmulator()
+            info = await emulator.start()
+            self.local_emulator = emulator  # owned from here on: stop_extension stops it, whatever happens next
+            await self._serve_api(info)
+            self.log.info("jupyter-cma: serving the local emulator's environment %s at %s (poll mode)", info.environment_id, info.base_url)
+        notify = getattr(self, "notify_status_changed", None)  # the live channel's status.changed, once it exists
+        if notify is not None:
+            notify()
+        return self.setup_status()
+
+    async def _serve_api(self, info: EmulatorInfo) -> None:
+        """Point everything initialize_settings built from the API settings at `info`'s API (see use_local_emulator)."""
+        old_url, had_api_key = self.api_base_url, self.credentials.api_key is not None
+        if self._emulator_poll is not None:  # a previous emulator of ours: its loop goes first
+            self._emulator_poll.cancel()
+            await asyncio.gather(self._emulator_poll, return_exceptions=True)
+            self._emulator_poll = None
+        if self.dispatcher is not None:
+            await self.dispatcher.close()
+        self.api_base_url = info.base_url
+        self.environment_id = info.environment_id
+        self.mode = "poll"  # the emulator sends no webhooks here: nothing needs a public URL
+        self.credentials = Credentials(api_key=info.api_key, environment_key=info.environment_key,
+                                       webhook_secret=self.credentials.webhook_secret)
+        # Errors about the credentials it replaced no longer apply.
+        self.setting_errors[:] = [e for e in self.setting_errors if not e.startswith(("api_key:", "environment_key:"))]
+        # The client every handler and loop holds: the same object, now for the emulator.
+        self.client.api_key = info.api_key.reveal()
+        self.client.base_url = info.base_url
+        self.sessions.worker = WorkerSettings(client=self.client, environment_key=info.environment_key, max_idle=self.idle_release_seconds)
+        # The worker's own API calls are allowed toward the API host only (fail closed): the server's resolver and
+        # the engine's, which takes its settings when it starts, so it starts again.
+        fresh = self._make_egress_resolver_for(info.base_url)
+        self.egress_resolver.system, self.egress_resolver.setup_error = fresh.system, fresh.setup_error
+        self.egress_proxy.api_base_url = info.base_url
+        for tier in self.sandbox_tiers.values():
+            if getattr(tier, "api_base_url", None) == old_url:  # set by this server, not by the operator
+                tier.api_base_url = info.base_url  # type: ignore[attr-defined]
+        self.dispatcher = Dispatcher(client=self.client, environment_id=info.environment_id, environment_key=info.environment_key,
+                                     route=self.sessions.route, reclaim_older_than_ms=self.reclaim_older_than_ms)
+        if not self._extension_started:
+            return  # _start_jupyter_server_extension starts the engine, the poll loop and the reaper with these settings
+        if self.egress_proxy.available:
+            await self.egress_proxy.stop()  # serves no sandbox yet: nothing was dispatched before
+            await self.egress_proxy.start()
+        self._emulator_poll = self.background.spawn(self.dispatcher.poll_forever())
+        if self.reap_interval > 0 and not had_api_key:
+            self.background.spawn(self._every(self.reap_interval, self._reap_ended))
+
+    def _make_egress_resolver_for(self, api_base_url: str) -> PolicyResolver:
+        try:
+            middleware, setup_error = load_middleware(self.egress_middleware), None
+        except PolicyError as exc:
+            middleware, setup_error = [], str(exc)
+        return PolicyResolver(self.egress_policies, api_base_url=api_base_url, middleware=middleware, setup_error=setup_error)
+
     # ------------------------------------------------------------------ background tasks
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self._extension_started = True  # from now on, use_local_emulator starts what it configures itself
         url = server_url(serverapp)
         if url:  # the kernels this server starts find it there (an address, not a credential)
             os.environ[SERVER_URL_ENV] = url
@@ -442,6 +558,8 @@ class CMAApp(ExtensionApp):
             await asyncio.wait_for(self._release_all(), self.stop_timeout)
         except asyncio.TimeoutError:
             self.log.warning("jupyter-cma: sandboxes did not all stop within %ss", self.stop_timeout)
+        if self.local_emulator is not None:  # after the sandboxes: their workers stop their work items through it
+            await self.local_emulator.stop(self.stop_timeout)
         self.store.close()
 
     async def _release_all(self) -> None:

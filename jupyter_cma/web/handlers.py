@@ -5,6 +5,7 @@ receives only what it uses, as keyword arguments of its `initialize` (the route'
 themselves live in a module per resource:
 
 - `web/status.py`: `status`;
+- `web/setup.py`: `setup` (the checks and their fixes) and `setup/emulator` (start the local emulator and serve it);
 - `web/agents.py`: `agents`, `agents/{id}`;
 - `web/sessions.py`: `sessions`, `sessions/{id}`, its `events`, `messages`, `stop` and `notebook`;
 - `web/tools.py`: `tools`, `kernels/{id}/tools` and `kernels/{id}/tools/{name}` (notebook tools);
@@ -18,7 +19,7 @@ themselves live in a module per resource:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from .sessions import (
     SessionsHandler,
     SessionStopHandler,
 )
+from .setup import SetupEmulatorHandler, SetupHandler
 from .status import StatusHandler
 from .terminals import SessionTerminalHandler
 from .tools import KernelToolHandler, KernelToolsHandler, ToolsHandler
@@ -70,7 +72,7 @@ class ApiContext:
     sessions: SessionManager
     tiers: Mapping[str, Tier]
     client: AsyncAnthropic
-    environment_id: str
+    environment_id: Callable[[], str]  # read per request: the local emulator may set it while the server runs
     default_tier: Callable[[], str]
     status: Callable[[], dict[str, Any]]
     webhooks: WebhookIngest
@@ -81,6 +83,8 @@ class ApiContext:
     egress_log: EgressLog
     notebook_tools: NotebookTools
     registry: ToolRegistry
+    setup: Callable[[], dict[str, Any]]
+    start_emulator: Callable[[], Awaitable[dict[str, Any]]]
 
 
 def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
@@ -94,6 +98,8 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
     policies = {"policies": ctx.policies, "secrets": ctx.secrets}
     return [
         (rf"{api}/status", StatusHandler, {"status": ctx.status}),
+        (rf"{api}/setup", SetupHandler, {"setup": ctx.setup}),
+        (rf"{api}/setup/emulator", SetupEmulatorHandler, {"start_emulator": ctx.start_emulator}),
         (rf"{api}/agents", AgentsHandler, agents),
         (rf"{api}/agents/(?P<agent_id>{ID_PATTERN})", AgentHandler, agents),
         (rf"{api}/sessions", SessionsHandler,

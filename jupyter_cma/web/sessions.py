@@ -7,7 +7,7 @@ through the API client. The session's terminal and workspace have their own modu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -30,14 +30,14 @@ class SessionsHandler(CMAHandler):
 
     def initialize(  # type: ignore[override]
         self, name: str, *, store: Store, sessions: SessionManager, tiers: Mapping[str, Tier], client: AsyncAnthropic,
-        environment_id: str,
+        environment_id: Callable[[], str],
     ) -> None:
         super().initialize(name)
         self._store = store
         self._sessions = sessions
         self._tiers = tiers
         self._client = client
-        self._environment_id = environment_id
+        self._environment_id = environment_id  # read per request: the local emulator may set it (POST setup/emulator)
 
     @tornado.web.authenticated
     @authorized
@@ -55,7 +55,7 @@ class SessionsHandler(CMAHandler):
     async def post(self) -> None:
         self.require_environment()
         body = self.body(SessionCreate)
-        params: dict[str, Any] = {"agent": body.agent_id, "environment_id": self._environment_id}
+        params: dict[str, Any] = {"agent": body.agent_id, "environment_id": self._environment_id()}
         if body.title is not None:
             params["title"] = body.title
         if body.metadata is not None:
@@ -67,7 +67,7 @@ class SessionsHandler(CMAHandler):
         self.finish(session.model_dump(mode="json"))
 
     def require_environment(self) -> None:
-        if not self._environment_id:
+        if not self._environment_id():
             raise tornado.web.HTTPError(409, "no environment_id is configured; set c.CMAApp.environment_id (see README)")
 
 
