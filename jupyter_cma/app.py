@@ -416,7 +416,7 @@ class CMAApp(ExtensionApp):
                 raise EmulatorRefused(refusal)
             if self.local_emulator is not None:
                 await self.local_emulator.stop(self.stop_timeout)  # died: its state went with it; a new one takes over
-            emulator = LocalEmulator()
+            emulator = LocalEmulator(log=self.log)
             info = await emulator.start()
             self.local_emulator = emulator  # owned from here on: stop_extension stops it, whatever happens next
             await self._serve_api(info)

@@ -21,10 +21,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .anthropic_api import Secret
 
-log = logging.getLogger(__name__)
+_log = logging.getLogger(__name__)
 
 # Passed to the emulator; nothing else of the server's environment (it may hold API keys).
 EMULATOR_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "PYTHONPATH")
@@ -48,8 +49,10 @@ class EmulatorInfo:
 class LocalEmulator:
     """One emulator process, started once and stopped once."""
 
-    def __init__(self, *, start_timeout: float = 30.0, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, start_timeout: float = 30.0, args: tuple[str, ...] = (),
+                 log: logging.Logger | logging.LoggerAdapter[Any] | None = None) -> None:
         self.start_timeout = start_timeout
+        self.log = log or _log  # the server's own log, where its user looks
         self.args = args  # extra `jupyter cma emulator` arguments (e.g. --model-delay 0.2)
         self.info: EmulatorInfo | None = None
         self.workdir: Path | None = None
@@ -99,12 +102,12 @@ class LocalEmulator:
             tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
             if isinstance(exc, (EmulatorStartError, OSError)):
                 # Its log stays out of the HTTP answer (it is the emulator's, not the user's); the server's log has it.
-                log.error("jupyter-cma: the local emulator did not start: %s\n%s", exc, tail)
+                self.log.error("jupyter-cma: the local emulator did not start: %s\n%s", exc, tail)
             await self.stop(5.0)
             if isinstance(exc, OSError):
                 raise EmulatorStartError(f"the local emulator could not be started: {exc}") from None
             raise
-        log.info("jupyter-cma: local emulator serving %s (pid %s)", self.info.base_url, self._proc.pid)
+        self.log.info("jupyter-cma: local emulator serving %s (pid %s)", self.info.base_url, self._proc.pid)
         return self.info
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -117,7 +120,7 @@ class LocalEmulator:
             except ProcessLookupError:
                 pass
             except asyncio.TimeoutError:
-                log.warning("jupyter-cma: the local emulator did not stop within %.0f s; killing it", timeout)
+                self.log.warning("jupyter-cma: the local emulator did not stop within %.0f s; killing it", timeout)
                 proc.kill()
                 await proc.wait()
         if self.workdir is not None:

@@ -130,11 +130,12 @@ class Check:
 def setup_checks(facts: SetupInput) -> list[Check]:
     """Every check of `CHECK_IDS` that applies (webhook_secret in webhook mode only), in that order."""
     checks = [_environment_id(facts)]
-    checks.append(_credential(facts, "environment_key", "Environment key",
+    checks.append(_credential(facts, "environment_key", "Environment key", "environment key",
                               "the worker's credential for your self-hosted environment's work queue"))
-    checks.append(_credential(facts, "api_key", "API key", "the control-plane credential, for creating agents and sessions"))
+    checks.append(_credential(facts, "api_key", "API key", "API key", "the control-plane credential, for creating agents and sessions"))
     if facts.mode == "webhook":
-        checks.append(_credential(facts, "webhook_secret", "Webhook signing secret", "what verifies the webhook deliveries"))
+        checks.append(_credential(facts, "webhook_secret", "Webhook signing secret", "webhook signing secret",
+                                  "what verifies the webhook deliveries"))
     checks += [_docker(facts), _sandbox_image(facts), _bubblewrap(facts), _egress_engine(facts), _settings(facts)]
     return checks
 
@@ -169,15 +170,15 @@ def _environment_id(facts: SetupInput) -> Check:
     )
 
 
-def _credential(facts: SetupInput, name: str, title: str, what: str) -> Check:
+def _credential(facts: SetupInput, name: str, title: str, noun: str, what: str) -> Check:
     if name not in facts.missing:
         return Check(name, True, "error", title)
     source = facts.sources.get(name) or DEFAULT_SOURCES[name]
     if source.file:
-        problem = (f"The {title.lower()} ({what}) is not available: the file {source.file} named by "
+        problem = (f"The {noun} ({what}) is not available: the file {source.file} named by "
                    f"c.CMAApp.{source.file_setting} cannot be used (the settings check says why).")
     else:
-        problem = f"The {title.lower()} ({what}) is not set: the server reads it from ${source.env}, which is empty."
+        problem = f"The {noun} ({what}) is not set: the server reads it from ${source.env}, which is empty."
     fix = (f"Put it in the server's environment as {source.env} (or in a file only you can read, mode 0600, named by "
            f"c.CMAApp.{source.file_setting}), then restart the server. Or try it with the local emulator.")
     if name == "webhook_secret":
@@ -201,7 +202,7 @@ def _docker(facts: SetupInput) -> Check:
     if facts.docker is None:
         return Check("docker", False, severity, title, problem="The Docker engine has not been checked yet (the server checks it "
                      "when it starts and every minute).", fix=None, command=None, docs=DOCS_CONTAINER)
-    reason = f" ({facts.docker_reason})" if facts.docker_reason else ""
+    reason = f" ({_detail(facts.docker_reason)})" if facts.docker_reason else ""
     effect = "sessions run on the kernel tier instead" if not needed else "no sandbox tier can serve sessions"
     return Check("docker", False, severity, title,
                  problem=f"No Docker engine answers{reason}, so the container tier cannot run: {effect}.",
@@ -211,22 +212,23 @@ def _docker(facts: SetupInput) -> Check:
 def _sandbox_image(facts: SetupInput) -> Check:
     title = "Sandbox image"
     severity: Severity = "error" if facts.default_tier == "container" else "warning"
-    tag = facts.image or "the sandbox image"
+    tag = f" {facts.image}" if facts.image else ""
     build = "jupyter cma build-image"
     if facts.image_id and not facts.image_error:
         return Check("sandbox_image", True, severity, title)
-    if facts.image_error:
+    if not facts.docker:  # the image's own error then only repeats that Docker does not answer
         return Check("sandbox_image", False, severity, title,
-                     problem=f"The sandbox image {tag} is not ready: {facts.image_error}",
-                     fix=f"Build it with `{build}` (offline by default; add --online on a machine with a registry), "
-                         "then restart the server.", command=build, docs=DOCS_IMAGE)
-    if not facts.docker:
-        return Check("sandbox_image", False, severity, title,
-                     problem=f"{tag} cannot be looked for until a Docker engine answers; container sessions need it.",
+                     problem=f"The sandbox image{tag} cannot be looked for until a Docker engine answers; container "
+                             "sessions need it.",
                      fix=f"Start the Docker engine first; the server then builds the image itself (ImageSettings.auto_build), "
                          f"or build it with `{build}`.", command=build, docs=DOCS_IMAGE)
+    if facts.image_error:
+        return Check("sandbox_image", False, severity, title,
+                     problem=f"The sandbox image{tag} is not ready: {facts.image_error}",
+                     fix=f"Build it with `{build}` (offline by default; add --online on a machine with a registry), "
+                         "then restart the server.", command=build, docs=DOCS_IMAGE)
     return Check("sandbox_image", False, severity, title,
-                 problem=f"{tag} is being looked for or built; container sessions wait for it.",
+                 problem=f"The sandbox image{tag} is being looked for or built; container sessions wait for it.",
                  fix=f"Wait for the build (the server's log shows its progress), or build it yourself with `{build}`.",
                  command=build, docs=DOCS_IMAGE)
 
@@ -285,3 +287,10 @@ def _settings(facts: SetupInput) -> Check:
                  problem=f"{n} setting{'s' if n > 1 else ''} cannot be used: " + "; ".join(facts.errors),
                  fix="Correct each setting named (in jupyter_server_config.py, the command line or the environment), "
                      "then restart the server.", command=None, docs=DOCS_SETTINGS)
+
+
+def _detail(reason: str) -> str:
+    """The probe's reason without what the check says anyway ("no Docker engine answers: X; start one …" → "X")."""
+    prefix = "no Docker engine answers: "
+    detail = reason[len(prefix):] if reason.startswith(prefix) else reason
+    return detail.split("; start one", 1)[0]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import tornado.httpclient
 
+from jupyter_cma.client.signing import authorization
 from jupyter_cma.setup import CHECK_IDS, CredentialSource, SetupInput, setup_checks
 from tests.helpers import wait_until
 
@@ -67,12 +68,18 @@ def test_docker_missing_is_a_warning_while_the_kernel_tier_works_and_an_error_wh
     kernel_works = by_id(SetupInput(docker=False, docker_reason=reason, kernel=True, isolation="bubblewrap"))
     docker = kernel_works["docker"]
     assert not docker.ok and docker.severity == "warning"
-    assert "kernel tier" in docker.problem and reason in docker.problem
+    assert docker.problem == ("No Docker engine answers (DockerException), so the container tier cannot run: sessions run on "
+                              "the kernel tier instead."), "the probe's reason, without what the check says anyway"
+    other = by_id(SetupInput(docker=False, docker_reason="permission denied on /var/run/docker.sock", kernel=True))["docker"]
+    assert "(permission denied on /var/run/docker.sock)" in other.problem
     assert docker.command == "sudo systemctl start docker" and docker.docs == "docs/container-tier.md"
     # Without Docker the image cannot be looked for: said so, with the command for when Docker runs.
     image = kernel_works["sandbox_image"]
     assert not image.ok and image.severity == "warning" and image.command == "jupyter cma build-image"
-    assert "Docker" in image.problem
+    assert "until a Docker engine answers" in image.problem
+    # Its own error then only repeats that Docker does not answer: not shown.
+    image_error = "DockerException: Error while fetching server API version"
+    assert "fetching" not in by_id(SetupInput(docker=False, image_error=image_error))["sandbox_image"].problem
     nothing_else = by_id(SetupInput(docker=False, kernel=False, isolation="none", isolation_reason="bwrap is not installed"))
     assert nothing_else["docker"].severity == "error" and "no sandbox tier" in nothing_else["docker"].problem
     wanted = by_id(SetupInput(docker=False, kernel=True, isolation="bubblewrap", default_tier="container"))
@@ -208,6 +215,25 @@ async def test_unauthenticated_requests_get_403_and_start_nothing(jp_serverapp, 
             body = await refused(jp_fetch, 403, method, path, headers={"Authorization": ""})
             assert "checks" not in body and "sk-ant" not in body
         assert ext.local_emulator is None and not ext.environment_id
+
+
+async def test_a_notebook_kernel_cannot_start_the_emulator(jp_serverapp, jp_fetch):
+    async with started(jp_serverapp) as ext:
+        manager = jp_serverapp.kernel_manager
+        kernel_id = await manager.start_kernel()
+        try:
+            key = manager.get_kernel(kernel_id).session.key
+            path = f"{jp_serverapp.base_url}cma/api/setup/emulator"
+            signed = {"Authorization": authorization(key, kernel_id, "POST", path, b"")}
+            # The signature is good (the kernel reads the setup), but reconfiguring the server is not a kernel's to do.
+            assert (await api(jp_fetch, "GET", "setup", headers={"Authorization": authorization(
+                key, kernel_id, "GET", f"{jp_serverapp.base_url}cma/api/setup", b"")}))["ready"] is False
+            with pytest.raises(tornado.httpclient.HTTPClientError) as err:
+                await jp_fetch("cma", "api", "setup", "emulator", method="POST", body=b"", headers=signed)
+            assert err.value.code == 403 and "a kernel cannot reconfigure" in json.loads(err.value.response.body)["message"]
+            assert ext.local_emulator is None and not ext.environment_id
+        finally:
+            await manager.shutdown_kernel(kernel_id)
 
 
 async def session_finished(fetch: Any, session_id: str) -> list[dict[str, Any]] | None:
