@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -300,3 +301,23 @@ async def test_a_server_configured_for_another_api_refuses_the_emulator_with_409
         assert "env_0123elsewhere" in message and "environment_id" in message
         assert ext.local_emulator is None and ext.environment_id == "env_0123elsewhere"
         assert (await api(jp_fetch, "GET", "status"))["api_base_url"] == "https://api.anthropic.com"
+
+
+async def test_an_owned_emulator_that_died_is_replaced_by_a_new_one(jp_serverapp, jp_fetch):
+    async with started(jp_serverapp) as ext:
+        first = await api(jp_fetch, "POST", "setup/emulator")
+        dead = ext.local_emulator
+        os.kill(dead.pid, signal.SIGKILL)  # the emulator this test had the server start
+        await wait_until(lambda: not dead.running, 30, what="the emulator to be gone")
+        doc = await api(jp_fetch, "GET", "setup")
+        assert doc["emulator"] == {"running": False, "owned": True, "url": first["emulator"]["url"]}
+        assert doc["can_start_emulator"] is True, "ours, and dead: starting again replaces it"
+        old_poll = ext._emulator_poll
+        again = await api(jp_fetch, "POST", "setup/emulator")
+        assert ext.local_emulator is not dead and again["emulator"]["running"] is True
+        assert again["emulator"]["url"] != first["emulator"]["url"] and again["ready"] is True
+        assert old_poll.done() and not ext._emulator_poll.done(), "the old poll loop ended; the new one polls"
+        assert dead.workdir is None, "the dead one's directory went"
+        # The control plane reaches the new emulator.
+        agent = await api(jp_fetch, "POST", "agents", {"name": "after", "tier": "kernel"})
+        assert agent["id"] in {a["id"] for a in (await api(jp_fetch, "GET", "agents"))["data"]}
