@@ -70,6 +70,8 @@ def _fields(model: type[BaseModel]) -> tuple[str, ...]:
 POLICY = {"name": "fuzz", "scope": {"agent_id": "agent_fuzz"}, "allow": ["example.com"]}
 ROUTES: dict[tuple[str, str], Route] = {
     ("StatusHandler", "GET"): Route(),
+    ("SetupHandler", "GET"): Route(),
+    ("SetupEmulatorHandler", "POST"): Route(body={}),
     ("AgentsHandler", "GET"): Route(query=_fields(schemas.AgentsQuery)),
     ("AgentsHandler", "POST"): Route(body={"name": "fuzz", "tier": "kernel"}, fields=_fields(schemas.AgentCreate)),
     ("AgentHandler", "GET"): Route(),
