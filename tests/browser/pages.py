@@ -15,3 +15,49 @@ def open_lab(page: Page, server: LabServer, path: str = "lab") -> None:
     page.goto(server.lab_url(path))
     page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=LOAD_TIMEOUT)
     page.wait_for_selector(".jp-LabShell", timeout=LOAD_TIMEOUT)
+
+
+def write_notebook(server: LabServer, name: str, cells: list[str]) -> str:
+    """A notebook of code cells in the server's root directory; its path relative to the root."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, server.root_dir / name)
+    return name
+
+
+def open_notebook(page: Page, server: LabServer, path: str) -> None:
+    """Open a notebook in JupyterLab and wait until its kernel is idle."""
+    open_lab(page, server, f"lab/tree/{path}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-Cell", timeout=LOAD_TIMEOUT)
+    page.wait_for_function(
+        """() => { const w = window.jupyterapp.shell.currentWidget;
+                  return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel
+                         && w.sessionContext.session.kernel.status === 'idle'; }""",
+        timeout=LOAD_TIMEOUT)
+
+
+def run_cell(page: Page, index: int) -> None:
+    """Start running the notebook's cell `index` (0-based) and return at once (it may run for long)."""
+    page.evaluate(
+        """(i) => { const app = window.jupyterapp; const nb = app.shell.currentWidget.content;
+                  nb.activeCellIndex = i; void app.commands.execute('notebook:run-cell'); }""", index)
+
+
+def cell(page: Page, index: int):
+    """The locator of the notebook's cell `index` (0-based)."""
+    return page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell").nth(index)
+
+
+def wait_cell_done(page: Page, index: int, timeout: float = 120_000) -> None:
+    """Wait until cell `index` ran (its prompt shows a number, not `*`); fail with the traceback if it raised."""
+    prompt = cell(page, index).locator(".jp-InputArea-prompt")
+    page.wait_for_function("(el) => /\\[\\d+\\]/.test(el.textContent)", arg=prompt.element_handle(), timeout=timeout)
+    error = page.evaluate(
+        """(i) => { const outputs = window.jupyterapp.shell.currentWidget.content.widgets[i].model.outputs.toJSON();
+                  const e = outputs.find((o) => o.output_type === 'error');
+                  return e ? e.ename + ': ' + e.evalue : null; }""", index)
+    if error:
+        raise AssertionError(f"cell {index} raised {error}")

@@ -93,7 +93,9 @@ def start_lab_server(work: Path, *, port: int | None = None, env: dict[str, str]
     log_path = work / "server.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={token}", f"--ServerApp.base_url={BASE_URL}", f"--ServerApp.root_dir={root_dir}",
-           f"--LabApp.workspaces_dir={workspaces}", f"--CMAApp.data_dir={cma_data}",
+           f"--LabApp.workspaces_dir={workspaces}",
+           # window.jupyterapp: the tests run JupyterLab commands by id where the UI path is not what they test.
+           "--LabApp.expose_app_in_browser=True", f"--CMAApp.data_dir={cma_data}",
            *(["--allow-root"] if os.geteuid() == 0 else []), *(cma_args or [])]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, env=server_env, stdout=log, stderr=subprocess.STDOUT, cwd=root_dir)
