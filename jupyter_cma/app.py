@@ -27,6 +27,7 @@ from .anthropic_api import Credentials, SecretFileError, load_secret
 from .client.connection import SERVER_URL_ENV
 from .control.agents import refresh_agents
 from .control.dispatcher import Dispatcher
+from .control.relay import SessionEventRelay
 from .control.egress import SessionEgress
 from .control.sessions import SessionManager
 from .control.webhooks import WebhookIngest
@@ -34,6 +35,7 @@ from .egress.log import EgressLog
 from .egress.policy import CorruptPolicy, PolicyError, PolicyResolver, PolicyStore, load_middleware
 from .egress.proxy import EgressProxy
 from .egress.secrets import SecretStore, SecretStoreError
+from .live import LiveHub, LiveSources
 from .local_emulator import EmulatorInfo, LocalEmulator
 from .sandboxes.base import Tier, WorkerSettings
 from .sandboxes.probe import probe_tiers
@@ -162,6 +164,22 @@ class CMAApp(ExtensionApp):
         help="The container tier: a Docker container per session (default jupyter_cma.sandboxes.container.ContainerTier).",
     ).tag(config=True)
 
+    live_queue_size = Integer(
+        1000, help="Messages the live channel (cma/api/live) queues per subscriber; one that falls further behind loses "
+        "its queue and is told to refetch from the REST API (default 1000)."
+    ).tag(config=True)
+    live_max_subscribers = Integer(
+        64, help="Live channel sockets open at once (one per browser page); more are refused with 503 (default 64)."
+    ).tag(config=True)
+    live_max_watched_sessions = Integer(
+        50, help="Sessions whose events the live channel relays at once, each over one upstream event stream shared by "
+        "every view (default 50). A view watching more is told which sessions it does not get."
+    ).tag(config=True)
+    live_relay_linger = Float(
+        30.0, help="Seconds a session's upstream event stream stays open after the last view stopped watching it, so a "
+        "page reload does not reopen it (default 30)."
+    ).tag(config=True)
+
     egress_middleware = List(
         Unicode(),
         default_value=[],
@@ -183,12 +201,17 @@ class CMAApp(ExtensionApp):
         self.egress_secrets = SecretStore(data / "secrets")
         self.egress_policies = PolicyStore(self.store)
         self.egress_resolver = self._make_egress_resolver()
-        self.egress_log = EgressLog(self.store)
+        # The live channel (cma/api/live): the writers publish through their hooks, after their commits.
+        self.live = LiveHub(queue_size=self.live_queue_size, max_subscribers=self.live_max_subscribers)
+        self.live_sources = LiveSources(self.live)
+        self.store.on_transition = self.live_sources.session_state
+        self.egress_log = EgressLog(self.store, on_rows=self.live_sources.egress_rows)
         # Notebook tools (@cma.tool) run in the kernel that defined them; a kernel proves which one it is by signing
         # its requests with its own key (KernelCredentials, checked by every REST handler).
         kernels = ServerKernels(self.serverapp.kernel_manager, self.serverapp.session_manager)
         self.notebook_tools = NotebookTools(kernels, default_timeout=self.notebook_tool_timeout,
                                             on_change=self._notebook_tool_changed)
+        self.notebook_tools.on_kernel_tools = self.live_sources.tools_changed
         self.settings[KERNEL_CREDENTIALS] = KernelCredentials(kernels)
         # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket),
         # with the notebook tools of their session's agent.
@@ -215,6 +238,10 @@ class CMAApp(ExtensionApp):
             workspaces=data / "workspaces",
             worker=WorkerSettings(client=self.client, environment_key=self.credentials.environment_key, max_idle=self.idle_release_seconds),
         )
+        self.sessions.on_tool_result = self.live_sources.session_tool
+        self.live_relay = SessionEventRelay(client=self.client, publish=self.live.publish, linger=self.live_relay_linger,
+                                            max_streams=self.live_max_watched_sessions)
+        self.live.watcher = self.live_relay
         self.dispatcher: Dispatcher | None = None
         if self.environment_id and self.credentials.environment_key is not None:
             self.dispatcher = Dispatcher(
@@ -255,6 +282,7 @@ class CMAApp(ExtensionApp):
             registry=self.tools,
             setup=self.setup_status,
             start_emulator=self.use_local_emulator,
+            live=self.live,
         )))
 
     def _make_egress_resolver(self) -> PolicyResolver:
@@ -348,7 +376,13 @@ class CMAApp(ExtensionApp):
             "dispatch": None if self.dispatcher is None else {"drains": self.dispatcher.drains, "claimed": self.dispatcher.claimed},
             "webhooks": {"accepted": self.webhooks.accepted, "duplicates": self.webhooks.duplicates, "rejected": self.webhooks.rejected},
             "egress": self._egress_status(),
+            "live": {**self.live.status(), **self.live_relay.status()},
         }
+
+    def notify_status_changed(self) -> None:
+        """Tell the live channel's views that setup or configuration changed (`status.changed`): they refetch
+        `GET status` and `GET setup`."""
+        self.live_sources.status_changed()
 
     def _egress_status(self) -> dict[str, Any]:
         policies = self.egress_policies.list()
@@ -553,6 +587,8 @@ class CMAApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self.serverapp.event_logger.remove_listener(schema_id=KERNEL_ACTIONS, listener=self._on_kernel_action)
+        self.live.close()  # each live socket's sender closes it (1001)
+        await self.live_relay.close(self.stop_timeout)
         await self.background.close(self.stop_timeout)
         try:
             await asyncio.wait_for(self._release_all(), self.stop_timeout)

@@ -14,10 +14,14 @@ than hopping to a thread.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: list[str] = [
     # 1: webhook deliveries, sessions, session events.
@@ -169,6 +173,10 @@ class Conflict(ValueError):
 class Store:
     """The extension's database. Open one per server process."""
 
+    # Called after each committed `transition` with {id, state, from_state, tier, agent_id, at}: the live channel's
+    # session.state. It must not block (it runs inside the caller's transition); one that raises is logged.
+    on_transition: Callable[[dict[str, Any]], None] | None = None
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,10 +296,17 @@ class Store:
         since: float | None = None,
         until: float | None = None,
         before: int | None = None,
+        after: int | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Egress records, newest first; pass the last row's `id` as `before` for the next page."""
+        """Egress records, newest first; pass the last row's `id` as `before` for the next page.
+
+        With `after` (a row's id): the rows after it, oldest first, so a live view catches up from the last row it has.
+        """
         clauses, params = ["id < ?"], [before if before is not None else 2**63 - 1]
+        if after is not None:
+            clauses.append("id > ?")
+            params.append(after)
         for column, value in (("session_id", session_id), ("agent_id", agent_id), ("host", host), ("decision", decision)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -303,7 +318,8 @@ class Store:
             clauses.append("at < ?")
             params.append(until)
         rows = self._db.execute(
-            f"SELECT * FROM egress_log WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?", (*params, limit)
+            f"SELECT * FROM egress_log WHERE {' AND '.join(clauses)} ORDER BY id {'ASC' if after is not None else 'DESC'} LIMIT ?",
+            (*params, limit),
         ).fetchall()
         return [dict(r) for r in rows]
 
@@ -344,7 +360,7 @@ class Store:
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            row = self._db.execute("SELECT status FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            row = self._db.execute("SELECT status, tier, agent_id FROM sessions WHERE id = ?", (session_id,)).fetchone()
             from_state = row["status"] if row else None
             if row is None:
                 self._db.execute(
@@ -364,6 +380,17 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        if self.on_transition is not None:
+            # After the commit: whoever hears of it (the live channel) can read the new state back at once.
+            change = {
+                "id": session_id, "state": to_state, "from_state": from_state,
+                "tier": fields.get("tier", row["tier"] if row else None),
+                "agent_id": fields.get("agent_id", row["agent_id"] if row else None), "at": now,
+            }
+            try:
+                self.on_transition(change)
+            except Exception:  # the state changed; a listener's failure must not look like the transition's
+                log.exception("jupyter-cma: a listener of session %s's transition failed", session_id)
         return from_state
 
     def forget_session(self, session_id: str) -> None:

@@ -81,6 +81,8 @@ class SessionManager:
         self.worker = worker
         self.live: dict[str, Live] = {}
         self.sandboxes_started = 0
+        # Given to each sandbox this manager creates, called after each of its tool results (the live channel's session.tool).
+        self.on_tool_result: Callable[[Sandbox], None] | None = None
         self._background = BackgroundTasks("sessions")  # work started for events (e.g. reaping); close() ends it
 
     # ------------------------------------------------------------------ routing
@@ -127,6 +129,7 @@ class SessionManager:
         live.sandbox.on_first_result = lambda at: self.store.update_session(
             session_id, cold_start_ms=round((at - live.claimed_at) * 1000, 1)
         )
+        live.sandbox.on_tool_result = self.on_tool_result
         self.sandboxes_started += 1
         self.store.transition(session_id, "starting", f"starting a {tier_name} sandbox")
         live.task = asyncio.ensure_future(self._serve(session_id, live))

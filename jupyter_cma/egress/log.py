@@ -5,8 +5,9 @@ holds when, which session and agent, method, scheme, host, port, the path
 *without* its query or fragment (queries carry tokens and personal data far
 too often to be kept), the status, bytes each way, the duration, the
 decision (`allowed`, `denied` or `injected`) and the rule that decided.
-Records go to SQLite (kept `egress_log_retention_days`), to live
-subscribers (the dashboard's feed), and out as JSON lines for a SIEM.
+Records go to SQLite (kept `egress_log_retention_days`), to the live
+channel once committed (`on_rows`, the views' `egress.row`), and out as
+JSON lines for a SIEM.
 
 Nothing secret can reach a record: injected header values are never passed
 in, and paths lose their query strings here, in one place.
@@ -14,11 +15,10 @@ in, and paths lose their query strings here, in one place.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 DECISIONS = ("allowed", "denied", "injected")
 MAX_PATH = 2048
-FEED_QUEUE_SIZE = 1000
 
 
 def clean_path(raw: str | None) -> str | None:
@@ -79,38 +78,33 @@ def _row(
 
 
 class EgressLog:
-    """Records egress decisions and hands them to storage and live subscribers."""
+    """Records egress decisions and hands them to storage and the live channel.
 
-    def __init__(self, store: Store) -> None:
+    Args:
+        store: where rows are kept.
+        on_rows: called with each batch of rows once committed (each with its id), e.g. the live channel's
+            `egress.row`. It must not block (the proxy's records wait behind it); one that raises is logged.
+    """
+
+    def __init__(self, store: Store, *, on_rows: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self._store = store
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.on_rows = on_rows
 
     def record(self, **fields: Any) -> dict[str, Any]:
         """Store one record and publish it; returns the stored record (with its id). Fields: see `_row`."""
         return self.record_many([fields])[0]
 
     def record_many(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Store records in one transaction (the proxy sends them in batches) and publish each."""
+        """Store records in one transaction (the proxy sends them in batches), then hand the batch to `on_rows`."""
         rows = [_row(**r) for r in records]
         for row, row_id in zip(rows, self._store.log_egress_many(rows)):
             row["id"] = row_id
-        for row in rows:
-            for queue in list(self._subscribers):
-                try:
-                    queue.put_nowait(row)
-                except asyncio.QueueFull:
-                    # A subscriber that stopped reading loses records, never the proxy's time.
-                    log.warning("egress feed subscriber is %d records behind; dropping one", queue.qsize())
+        if self.on_rows is not None and rows:
+            try:
+                self.on_rows(rows)
+            except Exception:  # stored already: a listener's failure must not lose the proxy's next records
+                log.exception("jupyter-cma: a listener of %d new egress rows failed", len(rows))
         return rows
-
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        """A live feed of new records (for the dashboard); call `unsubscribe` when done."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=FEED_QUEUE_SIZE)
-        self._subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(queue)
 
     def query(self, **filters: Any) -> list[dict[str, Any]]:
         """Stored records, newest first (see `Store.egress_log` for the filters)."""

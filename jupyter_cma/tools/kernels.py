@@ -188,6 +188,8 @@ class NotebookTools:
         self.kernels = kernels
         self.default_timeout = default_timeout
         self.on_change = on_change  # a registered tool's definition changed (agents given it are updated)
+        # A kernel's set of tools changed (registered, unregistered, gone with the kernel): the live channel's tools.changed.
+        self.on_kernel_tools: Callable[[str], None] | None = None
         self._tools: dict[str, dict[str, NotebookTool]] = {}  # kernel id → name → tool
         self._notebooks: dict[str, str] = {}  # kernel id → notebook path, kept after the kernel ends (for messages)
         self._gone: dict[str, str] = {}  # kernel id → why its tools went (restarted, shut down)
@@ -208,11 +210,22 @@ class NotebookTools:
         self._gone.pop(kernel_id, None)
         if before is not None and before.definition() != tool.definition() and self.on_change is not None:
             self.on_change(tool)
+        self._kernel_tools_changed(kernel_id)
         log.info("jupyter-cma: notebook %s (kernel %s) registered tool %s", tool.notebook or "?", kernel_id, name)
         return tool
 
     def unregister(self, kernel_id: str, name: str) -> bool:
-        return self._tools.get(kernel_id, {}).pop(name, None) is not None
+        removed = self._tools.get(kernel_id, {}).pop(name, None) is not None
+        if removed:
+            self._kernel_tools_changed(kernel_id)
+        return removed
+
+    def _kernel_tools_changed(self, kernel_id: str) -> None:
+        if self.on_kernel_tools is not None:
+            try:
+                self.on_kernel_tools(kernel_id)
+            except Exception:  # a listener's failure must not fail the kernel's registration
+                log.exception("jupyter-cma: a listener of kernel %s's tools failed", kernel_id)
 
     def forget_kernel(self, kernel_id: str, why: str) -> None:
         """The kernel restarted or shut down: its tools are gone with its memory."""
@@ -223,6 +236,7 @@ class NotebookTools:
         if tools:
             self._gone[kernel_id] = why
             log.info("jupyter-cma: kernel %s %s; its tools %s are unregistered", kernel_id, why, sorted(tools))
+            self._kernel_tools_changed(kernel_id)
 
     def get(self, kernel_id: str, name: str) -> NotebookTool | None:
         return self._tools.get(kernel_id, {}).get(name)

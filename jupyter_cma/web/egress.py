@@ -260,7 +260,8 @@ class EgressLogHandler(CMAHandler):
     """`GET cma/api/egress/log`: egress records, newest first, filtered; `?format=jsonl` exports them all.
 
     Filters: session_id, agent_id, host, decision (allowed|denied|injected), since/until (Unix times);
-    JSON pages by `before` (the previous page's `next_before`); JSON lines stream every match.
+    JSON pages by `before` (the previous page's `next_before`); JSON lines stream every match. `after` (a row's
+    id) answers the rows after it, oldest first, with `next_after` to continue: a live view's catch-up.
     """
 
     def initialize(self, name: str, *, egress_log: EgressLog) -> None:  # type: ignore[override]
@@ -284,6 +285,10 @@ class EgressLogHandler(CMAHandler):
                     await self.flush()
             # APIHandler.finish would relabel the body as JSON: finish as the plain handler does.
             tornado.web.RequestHandler.finish(self)
+            return
+        if query.after is not None:
+            rows = self._egress_log.query(limit=query.limit, before=query.before, after=query.after, **filters)
+            self.finish({"data": rows, "next_after": rows[-1]["id"] if rows else query.after})
             return
         rows = self._egress_log.query(limit=query.limit, before=query.before, **filters)
         self.finish({"data": rows, "next_before": rows[-1]["id"] if rows else None})

@@ -12,7 +12,8 @@ themselves live in a module per resource:
 - `web/terminals.py`: `sessions/{id}/terminal`;
 - `web/workspaces.py`: `sessions/{id}/workspace` and its `push`/`pull`;
 - `web/egress.py`: `egress/log`, `egress/policies…`, `egress/decide`, `egress/secrets…`;
-- `web/webhooks.py`: `webhooks` (the deliveries received) and the unauthenticated `{base_url}cma/webhooks`.
+- `web/webhooks.py`: `webhooks` (the deliveries received) and the unauthenticated `{base_url}cma/webhooks`;
+- `web/live.py`: `live`, the live channel's websocket.
 
 `web/base.py` holds what they share (`CMAHandler`: authentication, input checking, errors, calls upstream).
 """
@@ -33,6 +34,7 @@ from .egress import (
     EgressSecretHandler,
     EgressSecretsHandler,
 )
+from .live import LiveSocket
 from .schemas import ID_PATTERN
 from .sessions import (
     SessionEventsHandler,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from ..egress.log import EgressLog
     from ..egress.policy import PolicyResolver, PolicyStore
     from ..egress.secrets import SecretStore
+    from ..live import LiveHub
     from ..sandboxes.base import Tier
     from ..store import Store
     from ..tools.kernels import NotebookTools
@@ -85,6 +88,7 @@ class ApiContext:
     registry: ToolRegistry
     setup: Callable[[], dict[str, Any]]
     start_emulator: Callable[[], Awaitable[dict[str, Any]]]
+    live: LiveHub
 
 
 def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
@@ -98,6 +102,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
     policies = {"policies": ctx.policies, "secrets": ctx.secrets}
     return [
         (rf"{api}/status", StatusHandler, {"status": ctx.status}),
+        (rf"{api}/live", LiveSocket, {"hub": ctx.live}),
         (rf"{api}/setup", SetupHandler, {"setup": ctx.setup}),
         (rf"{api}/setup/emulator", SetupEmulatorHandler, {"start_emulator": ctx.start_emulator}),
         (rf"{api}/agents", AgentsHandler, agents),

@@ -31,10 +31,11 @@ from pydantic import (
 )
 
 from ..egress.log import DECISIONS
+from ..live import KINDS as LIVE_KINDS
 
 __all__ = [
     "DEFAULT_MODEL", "ID_PATTERN", "SESSION_STATES", "AgentCreate", "AgentPatch", "AgentsQuery", "Body", "DecideBody", "DeliveriesQuery",
-    "EgressLogQuery", "EmptyBody", "EventsQuery", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain", "one_of",
+    "EgressLogQuery", "EmptyBody", "EventsQuery", "LiveSubscribe", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain", "one_of",
 ]
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"  # also the route table's pattern for ids in paths
@@ -42,6 +43,7 @@ _ID = re.compile(ID_PATTERN)
 SESSION_STATES = ("claimed", "starting", "running", "idle", "sleeping", "resumed", "stopped", "failed")
 DEFAULT_MODEL = "claude-sonnet-4-5"
 INT64_MAX = 2**63 - 1
+LIVE_MAX_SESSIONS = 20  # sessions one live subscriber may watch (each costs the server an upstream stream)
 
 
 def _an_id(value: str) -> str:
@@ -82,6 +84,8 @@ Metadata = Annotated[
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=0)]
 # An upstream page cursor is opaque; this bounds what is passed on to a URL-safe token.
 Cursor = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_=+/.:-]{1,1024}$")]
+# An RFC 3339 time as the API writes processed_at, e.g. 2026-12-05T08:30:00.123456Z.
+Stamp = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")]
 
 
 class Body(BaseModel):
@@ -229,6 +233,7 @@ class EventsQuery(Query):
 
     limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
     page: Cursor | None = Field(None, description="the previous page's next_page, unchanged")
+    after: Stamp | None = Field(None, description="an event's processed_at (RFC 3339): only events processed after it, oldest first")
 
 
 class DeliveriesQuery(Query):
@@ -272,6 +277,28 @@ class EgressLogQuery(Query):
     format: Literal["json", "jsonl"] = Field("json", description="json or jsonl")
     limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
     before: int | None = Field(None, ge=1, le=INT64_MAX, description="the previous page's next_before, a positive integer")
+    after: int | None = Field(None, ge=0, le=INT64_MAX, description="a row's id: only rows with a larger id, oldest first")
+
+
+# ---------------------------------------------------------------------- live channel
+
+
+class LiveEgressFilter(Body):
+    """The `egress` part of a live `subscribe` message."""
+
+    session_id: Id | None = Field(None, description="a session id: egress rows of that session only")
+
+
+class LiveSubscribe(Body):
+    """A client's message on `cma/api/live`: the filter that replaces the current one."""
+
+    op: Literal["subscribe"] = Field(description='"subscribe"')
+    kinds: list[Annotated[str, one_of(LIVE_KINDS)]] | None = Field(
+        None, max_length=len(LIVE_KINDS), description=f"null for every kind, or a list of {list(LIVE_KINDS)}")
+    sessions: list[Id] | None = Field(
+        None, max_length=LIVE_MAX_SESSIONS,
+        description=f"session ids whose session.event messages are wanted, at most {LIVE_MAX_SESSIONS}")
+    egress: LiveEgressFilter | None = Field(None, description='null, or {"session_id": …} for that session\'s egress rows only')
 
 
 # ---------------------------------------------------------------------- messages

@@ -89,7 +89,11 @@ class SessionHandler(CMAHandler):
 
 
 class SessionEventsHandler(CMAHandler):
-    """`GET cma/api/sessions/{id}/events`: the session's events from Anthropic's API, one page."""
+    """`GET cma/api/sessions/{id}/events`: the session's events from Anthropic's API, one page, oldest first.
+
+    `after` (an event's `processed_at`) answers only the events processed after it: a live view's catch-up when the
+    channel tells it of a new event.
+    """
 
     def initialize(self, name: str, *, client: AsyncAnthropic) -> None:  # type: ignore[override]
         super().initialize(name)
@@ -102,6 +106,8 @@ class SessionEventsHandler(CMAHandler):
         params: dict[str, Any] = {"limit": query.limit}
         if query.page is not None:
             params["page"] = query.page
+        if query.after is not None:
+            params["created_at_gt"] = query.after
         page = await self.upstream(self._client.beta.sessions.events.list(session_id, **params))
         self.finish({"data": [e.model_dump(mode="json") for e in page.data], "next_page": page.next_page})
 
