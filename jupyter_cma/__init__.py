@@ -63,3 +63,8 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .app import CMAApp
 
     return [{"module": "jupyter_cma", "app": CMAApp}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the built JupyterLab extension is, for `jupyter-builder develop` (a wheel installs it as shared data)."""
+    return [{"src": "labextension", "dest": "jupyter-cma"}]

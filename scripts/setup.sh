@@ -31,11 +31,27 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -f $stamp ]]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  # The JupyterLab extension is built below (only when its sources change), not by pip's isolated build.
+  SKIP_JUPYTER_BUILDER=1 .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import jupyter_cma, anthropic" # fail here, not later, if the install broke
   rm -f .venv/.installed-*
   touch "$stamp"
   echo "setup: installed jupyter-cma into .venv"
+fi
+
+# --- the JupyterLab extension and the notebook widgets: labextension/ (TypeScript) -> jupyter_cma/labextension,
+# jupyter_cma/widgets/static. Rebuilt only when its sources change (a hash of them, as for the image).
+lab_hash=$(cd labextension && find package.json yarn.lock tsconfig.json .yarnrc.yml install.json src style schema scripts \
+  -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+lab_stamp=".venv/.labextension-$lab_hash"
+if [[ ! -f $lab_stamp || ! -f jupyter_cma/labextension/static/style.js || ! -f jupyter_cma/widgets/static/dashboard.js ]]; then
+  (cd labextension && export PATH="$PWD/../.venv/bin:$PATH" \
+     && jlpm install --immutable >/dev/null && jlpm build:prod >/dev/null)
+  # JupyterLab finds the extension through a link to the build: .venv/share/jupyter/labextensions/jupyter-cma
+  .venv/bin/jupyter-builder develop --overwrite . >/dev/null
+  rm -f .venv/.labextension-*
+  touch "$lab_stamp"
+  echo "setup: built the JupyterLab extension"
 fi
 
 # --- the egress proxy's engine (mitmproxy in an environment of its own) --------
