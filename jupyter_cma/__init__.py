@@ -35,6 +35,8 @@ _NOTEBOOK_API = {
     "egress": ("jupyter_cma.client.egress", None),  # policies, decide, secrets, the egress log
     "connect": ("jupyter_cma.client.connection", "connect"),
     "CMAError": ("jupyter_cma.client.connection", "CMAError"),
+    "dashboard": ("jupyter_cma.widgets", "dashboard"),  # live widgets: anywidget loads only when one is asked for
+    "egress_log": ("jupyter_cma.widgets", "egress_log"),
 }
 
 __all__ = ["__version__", *_NOTEBOOK_API]

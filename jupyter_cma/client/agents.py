@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .connection import CMAError, connection
-from .sessions import Session
+from .sessions import Session, widget_view
 
 __all__ = ["STANDARD_TOOLS", "Agent"]
 
@@ -205,6 +205,12 @@ class Agent:
         body = "".join(f'<tr><th style="text-align:left;padding-right:1em;vertical-align:top">{k}</th>'
                        f'<td style="text-align:left">{v}</td></tr>' for k, v in rows)
         return f"<div><b>cma.Agent</b> {esc(self.name)}<table>{body}</table></div>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Displayed in a notebook: the live table of this agent's sessions (a widget), with the text and HTML
+        above wherever widgets are not shown."""
+        bundle = {"text/plain": repr(self), "text/html": self._repr_html_()}
+        return {**bundle, **widget_view(include, exclude, agent=self.id)}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Agent) and other.id == self.id

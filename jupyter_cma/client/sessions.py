@@ -16,6 +16,7 @@ the server runs it beside the cell (`tools/notebook.py`).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,22 @@ class Session:
             return render_html([], header=f"cma.Session {self.id}", footer=f"its events cannot be read now: {exc}")
         return render_html(items(events), header=self._header(turn_state(events)))
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """Displayed in a notebook: the session's live view (a widget: its conversation as it streams, its egress
+        rows, stop / terminal / export / send), with the transcript as text and HTML wherever widgets are not
+        shown (a saved notebook, nbconvert, a console)."""
+        try:
+            events = self._refresh()
+        except CMAError as exc:
+            bundle = {"text/plain": f"<cma.Session {self.id} (its events cannot be read now: {exc})>",
+                      "text/html": render_html([], header=f"cma.Session {self.id}",
+                                               footer=f"its events cannot be read now: {exc}")}
+        else:
+            transcript, header = items(events), self._header(turn_state(events))
+            bundle = {"text/plain": render_text(transcript, header=header),
+                      "text/html": render_html(transcript, header=header)}
+        return {**bundle, **widget_view(include, exclude, session=self.id, show_table=False)}
+
     # ------------------------------------------------------------------ internals
 
     def _refresh(self) -> list[dict[str, Any]]:
@@ -233,6 +250,18 @@ class Session:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def widget_view(include: Any, exclude: Any, **traits: Any) -> dict[str, Any]:
+    """The widget-view part of a display bundle (`cma.dashboard`'s view with these traits), or {} where no widget
+    can show: outside a kernel (a script, terminal IPython), without the widgets' JavaScript, or not wanted."""
+    if "ipykernel" not in sys.modules:  # not in a kernel: no widget, and anywidget is not even imported
+        return {}
+    try:
+        from ..widgets.core import widget_bundle
+    except ImportError:  # anywidget missing: the text and HTML stand alone
+        return {}
+    return widget_bundle(include, exclude, **traits) or {}
 
 
 def _describe(state: TurnState) -> str:

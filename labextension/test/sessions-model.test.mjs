@@ -99,7 +99,7 @@ test('tool messages raise the tool count and last activity, idempotently', () =>
   assert.equal(applyLive(rows, { kind: 'egress.row', data: { id: 1 } }), 'unchanged');
 });
 
-test('a snapshot wins unless a live message was newer; rows it lacks stay only if they changed after the request', () => {
+test('a snapshot wins unless a live message was newer; rows it lacks stay only if live touched them meanwhile', () => {
   const live = row('sesn_1', { status: 'idle', updated_at: 300 });
   const current = new Map([
     ['sesn_1', live],
@@ -108,7 +108,7 @@ test('a snapshot wins unless a live message was newer; rows it lacks stay only i
     ['sesn_4', row('sesn_4', { updated_at: 120 })]
   ]);
   const snapshot = [row('sesn_1', { status: 'running', updated_at: 200, title: 'from REST' }), row('sesn_4', { updated_at: 120 })];
-  const merged = mergeSnapshot(current, snapshot, 350);
+  const merged = mergeSnapshot(current, snapshot, new Set(['sesn_3']));
   assert.deepEqual([...merged.keys()], ['sesn_1', 'sesn_4', 'sesn_3']);
   assert.equal(merged.get('sesn_1').status, 'idle', 'the newer live state stands');
   assert.equal(merged.get('sesn_1').title, 'from REST', 'the other fields come from the snapshot');

@@ -272,13 +272,14 @@ export function applyLive(rows: Map<string, SessionRow>, message: LiveLike): Liv
 
 /**
  * A fresh snapshot merged with what live messages said meanwhile: the snapshot's rows, except that a row a live
- * message made newer keeps its newer state (and the larger tool count); rows missing from the snapshot stay only
- * if they changed after the snapshot was asked for (`requestedAt`, unix seconds).
+ * message made newer keeps its newer state (and the larger tool count). A row missing from the snapshot stays
+ * only if a live message touched it while the snapshot was on its way (`touched`: those sessions' ids), since
+ * the snapshot may have been read before that session existed.
  */
 export function mergeSnapshot(
   current: ReadonlyMap<string, SessionRow>,
   snapshot: readonly SessionRow[],
-  requestedAt: number
+  touched: ReadonlySet<string> = new Set()
 ): Map<string, SessionRow> {
   const merged = new Map<string, SessionRow>();
   for (const fresh of snapshot) {
@@ -294,7 +295,7 @@ export function mergeSnapshot(
     merged.set(fresh.id, known && sameRow(known, row) ? known : row);
   }
   for (const [id, known] of current) {
-    if (!merged.has(id) && updatedAt(known) >= requestedAt) {
+    if (!merged.has(id) && touched.has(id)) {
       merged.set(id, known);
     }
   }
