@@ -61,3 +61,39 @@ def wait_cell_done(page: Page, index: int, timeout: float = 120_000) -> None:
                   return e ? e.ename + ': ' + e.evalue : null; }""", index)
     if error:
         raise AssertionError(f"cell {index} raised {error}")
+
+
+PANEL = "#jupyter-cma-panel"
+
+
+def open_sidebar(page: Page, tab: str | None = None) -> None:
+    """Show the "Claude agents" sidebar (clicking its icon in the left bar unless a restored layout shows it
+    already: a second click would collapse it), then one of its tabs: agents, sessions, egress, webhooks."""
+    if not page.locator(PANEL).is_visible():
+        page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab[data-id='jupyter-cma-panel']").click()
+    page.locator(PANEL).wait_for(state="visible")
+    if tab:
+        page.locator(f"#jupyter-cma-panel-tab-{tab}").click()
+        page.locator(f"#jupyter-cma-panel-tabpanel-{tab}").wait_for(state="visible")
+
+
+def mark_page(page: Page) -> None:
+    """Mark the loaded page, so `assert_not_reloaded` proves what changed since came without a reload."""
+    page.evaluate("window.__cmaTestMark = 'no reload since'")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__cmaTestMark") == "no reload since", "the page was reloaded"
+
+
+def widen_sidebar(page: Page, width: int = 720) -> None:
+    """Drag the left sidebar's edge so the panel is `width` px wide (for screenshots that show its tables whole)."""
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)").first
+    box = handle.bounding_box()
+    assert box is not None, "the left sidebar's edge is not shown"
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + 0.5, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 + (width - box["x"]) / 2, y, steps=4)
+    page.mouse.move(width, y, steps=4)
+    page.mouse.up()
