@@ -13,7 +13,6 @@ import json
 import os
 import re
 import secrets
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -154,9 +153,8 @@ async def refused_status(jp_ws_fetch: Any, **kw: Any) -> int:
 
 
 async def raw_socket(port: int, path: str, token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    """A websocket client that never reads unless asked: a small receive buffer, the upgrade by hand."""
+    """A websocket client that never reads unless asked, the upgrade made by hand."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**16)
-    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write((f"GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: token {token}\r\n\r\n").encode())
@@ -168,6 +166,11 @@ async def raw_socket(port: int, path: str, token: str) -> tuple[asyncio.StreamRe
 def row(session_id: str | None, host: str, **extra: Any) -> dict[str, Any]:
     return {"method": "GET", "scheme": "https", "host": host, "port": 443, "path": "/x", "decision": "allowed",
             "session_id": session_id, **extra}
+
+
+async def get(h: Harness, path: str, **params: Any) -> Any:
+    response = await h.fetch("cma", "api", *path.split("/"), params=params)
+    return json.loads(response.body)
 
 
 def egress_rows(live: Live) -> list[dict[str, Any]]:
@@ -235,3 +238,200 @@ async def test_bad_client_messages_close_the_socket_and_subscribers_are_capped(h
         for live in sockets:
             live.ws.close()
     await wait_until(lambda: h.ext.live.status()["subscribers"] == 0, 30, what="the sockets to close")
+
+
+# --------------------------------------------------------------------------- what a view sees of a real session
+
+
+async def test_a_session_seen_live_with_nothing_secret_on_the_wire(harness, jp_ws_fetch, jp_serverapp):
+    h = await harness.start()
+    upstream = Upstream("warehouse")
+    try:
+        await h.api("PUT", "egress/secrets/LIVE_KEY", {"value": EGRESS_SECRET})
+        await h.api("POST", "egress/policies", {
+            "name": "default", "scope": {"environment": True},
+            "private_services": [{"name": "warehouse.test", "target": f"127.0.0.1:{upstream.port}"}],
+            "inject": [{"host": "warehouse.test", "scheme": "http", "header": "X-Key", "secret": "LIVE_KEY"}],
+        })
+        agent = await h.agent()
+        async with live_socket(jp_ws_fetch) as live, live_socket(jp_ws_fetch) as other:
+            sid = await h.session(agent)  # no message yet: its first event comes once the view watches it
+            answer = await live.subscribe(kinds=None, sessions=[sid])
+            assert answer["filter"] == {"kinds": None, "sessions": [sid], "egress": None}
+            await wait_until(lambda: h.ext.live_relay.status()["connected"] == 1, 30, what="the session's upstream stream")
+            code = CLIENT + "print(fetch('http://warehouse.test/table?rows=10'))"
+            await h.api("POST", f"sessions/{sid}/messages", {"text": script(python(code), {"say": "done"})})
+            await h.turn_ends(sid)
+            await wait_until(lambda: h.state(sid) == "sleeping", 30, what="the session to sleep")
+            # A kernel's notebook tools changing, and the setup changing, reach the views too.
+            kernel = "0b8f3c1e-0000-4000-8000-00000000a11e"
+            await h.ext.notebook_tools.register(kernel, "lookup", description="Look up.", input_schema={"type": "object"})
+            h.ext.notify_status_changed()
+
+            def seen(s: Live) -> bool:
+                kinds = {(m["kind"], m["data"].get("type") or m["data"].get("state")) for m in s.messages}
+                return {("session.state", "sleeping"), ("session.event", "session.status_idle"), ("status.changed", None)} <= kinds
+
+            await live.until(seen, "the session's whole run")
+            await other.until(lambda s: any(m["kind"] == "status.changed" for m in s.messages), "the status change")
+        rest_rows = (await get(h, "egress/log", session_id=sid))["data"]
+        rest_events = (await get(h, f"sessions/{sid}/events"))["data"]
+    finally:
+        upstream.close()
+    assert upstream.headers("x-key") == [[EGRESS_SECRET]], "the secret was in play: the proxy injected it"
+    mine = [m for m in live.messages if m["session_id"] == sid]
+    states = [m["data"]["state"] for m in mine if m["kind"] == "session.state"]
+    assert states[:3] == ["claimed", "starting", "running"] and states[-1] == "sleeping"
+    state = next(m["data"] for m in mine if m["kind"] == "session.state")
+    assert (state["id"], state["tier"], state["agent_id"], state["from_state"]) == (sid, "kernel", agent, None)
+    # Egress rows are exactly the rows REST serves.
+    (live_row,) = [m["data"] for m in mine if m["kind"] == "egress.row"]
+    assert live_row == next(r for r in rest_rows if r["id"] == live_row["id"])
+    assert (live_row["host"], live_row["path"], live_row["decision"]) == ("warehouse.test", "/table", "injected")
+    tools = [m["data"] for m in mine if m["kind"] == "session.tool"]
+    assert [t["tool_calls"] for t in tools] == [1] and tools[0]["at"] is not None
+    # Events: ids, types and times only; the contents come from REST, after any event a view has.
+    relayed = [m["data"] for m in mine if m["kind"] == "session.event"]
+    by_id = {e["id"]: e for e in rest_events}
+    assert relayed and all(by_id[e["event_id"]]["type"] == e["type"] for e in relayed)
+    assert [e["event_id"] for e in relayed] == [e["id"] for e in rest_events][-len(relayed):], "in order, none missed once watched"
+    first = relayed[0]
+    after = (await get(h, f"sessions/{sid}/events", after=first["processed_at"]))["data"]
+    assert [e["id"] for e in after] == [e["event_id"] for e in relayed[1:]]
+    assert any(m["kind"] == "tools.changed" and m["data"] == {"kernel_id": kernel} for m in live.messages)
+    # The other view did not watch the session: no events of it, everything else alike.
+    assert not [m for m in other.messages if m["kind"] == "session.event"]
+    assert [m["data"] for m in other.messages if m["kind"] == "egress.row"] == [live_row]
+    # Nothing secret in any frame, and every message's data holds only its kind's fields.
+    wire = "".join(live.raw + other.raw)
+    info = h.emulator.info
+    for name, value in {"API key": info["api_key"], "environment key": info["environment_key"], "webhook secret": info["webhook_secret"],
+                        "egress secret": EGRESS_SECRET, "server token": jp_serverapp.identity_provider.token}.items():
+        assert value not in wire, f"the {name} went out on the live channel"
+    assert "rows=10" not in wire, "no query string leaves the egress log"
+    for m in live.messages + other.messages:
+        assert set(m) == {"seq", "t", "kind", "session_id", "data"} and set(m["data"]) == DATA_KEYS[m["kind"]], m
+    seqs = [m["seq"] for m in live.messages]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# --------------------------------------------------------------------------- filters, bounds, reconnects
+
+
+async def test_a_view_gets_what_its_filter_names(harness, jp_ws_fetch):
+    h = await harness.start()
+    async with live_socket(jp_ws_fetch) as everything, live_socket(jp_ws_fetch) as one_session, live_socket(jp_ws_fetch) as rows_only:
+        await one_session.subscribe(kinds=["egress.row"], egress={"session_id": "sesn_a"})
+        await rows_only.subscribe(kinds=["egress.row"])
+        h.ext.store.transition("sesn_b", "claimed", "a test")
+        h.ext.egress_log.record_many([row("sesn_b", "b.example"), row("sesn_a", "a.example"), row(None, "nobody.example")])
+        h.ext.store.transition("sesn_a", "claimed", "a test")
+        h.ext.egress_log.record(**row("sesn_a", "last.example"))
+        for live in (everything, one_session, rows_only):
+            await live.until(lambda s: any(r["host"] == "last.example" for r in egress_rows(s)), "the last row")
+    assert [r["host"] for r in egress_rows(one_session)] == ["a.example", "last.example"]
+    assert [r["host"] for r in egress_rows(rows_only)] == ["b.example", "a.example", "nobody.example", "last.example"]
+    assert {m["kind"] for m in one_session.messages + rows_only.messages} == {"egress.row"}
+    states = [(m["session_id"], m["data"]["state"]) for m in everything.messages if m["kind"] == "session.state"]
+    assert states == [("sesn_b", "claimed"), ("sesn_a", "claimed")]
+    assert len(egress_rows(everything)) == 4
+
+
+async def test_a_subscriber_that_stops_reading_is_bounded_and_told_of_the_gap(harness, jp_ws_fetch, jp_serverapp, jp_http_port, jp_base_url):
+    h = await harness.start()
+    token = jp_serverapp.identity_provider.token
+    reader, writer, status_line = await raw_socket(jp_http_port, f"{jp_base_url}cma/api/live", token)  # never reads until the end
+    assert b" 101 " in status_line
+    try:
+        async with live_socket(jp_ws_fetch) as fast:
+            await wait_until(lambda: h.ext.live.status()["subscribers"] == 2, 30, what="both subscribers")
+            subs = list(h.ext.live.subscribers)
+            pad = "/" + "p" * 2000  # about 2 KB a message: the socket's buffers fill after a few thousand
+            sent = 0
+            # Batches smaller than the queue, each read by the fast view before the next: it never falls behind, the other
+            # never reads. Publish until the one that never reads has overflowed (through the real egress log path).
+            for _ in range(400):
+                h.ext.egress_log.record_many([row("sesn_bulk", "bulk.example", path=pad) for _ in range(100)])
+                sent += 100
+                await fast.until(lambda s, n=sent: len(egress_rows(s)) >= n, "the fast view to keep up")
+                if h.ext.live.status()["gaps"] >= 1:
+                    break
+            status = h.ext.live.status()
+            assert status["gaps"] >= 1 and status["dropped"] > 0, status
+            assert all(len(s.queue) <= QUEUE for s in subs), "no queue grows past its bound"
+            slow = next(s for s in subs if s.gaps)
+            assert slow.maxlen == QUEUE
+            # The fast view got every row, in order, and no gap.
+            assert [r["id"] for r in egress_rows(fast)] == sorted(r["id"] for r in egress_rows(fast)) and len(egress_rows(fast)) == sent
+            assert fast.control("gap") == []
+        # Once it reads, the slow subscriber finds the gap marker in what it is sent, and can resync from REST.
+        data = b""
+        while b'"kind":"gap"' not in data and b'"kind": "gap"' not in data:
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 60)
+            assert chunk, "the socket closed before the gap marker"
+            data += chunk
+    finally:
+        writer.close()
+    await wait_until(lambda: h.ext.live.status()["subscribers"] == 0, 30, what="the sockets to close")
+    assert h.ext.live.status()["dropped"] > 0, "the counters outlive their subscribers"
+
+
+async def test_a_view_that_reconnects_catches_up_from_rest(harness, jp_ws_fetch):
+    h = await harness.start()
+    h.ext.store.transition("sesn_r", "claimed", "a test")
+    first = h.ext.egress_log.record(**row("sesn_r", "before.example"))
+    async with live_socket(jp_ws_fetch) as live:
+        hello = live.control("hello")[0]
+    # While it is away: a state change and two rows it never hears of.
+    h.ext.store.transition("sesn_r", "starting", "a test")
+    h.ext.egress_log.record_many([row("sesn_r", "away1.example"), row("sesn_r", "away2.example")])
+    async with live_socket(jp_ws_fetch) as again:
+        new_hello = again.control("hello")[0]
+        assert new_hello["epoch"] == hello["epoch"] and new_hello["seq"] > hello["seq"]
+        # What a view does on hello: refetch what it shows, from what it had.
+        caught = await get(h, "egress/log", after=first["id"])
+        assert [r["host"] for r in caught["data"]] == ["away1.example", "away2.example"]
+        assert caught["next_after"] == caught["data"][-1]["id"]
+        assert (await get(h, "egress/log", after=caught["next_after"])) == {"data": [], "next_after": caught["next_after"]}
+        assert (await h.api("GET", "sessions/sesn_r"))["status"] == "starting"
+        h.ext.store.transition("sesn_r", "running", "a test")
+        await again.until(lambda s: [m for m in s.messages if m["kind"] == "session.state"], "the next state")
+        assert [m["data"]["state"] for m in again.messages if m["kind"] == "session.state"] == ["running"]
+
+
+# --------------------------------------------------------------------------- the upstream event relay
+
+
+async def test_one_upstream_stream_per_watched_session_for_any_number_of_views(harness, jp_ws_fetch):
+    h = await harness.start()
+    agent = await h.agent()
+    sid = await h.session(agent)
+    views = [Live(await jp_ws_fetch("cma", "api", "live")) for _ in range(3)]
+    try:
+        for view in views:
+            await view.until(lambda s: s.control("hello"), "the hello frame")
+            assert (await view.subscribe(kinds=["session.event"], sessions=[sid]))["filter"]["sessions"] == [sid]
+        await wait_until(lambda: h.ext.live_relay.status()["connected"] == 1, 30, what="the session's upstream stream")
+        await h.api("POST", f"sessions/{sid}/messages", {"text": script({"say": "hello"})})
+        await h.turn_ends(sid)
+        rest_ids = [e["id"] for e in (await get(h, f"sessions/{sid}/events"))["data"]]
+        for view in views:
+            await view.until(lambda s: [m for m in s.messages if m["data"]["event_id"] == rest_ids[-1]], "the last event")
+            assert [m["data"]["event_id"] for m in view.messages] == rest_ids
+        status = (await h.api("GET", "status"))["live"]
+        assert (status["watched_sessions"], status["streams"], status["upstream_opens"]) == (1, 1, 1)
+        streams = [r for r in h.emulator.requests() if r["path"] == f"/v1/sessions/{sid}/events/stream"]
+        assert len(streams) <= 1  # the emulator lists a stream once it ended, if at all: never a second one
+        # The server's cap on watched sessions: one view asking for more is told which it does not get.
+        others = [f"sesn_other{i}" for i in range(MAX_WATCHED)]
+        answer = await views[0].subscribe(kinds=["session.event"], sessions=[sid, *others])
+        assert len(answer["refused"]) == 1 and "live_max_watched_sessions" in answer["message"]
+        assert len(answer["filter"]["sessions"]) == MAX_WATCHED
+        await views[0].subscribe(kinds=["session.event"], sessions=[sid])
+    finally:
+        for view in views:
+            view.ws.close()
+    # The last view gone, the stream lingers, then closes.
+    await wait_until(lambda: h.ext.live.status()["watched_sessions"] == 0, 30, what="the views to let go")
+    await wait_until(lambda: h.ext.live_relay.status()["streams"] == 0, 30, what="the stream to close after its linger")
+    assert h.ext.live_relay.status()["upstream_opens"] >= 1

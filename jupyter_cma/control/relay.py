@@ -40,6 +40,7 @@ class _Stream:
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self.watched = True
+        self.connected = False  # the API answered the stream: every event from here on is relayed
         self.task: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
 
@@ -116,6 +117,7 @@ class SessionEventRelay:
             try:
                 self.opened += 1
                 events = await self.client.beta.sessions.events.stream(sid)
+                stream.connected = True
                 async with events:
                     async for event in events:
                         pause = BACKOFF_FIRST  # it answered: a later failure starts the backoff over
@@ -126,6 +128,7 @@ class SessionEventRelay:
                 self.errors += 1
                 # The type only: an upstream error's text may quote the request.
                 log.info("jupyter-cma: the event stream of session %s failed (%s); again in %.1f s", sid, type(exc).__name__, pause)
+            stream.connected = False  # ended (or failed): what happens until it is open again is read from REST
             await asyncio.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
@@ -147,6 +150,7 @@ class SessionEventRelay:
         """Counters for `GET cma/api/status` (`live`)."""
         return {
             "streams": len(self.streams),
+            "connected": sum(1 for s in self.streams.values() if s.connected),
             "lingering": sum(1 for s in self.streams.values() if not s.watched),
             "upstream_opens": self.opened,
             "relay_errors": self.errors,
