@@ -114,6 +114,8 @@ export interface AgentRow {
   tier: string | null;
   size: string | null;
   model: string;
+  /** the system prompt it was created with */
+  system: string | null;
   tools: string[];
   notebookTools: NotebookToolBinding[];
 }
@@ -130,6 +132,7 @@ export function agentRow(agent: any): AgentRow {
     tier: agent?.tier ?? null,
     size: agent?.size ?? null,
     model: String(model),
+    system: typeof agent?.system === 'string' ? agent.system : null,
     tools: agentToolNames(agent?.tools),
     notebookTools
   };

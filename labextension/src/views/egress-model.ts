@@ -265,8 +265,10 @@ export function policyRows(data: any): PolicyRow[] {
 // ---------------------------------------------------------------------- explain
 
 /** What the explain form sends: POST egress/decide's body from the form's fields. */
-export function decideBody(url: string, method: string, sessionId: string, websocket = false): Record<string, unknown> {
-  const body: Record<string, unknown> = { url: url.trim(), method: (method.trim() || 'GET').toUpperCase() };
+export function decideBody(
+  url: string, method: string, sessionId: string, websocket = false
+): { url: string; method: string; session_id?: string; websocket?: boolean } {
+  const body: { url: string; method: string; session_id?: string; websocket?: boolean } = { url: url.trim(), method: (method.trim() || 'GET').toUpperCase() };
   if (sessionId.trim()) {
     body.session_id = sessionId.trim();
   }
