@@ -9,7 +9,7 @@ that comes from jupyter-cma.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     setattr(item, f"report_{report.when}", report)
 
 
+def screenshot_path(item: pytest.Item) -> Path:
+    return SCREENSHOTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", item.name) + ".png")
+
+
+@pytest.fixture
+def screenshot(request: pytest.FixtureRequest) -> Callable[[Page], None]:
+    """Take the test's screenshot now (the moment that shows the scenario best) instead of when it ends;
+    it is kept only if the test passes (the page fixture writes the failure's own screenshot elsewhere)."""
+
+    def take(pg: Page) -> None:
+        target = screenshot_path(request.node)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(target))
+        request.node.screenshot_taken = True  # type: ignore[attr-defined]
+
+    return take
+
+
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
     """A fresh page (its own cookies) in a 1400×900 window. After the test: a screenshot in
@@ -133,13 +151,13 @@ def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> It
     yield pg
     call = getattr(request.node, "report_call", None)
     passed = call is not None and call.passed
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    target = SCREENSHOTS / f"{name}.png" if passed else tmp_path / f"{name}-failed.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = screenshot_path(request.node) if passed else tmp_path / f"{screenshot_path(request.node).stem}-failed.png"
     try:
-        pg.screenshot(path=str(target))
-        if not passed:
-            print(f"screenshot of the failure: {target}")
+        if not (passed and getattr(request.node, "screenshot_taken", False)):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pg.screenshot(path=str(target))
+            if not passed:
+                print(f"screenshot of the failure: {target}")
     finally:
         context.close()
     if console.errors:

@@ -11,8 +11,9 @@ LOAD_TIMEOUT = 60_000
 
 
 def open_lab(page: Page, server: LabServer, path: str = "lab") -> None:
-    """Open a JupyterLab page of `server` (logging in with its token) and wait until the shell is up."""
-    page.goto(server.lab_url(path))
+    """Open a JupyterLab page of `server` (logging in with its token) with JupyterLab's default layout (`?reset`:
+    not the one an earlier test left in the workspace) and wait until the shell is up."""
+    page.goto(server.lab_url(f"{path}?reset"))
     page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=LOAD_TIMEOUT)
     page.wait_for_selector(".jp-LabShell", timeout=LOAD_TIMEOUT)
 
