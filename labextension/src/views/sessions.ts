@@ -711,7 +711,7 @@ export class SessionDetailView implements View {
           title: 'Back to the list'
         })
       : null;
-    this.facts = h('dl', { class: 'jp-cma-session-facts' });
+    this.facts = h('div', { class: 'jp-cma-session-facts' });
     this.stopButton = button('Stop', () => void this.stop(), {
       class: ['jp-cma-session-stop', 'jp-cma-danger'],
       title: 'Stop the sandbox serving this session now (its running tool call is cut off)'
@@ -802,7 +802,8 @@ export class SessionDetailView implements View {
 
   /** The list's newer row for this session. */
   setRow(row: SessionRow, agentName?: string): void {
-    this.row = { ...(this.row ?? {}), ...row };
+    const sandbox = row.sandbox ? { ...(this.row?.sandbox ?? {}), ...row.sandbox } : null;
+    this.row = { ...(this.row ?? {}), ...row, sandbox } as SessionRow;
     if (agentName) {
       this.agentName = agentName;
     }
@@ -852,9 +853,25 @@ export class SessionDetailView implements View {
 
   private async fetchRow(): Promise<void> {
     const row = await this.ctx.api.session(this.sessionId);
-    if (!this.disposed) {
-      this.row = { ...(this.row ?? {}), ...row };
-      this.drawFacts();
+    if (this.disposed) {
+      return;
+    }
+    // `GET sessions/{id}` describes the sandbox in full; the list's summary (tool calls, last activity) stays.
+    const sandbox = row.sandbox ? { ...(this.row?.sandbox ?? {}), ...row.sandbox } : null;
+    this.row = { ...(this.row ?? {}), ...row, sandbox } as SessionDetail;
+    this.drawFacts();
+    if (!this.agentName && row.agent_id) {
+      // Shown alone (a displayed cma.Session), the detail has no list to name the agent: ask once.
+      this.agentName = row.agent_id;
+      try {
+        const agent = await this.ctx.api.agent(row.agent_id);
+        this.agentName = agent.name || row.agent_id;
+      } catch {
+        return; // the id stays
+      }
+      if (!this.disposed) {
+        this.drawFacts();
+      }
     }
   }
 
@@ -998,8 +1015,11 @@ export class SessionDetailView implements View {
     const row = this.row;
     const title = row?.title ? ` — ${row.title}` : '';
     replaceChildren(this.title, 'Session ', h('span', { class: 'jp-cma-mono' }, this.sessionId), title);
-    const fact = (name: string, value: string | Node) => h('div', null, h('dt', null, name), h('dd', null, value));
+    const fact = (name: string, value: string | Node) =>
+      h('span', { class: 'jp-cma-fact' }, h('span', { class: 'jp-cma-fact-name' }, name), ' ', h('span', { class: 'jp-cma-fact-value' }, value));
     const sandbox = row?.sandbox ?? null;
+    // the list's count, else the sandbox's own (`GET sessions/{id}` of a kernel sandbox says `calls`)
+    const calls = typeof sandbox?.tool_calls === 'number' ? sandbox.tool_calls : typeof sandbox?.calls === 'number' ? sandbox.calls : null;
     replaceChildren(
       this.facts,
       row
@@ -1010,7 +1030,7 @@ export class SessionDetailView implements View {
             fact('isolation', (sandbox?.isolation as string) || (row.tier === 'container' ? 'container' : '–')),
             sandbox?.start ? fact('start', String(sandbox.start)) : null,
             fact('cold start', ms(row.cold_start_ms)),
-            sandbox ? fact('tool calls', String(sandbox.tool_calls ?? 0)) : null,
+            calls !== null ? fact('tool calls', String(calls)) : null,
             row.created_at ? fact('age', age(row.created_at).replace(/ ago$/, '')) : null
           ]
         : fact('state', 'not served by this server yet')

@@ -100,33 +100,33 @@ function renderTool(item: TranscriptItem, attrs: (kind: string, more?: (string |
   const input = prettyJson(item.input ?? {});
   const head = h(
     'div',
-    { class: 'jp-cma-tool-head' },
+    { class: 'jp-cma-call-head' },
     label('tool'),
     ' ',
-    h('code', { class: 'jp-cma-tool-name' }, item.name || '?'),
+    h('code', { class: 'jp-cma-call-name' }, item.name || '?'),
     where,
     ' ',
-    h('span', { class: ['jp-cma-tool-status', `jp-cma-tool-status-${pending ? 'pending' : item.isError ? 'error' : 'done'}`] }, status)
+    h('span', { class: ['jp-cma-call-status', `jp-cma-call-status-${pending ? 'pending' : item.isError ? 'error' : 'done'}`] }, status)
   );
   const inputNode = h(
     'details',
-    { class: 'jp-cma-tool-input', open: input.length <= FOLD_INPUT },
+    { class: 'jp-cma-call-input', open: input.length <= FOLD_INPUT },
     h('summary', null, 'input'),
     h('pre', { class: 'jp-cma-block-text' }, cut(input))
   );
   let result: HTMLElement;
   if (pending) {
-    result = h('div', { class: 'jp-cma-tool-result jp-cma-muted' }, 'waiting for the result…');
+    result = h('div', { class: 'jp-cma-call-result jp-cma-muted' }, 'waiting for the result…');
   } else {
     const blocks = (item.result || []).map(b => renderBlock(b, item.isError));
     result = h(
       'div',
-      { class: 'jp-cma-tool-result' },
-      h('div', { class: 'jp-cma-tool-result-label' }, item.isError ? 'error' : 'result'),
+      { class: 'jp-cma-call-result' },
+      h('div', { class: 'jp-cma-call-result-label' }, item.isError ? 'error' : 'result'),
       blocks.length ? blocks : h('div', { class: 'jp-cma-muted' }, '(empty)')
     );
   }
-  return h('div', attrs('tool', ['jp-cma-tool', pending && 'jp-cma-tool-pending', item.isError && 'jp-cma-tool-error']), head, inputNode, result);
+  return h('div', attrs('tool', ['jp-cma-call', pending && 'jp-cma-call-pending', item.isError && 'jp-cma-call-error']), head, inputNode, result);
 }
 
 interface Shown {
@@ -212,8 +212,8 @@ export class TranscriptView implements View {
 
 /** A redrawn call keeps the user's unfolding of its input. */
 function keepFolding(from: HTMLElement, to: HTMLElement): void {
-  const before = from.querySelector('details.jp-cma-tool-input') as HTMLDetailsElement | null;
-  const after = to.querySelector('details.jp-cma-tool-input') as HTMLDetailsElement | null;
+  const before = from.querySelector('details.jp-cma-call-input') as HTMLDetailsElement | null;
+  const after = to.querySelector('details.jp-cma-call-input') as HTMLDetailsElement | null;
   if (before && after) {
     after.open = before.open;
   }
