@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import {
   canSave, countByDecision, decideBody, explanation, isEgressRow, logQuery, mergeRows, newestId, parsePolicyText,
   policyRows, policyText, rowMatches, rowTarget, scopeLabel, secretNameProblem, secretRows, secretValueProblem,
-  validationMessages
+  shortFingerprint, validationMessages
 } from '../lib/views/egress-model.js';
 
 function row(id, extra = {}) {
@@ -116,4 +116,9 @@ test('secrets: names checked, values checked without being echoed, rows carry no
   const rows = secretRows([{ name: 'B', fingerprint: 'f2', created_at: 1, updated_at: 2, value: 'leak' }, { name: 'A', fingerprint: 'f1' }]);
   assert.deepEqual(rows.map(r => r.name), ['A', 'B']);
   assert.ok(!('value' in rows[1]));
+});
+
+test('a fingerprint is shown by its digest\'s first characters', () => {
+  assert.equal(shortFingerprint('hmac-sha256:0e6b1c2d3e4f5a6b7c8d'), '0e6b1c2d3e4f…');
+  assert.equal(shortFingerprint('abc'), 'abc');
 });

@@ -8,7 +8,7 @@
  */
 import type { AgentCreate } from '../core/api.js';
 import { button, h, message, replaceChildren } from '../core/dom.js';
-import { errorMessage, shortId } from '../core/format.js';
+import { errorMessage, plural, shortId } from '../core/format.js';
 import { coalesce } from '../core/live.js';
 import { ApiError } from '../core/transport.js';
 import type { View, ViewContext } from '../core/view.js';
@@ -77,8 +77,8 @@ export class AgentsView implements View {
     const table = h(
       'table',
       { class: 'jp-cma-table jp-cma-agents-table' },
-      h('thead', null, h('tr', null, h('th', null, 'Name'), h('th', null, 'Tier'), h('th', null, 'Size'), h('th', null, 'Model'),
-        h('th', null, 'Tools'), h('th', null, h('span', { class: 'jp-cma-visually-hidden' }, 'Actions')))),
+      // Two columns, so the sidebar's width shows everything: the agent (name, model, actions); tier, size and tools.
+      h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Agent'), h('th', { scope: 'col' }, 'Tier · tools'))),
       this.tbody
     );
 
@@ -213,25 +213,36 @@ export class AgentsView implements View {
   private drawAgents(): void {
     const rows = this.agents.map(agent => {
       const names = agent.tools.join(', ');
-      const nb = agent.notebookTools.length;
+      const nb = agent.notebookTools;
       return h(
         'tr',
         { class: 'jp-cma-agent-row', dataset: { agentId: agent.id } },
-        h('td', { class: 'jp-cma-agent-cell-name', title: agent.id }, agent.name),
-        h('td', null, agent.tier ?? '–'),
-        h('td', null, agent.size ?? 'default'),
-        h('td', { class: 'jp-cma-agent-cell-model' }, agent.model || '–'),
         h(
           'td',
-          { class: 'jp-cma-agent-cell-tools', title: names + (nb ? `; notebook tools: ${agent.notebookTools.map(t => t.name).join(', ')}` : '') },
-          String(agent.tools.length),
-          nb ? h('span', { class: 'jp-cma-muted' }, ` (${nb} from notebooks)`) : null
+          { class: 'jp-cma-agent-cell-name' },
+          h('div', { class: 'jp-cma-agent-name-text', title: agent.id }, agent.name),
+          h('div', { class: 'jp-cma-agent-model-text jp-cma-muted jp-cma-mono' }, agent.model || '–'),
+          h(
+            'div',
+            { class: 'jp-cma-agent-actions' },
+            button('Edit', () => this.openEdit(agent), { class: 'jp-cma-agent-edit', 'aria-label': `Edit agent ${agent.name}` }),
+            button('Start session', () => this.showStart(agent), { class: 'jp-cma-agent-start-session', 'aria-label': `Start a session with ${agent.name}` })
+          )
         ),
         h(
           'td',
-          { class: 'jp-cma-agent-actions' },
-          button('Edit', () => this.openEdit(agent), { class: 'jp-cma-agent-edit', 'aria-label': `Edit agent ${agent.name}` }),
-          button('Start session', () => this.showStart(agent), { class: 'jp-cma-agent-start-session', 'aria-label': `Start a session with ${agent.name}` })
+          { class: 'jp-cma-agent-cell-tier' },
+          h('div', { class: 'jp-cma-agent-tier-text' }, agent.tier ?? '–'),
+          h('div', { class: 'jp-cma-muted' }, agent.size ?? 'default size'),
+          h(
+            'div',
+            {
+              class: 'jp-cma-agent-cell-tools',
+              title: names + (nb.length ? `; from notebooks: ${nb.map(t => `${t.name} (${t.notebook ?? t.kernel_id})`).join(', ')}` : '')
+            },
+            h('span', { class: 'jp-cma-agent-tool-count' }, plural(agent.tools.length, 'tool')),
+            nb.length ? h('div', { class: 'jp-cma-muted' }, `${nb.length} from notebooks`) : null
+          )
         )
       );
     });

@@ -369,3 +369,9 @@ export function secretRows(data: any): SecretRow[] {
     }))
     .sort((a, b) => a.name.localeCompare(b.name));
 }
+
+/** A fingerprint as a table shows it: its digest's first 12 characters ("hmac-sha256:0e6b…" → "0e6b…"). */
+export function shortFingerprint(fingerprint: string): string {
+  const digest = fingerprint.includes(':') ? fingerprint.slice(fingerprint.indexOf(':') + 1) : fingerprint;
+  return digest.length > 12 ? `${digest.slice(0, 12)}…` : digest;
+}

@@ -44,6 +44,7 @@ import {
   secretNameProblem,
   secretRows,
   secretValueProblem,
+  shortFingerprint,
   validationMessages
 } from './egress-model.js';
 
@@ -172,11 +173,20 @@ export class EgressLogView implements View {
     this.count = h('span', { class: 'jp-cma-egress-count jp-cma-muted' });
     this.notice = h('div', { class: 'jp-cma-egress-notice', 'aria-live': 'polite' });
     this.tbody = h('tbody');
-    const headers = ['Time', 'Decision', 'Request', 'Status', 'Rule', fixed ? null : 'Session', 'Bytes ↑/↓', 'Duration'];
+    // The rule is under the request, so a narrow sidebar still shows what decided; the columns after Status
+    // give way first when there is no room (egress.css).
+    const headers: Array<[string, string] | null> = [
+      ['when', 'Time · decision'],
+      ['target', 'Request · rule'],
+      ['status', 'Status'],
+      fixed ? null : ['session', 'Session'],
+      ['bytes', 'Bytes ↑/↓'],
+      ['duration', 'Duration']
+    ];
     this.table = h(
       'table',
       { class: 'jp-cma-table jp-cma-egress-table', dataset: { sessionId: fixed } },
-      h('thead', null, h('tr', null, headers.filter(Boolean).map(t => h('th', { scope: 'col' }, t as string)))),
+      h('thead', null, h('tr', null, headers.map(c => c && h('th', { scope: 'col', class: `jp-cma-egress-col-${c[0]}` }, c[1])))),
       this.tbody
     );
 
@@ -391,14 +401,24 @@ export class EgressLogView implements View {
         class: ['jp-cma-egress-row', denied && 'jp-cma-egress-denied', denied && 'jp-cma-denied'],
         dataset: { id: String(row.id), decision: row.decision }
       },
-      h('td', { class: 'jp-cma-egress-time', title: new Date(row.at * 1000).toISOString() }, clock(row.at)),
-      h('td', null, h('span', { class: ['jp-cma-egress-decision', `jp-cma-egress-decision-${row.decision}`] }, row.decision)),
-      h('td', { class: 'jp-cma-egress-target jp-cma-mono', title: target }, target),
-      h('td', { class: 'jp-cma-egress-status' }, row.status == null ? '–' : String(row.status)),
-      h('td', { class: 'jp-cma-egress-rule jp-cma-mono', title: row.rule ?? '' }, row.rule ?? '–'),
-      this.options.sessionId ? null : h('td', { class: 'jp-cma-egress-session jp-cma-mono', title: row.session_id ?? '' }, shortId(row.session_id)),
-      h('td', { class: 'jp-cma-egress-bytes' }, `${bytes(row.bytes_up)} / ${bytes(row.bytes_down)}`),
-      h('td', { class: 'jp-cma-egress-duration' }, ms(row.duration_ms))
+      h(
+        'td',
+        { class: 'jp-cma-egress-col-when' },
+        h('div', { class: 'jp-cma-egress-time', title: new Date(row.at * 1000).toISOString() }, clock(row.at)),
+        h('span', { class: ['jp-cma-egress-decision', `jp-cma-egress-decision-${row.decision}`] }, row.decision)
+      ),
+      h(
+        'td',
+        { class: 'jp-cma-egress-col-target' },
+        h('div', { class: 'jp-cma-egress-request jp-cma-mono', title: target }, target),
+        h('div', { class: 'jp-cma-egress-rule jp-cma-mono', title: `decided by ${row.rule ?? 'no rule recorded'}` }, row.rule ?? '–')
+      ),
+      h('td', { class: 'jp-cma-egress-col-status jp-cma-egress-status' }, row.status == null ? '–' : String(row.status)),
+      this.options.sessionId
+        ? null
+        : h('td', { class: 'jp-cma-egress-col-session jp-cma-egress-session jp-cma-mono', title: row.session_id ?? '' }, shortId(row.session_id)),
+      h('td', { class: 'jp-cma-egress-col-bytes' }, `${bytes(row.bytes_up)} / ${bytes(row.bytes_down)}`),
+      h('td', { class: 'jp-cma-egress-col-duration' }, ms(row.duration_ms))
     );
   }
 }
@@ -464,7 +484,7 @@ export class PoliciesView implements View {
         h(
           'table',
           { class: 'jp-cma-table jp-cma-policy-table' },
-          h('thead', null, h('tr', null, ['Name', 'Scope', 'Rules', 'Updated', 'Actions'].map(t => h('th', { scope: 'col' }, t)))),
+          h('thead', null, h('tr', null, ['Policy', 'Actions'].map(t => h('th', { scope: 'col' }, t)))),
           this.tbody
         )
       )
@@ -495,11 +515,16 @@ export class PoliciesView implements View {
       h(
         'tr',
         { class: ['jp-cma-policy-row', p.error && 'jp-cma-policy-corrupt'], dataset: { policyId: p.id } },
-        h('td', { class: 'jp-cma-policy-name', title: p.id }, p.name),
-        p.error
-          ? h('td', { colSpan: 2, class: 'jp-cma-policy-error' }, `Invalid: it denies every request it might concern. ${p.error}`)
-          : [h('td', { class: 'jp-cma-policy-scope' }, p.scope), h('td', { class: 'jp-cma-policy-summary' }, p.summary)],
-        h('td', null, clock(p.updated_at)),
+        // Two columns, so the sidebar's width shows everything.
+        h(
+          'td',
+          { class: 'jp-cma-policy-cell' },
+          h('div', { class: 'jp-cma-policy-name', title: p.id }, p.name),
+          p.error
+            ? h('div', { class: 'jp-cma-policy-error' }, `Invalid: it denies every request it might concern. ${p.error}`)
+            : [h('div', { class: 'jp-cma-policy-scope' }, p.scope), h('div', { class: 'jp-cma-policy-summary jp-cma-muted' }, p.summary)],
+          h('div', { class: 'jp-cma-muted jp-cma-policy-updated' }, `updated ${clock(p.updated_at)}`)
+        ),
         h(
           'td',
           { class: 'jp-cma-policy-actions' },
@@ -510,7 +535,7 @@ export class PoliciesView implements View {
     );
     replaceChildren(
       this.tbody,
-      rows.length ? rows : h('tr', null, h('td', { colSpan: 5, class: 'jp-cma-muted' }, 'No policies: every request of every sandbox is denied. Add one with "New policy".'))
+      rows.length ? rows : h('tr', null, h('td', { colSpan: 2, class: 'jp-cma-muted' }, 'No policies: every request of every sandbox is denied. Add one with "New policy".'))
     );
   }
 
@@ -772,7 +797,7 @@ export class SecretsView implements View {
         h(
           'table',
           { class: 'jp-cma-table jp-cma-secret-table' },
-          h('thead', null, h('tr', null, ['Name', 'Fingerprint', 'Created', 'Updated', 'Actions'].map(t => h('th', { scope: 'col' }, t)))),
+          h('thead', null, h('tr', null, ['Secret', 'Actions'].map(t => h('th', { scope: 'col' }, t)))),
           this.tbody
         )
       ),
@@ -810,10 +835,13 @@ export class SecretsView implements View {
       h(
         'tr',
         { class: 'jp-cma-secret-row', dataset: { secretName: s.name } },
-        h('td', { class: 'jp-cma-secret-cell-name jp-cma-mono' }, s.name),
-        h('td', { class: 'jp-cma-secret-fingerprint jp-cma-mono', title: s.fingerprint }, s.fingerprint.slice(0, 16) + (s.fingerprint.length > 16 ? '…' : '')),
-        h('td', null, clock(s.created_at)),
-        h('td', null, clock(s.updated_at)),
+        h(
+          'td',
+          { class: 'jp-cma-secret-cell' },
+          h('div', { class: 'jp-cma-secret-cell-name jp-cma-mono' }, s.name),
+          h('div', { class: 'jp-cma-secret-fingerprint jp-cma-mono jp-cma-muted', title: s.fingerprint }, shortFingerprint(s.fingerprint)),
+          h('div', { class: 'jp-cma-muted', title: `created ${clock(s.created_at)}` }, `updated ${clock(s.updated_at)}`)
+        ),
         h(
           'td',
           { class: 'jp-cma-secret-actions' },
@@ -822,7 +850,7 @@ export class SecretsView implements View {
         )
       )
     );
-    replaceChildren(this.tbody, rows.length ? rows : h('tr', null, h('td', { colSpan: 5, class: 'jp-cma-muted' }, 'No secrets.')));
+    replaceChildren(this.tbody, rows.length ? rows : h('tr', null, h('td', { colSpan: 2, class: 'jp-cma-muted' }, 'No secrets.')));
   }
 
   private rotate(name: string): void {
@@ -852,7 +880,7 @@ export class SecretsView implements View {
       if (this.disposed) {
         return;
       }
-      say(this.notice, `${existed ? 'Rotated' : 'Set'} ${info.name} (fingerprint ${String(info.fingerprint).slice(0, 16)}…).`, 'info');
+      say(this.notice, `${existed ? 'Rotated' : 'Set'} ${info.name} (fingerprint ${shortFingerprint(String(info.fingerprint))}).`, 'info');
       this.name.value = '';
       void this.load();
     } catch (error) {

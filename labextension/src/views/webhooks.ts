@@ -52,7 +52,7 @@ export class WebhooksView implements View {
         h(
           'table',
           { class: 'jp-cma-table jp-cma-webhook-table' },
-          h('thead', null, h('tr', null, ['Received', 'Type', 'Object', 'Verdict', 'Body'].map(t => h('th', { scope: 'col' }, t)))),
+          h('thead', null, h('tr', null, ['Received', 'Delivery', 'Body'].map(t => h('th', { scope: 'col' }, t)))),
           this.tbody
         )
       ),
@@ -134,10 +134,19 @@ export class WebhooksView implements View {
         h(
           'tr',
           { class: 'jp-cma-webhook-row', dataset: { seq: String(d.seq), verdict: d.verdict, eventType: d.event_type } },
-          h('td', { title: d.received_at ? new Date(d.received_at * 1000).toISOString() : '' }, clock(d.received_at), h('div', { class: 'jp-cma-muted' }, age(d.received_at))),
-          h('td', { class: 'jp-cma-webhook-type jp-cma-mono' }, d.event_type),
-          h('td', { class: 'jp-cma-webhook-object jp-cma-mono', title: `webhook ${d.webhook_id}` }, d.object_id ?? '–'),
-          h('td', { class: ['jp-cma-webhook-verdict', `jp-cma-webhook-verdict-${d.verdict}`] }, d.verdict),
+          h(
+            'td',
+            { class: 'jp-cma-webhook-received', title: d.received_at ? new Date(d.received_at * 1000).toISOString() : '' },
+            clock(d.received_at),
+            h('div', { class: 'jp-cma-muted' }, age(d.received_at)),
+            h('div', { class: ['jp-cma-webhook-verdict', `jp-cma-webhook-verdict-${d.verdict}`] }, d.verdict)
+          ),
+          h(
+            'td',
+            { class: 'jp-cma-webhook-delivery' },
+            h('div', { class: 'jp-cma-webhook-type jp-cma-mono' }, d.event_type),
+            h('div', { class: 'jp-cma-webhook-object jp-cma-mono jp-cma-muted', title: `webhook ${d.webhook_id}` }, d.object_id ?? '–')
+          ),
           h(
             'td',
             null,
@@ -152,14 +161,14 @@ export class WebhooksView implements View {
         )
       );
       if (expanded) {
-        rows.push(h('tr', { class: 'jp-cma-webhook-body-row' }, h('td', { colSpan: 5 }, h('pre', { class: 'jp-cma-webhook-body jp-cma-mono', id: bodyId }, text))));
+        rows.push(h('tr', { class: 'jp-cma-webhook-body-row' }, h('td', { colSpan: 3 }, h('pre', { class: 'jp-cma-webhook-body jp-cma-mono', id: bodyId }, text))));
       }
     }
     replaceChildren(
       this.tbody,
       rows.length
         ? rows
-        : h('tr', null, h('td', { colSpan: 5, class: 'jp-cma-muted jp-cma-webhook-empty' }, this.loaded ? 'No webhook deliveries received (in poll mode there are none).' : 'Loading…'))
+        : h('tr', null, h('td', { colSpan: 3, class: 'jp-cma-muted jp-cma-webhook-empty' }, this.loaded ? 'No webhook deliveries received (in poll mode there are none).' : 'Loading…'))
     );
     this.moreButton.hidden = this.next === null;
     this.summary.textContent = this.loaded ? `${plural(this.rows.length, 'delivery', 'deliveries')} shown, newest first` : '';
