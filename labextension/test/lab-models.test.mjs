@@ -39,6 +39,8 @@ test('status bar: mode and active sessions; warnings and errors with their reaso
   assert.ok(down.lines.some(l => l.includes('Live updates are disconnected')));
   const noTier = statusSummary(status({ tiers: { kernel: { available: false }, container: { available: false } } }), null, true);
   assert.equal(noTier.level, 'error');
+  // a tier that has not probed yet (no "available" key) counts as available
+  assert.equal(statusSummary(status({ tiers: { kernel: { isolation: 'none' }, container: { available: false } } }), null, true).level, 'ok');
   const unreachable = statusSummary(null, 'The Jupyter server could not be reached', null);
   assert.equal(unreachable.text, 'Claude: unavailable');
   assert.equal(unreachable.level, 'error');

@@ -24,15 +24,12 @@ export const CommandIds = {
 
 /** A dialog body: a small form whose value is read when the dialog closes. */
 class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
-  constructor(form: HTMLElement, private readonly read: () => T, private readonly focusEl?: HTMLElement) {
+  constructor(form: HTMLElement, private readonly read: () => T) {
     super({ node: form });
     this.addClass('jp-cma-form');
   }
   getValue(): T {
     return this.read();
-  }
-  protected onAfterAttach(): void {
-    this.focusEl?.focus();
   }
 }
 
@@ -41,10 +38,44 @@ async function pickSession(title: string, rows: SessionRow[], action: string): P
   const form = h('div', null, h('label', null, 'Session', select));
   const result = await showDialog({
     title,
-    body: new FormBody(form, () => select.value, select),
+    body: new FormBody(form, () => select.value),
+    focusNodeSelector: 'select',
     buttons: [Dialog.cancelButton(), Dialog.okButton({ label: action })]
   });
   return result.button.accept && result.value ? result.value : null;
+}
+
+/** Resolves once the live channel reports the session's first state here, or the list has it, or after `ms`. */
+async function whenServed(ctx: ViewContext, sessionId: string, ms: number): Promise<void> {
+  await new Promise<void>(resolve => {
+    let done = false;
+    const finish = () => {
+      if (!done) {
+        done = true;
+        clearTimeout(timer);
+        listener.dispose();
+        resolve();
+      }
+    };
+    const timer = setTimeout(finish, ms);
+    const listener = ctx.live.listen(
+      { kinds: ['session.state'] },
+      {
+        message: m => {
+          if (m.data?.id === sessionId || m.session_id === sessionId) {
+            finish();
+          }
+        },
+        resync: () => {
+          ctx.api.sessions({ limit: 50 }).then(page => {
+            if (page.data.some(r => r.id === sessionId)) {
+              finish();
+            }
+          }, () => undefined);
+        }
+      }
+    );
+  });
 }
 
 export interface CommandHost {
@@ -85,7 +116,8 @@ export function addCommands(host: CommandHost, palette: ICommandPalette | null):
       const form = h('div', null, h('label', null, 'Agent', select), h('label', null, 'First message', text));
       const result = await showDialog({
         title: 'New session',
-        body: new FormBody(form, () => ({ agent_id: select.value, message: text.value.trim() }), select),
+        body: new FormBody(form, () => ({ agent_id: select.value, message: text.value.trim() })),
+        focusNodeSelector: 'select',
         buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Start' })]
       });
       if (!result.button.accept || !result.value) {
@@ -95,6 +127,9 @@ export function addCommands(host: CommandHost, palette: ICommandPalette | null):
         const { agent_id, message } = result.value;
         const session = await ctx.api.createSession(message ? { agent_id, message } : { agent_id });
         Notification.success(`Started session ${session.id}`, { autoClose: 4000 });
+        // The server knows the session once its worker claims it: show it then (or after a while regardless).
+        host.showPanel();
+        await whenServed(ctx, session.id, 15_000);
         host.showPanel(session.id);
       } catch (error) {
         await showErrorMessage('The session did not start', errorMessage(error));
@@ -162,12 +197,9 @@ export function addCommands(host: CommandHost, palette: ICommandPalette | null):
     execute: async () => {
       const contents = app.serviceManager.contents;
       try {
-        let exists = true;
-        try {
-          await contents.get(DASHBOARD_PATH, { content: false });
-        } catch {
-          exists = false;
-        }
+        // the folder's listing, not a GET of the file: a 404 would be a console error in the page
+        const root = await contents.get('', { content: true });
+        const exists = (root.content as Array<{ name: string }>).some(item => item.name === DASHBOARD_PATH);
         if (!exists) {
           const specs = app.serviceManager.kernelspecs.specs;
           const spec = specs?.default ? specs.kernelspecs[specs.default] : undefined;
@@ -175,6 +207,12 @@ export function addCommands(host: CommandHost, palette: ICommandPalette | null):
           await contents.save(DASHBOARD_PATH, { type: 'notebook', format: 'json', content: dashboardNotebook(kernel) });
         }
         await ctx.openNotebook!(DASHBOARD_PATH);
+        // run it once its kernel is up, so the dashboard shows without another click
+        const opened: any = app.shell.currentWidget;
+        if (opened?.context?.path === DASHBOARD_PATH && opened.sessionContext) {
+          await opened.sessionContext.ready;
+          await app.commands.execute('notebook:run-all-cells');
+        }
       } catch (error) {
         await showErrorMessage('The dashboard notebook did not open', errorMessage(error));
       }

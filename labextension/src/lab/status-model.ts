@@ -38,7 +38,7 @@ export function statusSummary(status: Status | null, error: string | null, conne
     problems.push(`Setting error: ${typeof e === 'string' ? e : JSON.stringify(e)}`);
   }
   const tiers = Object.entries(status.tiers ?? {});
-  if (tiers.length && tiers.every(([, t]) => !t?.available)) {
+  if (tiers.length && tiers.every(([, t]) => t?.available === false)) {
     level = 'error';
     problems.push('No sandbox tier is available: neither containers nor kernels can serve a session.');
   }
