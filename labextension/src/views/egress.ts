@@ -245,8 +245,8 @@ export class EgressLogView implements View {
     if (this.disposed || generation !== this.generation) {
       return;
     }
-    // Live rows that arrived while the request ran are kept: merged by id.
-    this.rows = mergeRows(this.loaded ? this.rows : [], (page.data ?? []).filter(r => rowMatches(r, this.filter)), this.cap);
+    // Live rows that arrived while the request ran are kept (the rows held match the filter): merged by id.
+    this.rows = mergeRows(this.rows, (page.data ?? []).filter(r => rowMatches(r, this.filter)), this.cap);
     this.loaded = true;
     replaceChildren(this.notice);
     this.scheduleDraw();
