@@ -9,6 +9,8 @@ that comes from jupyter-cma.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +19,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
 
+from tests.browser.cma_rest import wait_for
 from tests.browser.servers import LabServer, free_port, start_lab_server, stop_lab_server
 from tests.emulator_fixtures import EmulatorProcess, start_emulator
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+FAILED_SCREENSHOTS = Path(tempfile.gettempdir()) / "cma-browser-failures"
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by the project's set-up
 
 #: A console message is jupyter-cma's when it names the extension or one of its URLs (`…/cma/api/…`,
@@ -53,24 +57,38 @@ def lab_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def lab(lab_emulator: EmulatorProcess, lab_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+def work_dir() -> Iterator[Path]:
+    """The servers' directories. Not under pytest's basetemp: another pytest run on the machine prunes old
+    basetemps, and a server's data directory must outlive any of them."""
+    path = Path(tempfile.mkdtemp(prefix="cma-browser-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def lab(lab_emulator: EmulatorProcess, lab_port: int, work_dir: Path) -> Iterator[LabServer]:
     """JupyterLab with jupyter-cma configured for the emulator exactly as `jupyter cma lab` configures it:
     credentials in the server's environment, the API's URL and environment id as CMAApp settings."""
     info = lab_emulator.info
     server = start_lab_server(
-        tmp_path_factory.mktemp("lab"), port=lab_port,
+        work_dir / "lab", port=lab_port,
         env={"ANTHROPIC_API_KEY": info["api_key"], "ANTHROPIC_ENVIRONMENT_KEY": info["environment_key"],
              "ANTHROPIC_WEBHOOK_SIGNING_KEY": info["webhook_secret"]},
         cma_args=[f"--CMAApp.api_base_url={info['base_url']}", f"--CMAApp.environment_id={info['environment_id']}"],
     )
-    yield server
-    stop_lab_server(server)
+    try:
+        # Ready to serve either tier: the container tier's image found and a pooled container started.
+        wait_for(lambda: ((server.api("GET", "status")["tiers"].get("container") or {}).get("pool") or {}).get("ready"),
+                 timeout=180, what="the container tier's warm pool")
+        yield server
+    finally:
+        stop_lab_server(server)
 
 
 @pytest.fixture(scope="module")
-def bare_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+def bare_lab(work_dir: Path) -> Iterator[LabServer]:
     """JupyterLab with jupyter-cma and no configuration at all: no environment, no credentials."""
-    server = start_lab_server(tmp_path_factory.mktemp("bare-lab"))
+    server = start_lab_server(work_dir / "bare-lab")
     yield server
     stop_lab_server(server)
 
@@ -137,10 +155,10 @@ def screenshot(request: pytest.FixtureRequest) -> Callable[[Page], None]:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Page]:
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh page (its own cookies) in a 1400×900 window. After the test: a screenshot in
-    docs/screenshots/<test>.png when it passed (beside the test's tmp_path when it failed, so the committed
-    one stays), and a failure if jupyter-cma logged a console error."""
+    docs/screenshots/<test>.png when it passed (in FAILED_SCREENSHOTS when it failed, so the committed one
+    stays), and a failure if jupyter-cma logged a console error."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(30_000)
     pg = context.new_page()
@@ -151,7 +169,7 @@ def page(browser: Browser, request: pytest.FixtureRequest, tmp_path: Path) -> It
     yield pg
     call = getattr(request.node, "report_call", None)
     passed = call is not None and call.passed
-    target = screenshot_path(request.node) if passed else tmp_path / f"{screenshot_path(request.node).stem}-failed.png"
+    target = screenshot_path(request.node) if passed else FAILED_SCREENSHOTS / f"{screenshot_path(request.node).stem}.png"
     try:
         if not (passed and getattr(request.node, "screenshot_taken", False)):
             target.parent.mkdir(parents=True, exist_ok=True)

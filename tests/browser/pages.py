@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from playwright.sync_api import Page
+from playwright.sync_api import Page, expect
 
 from tests.browser.servers import LabServer
 
@@ -98,3 +98,12 @@ def widen_sidebar(page: Page, width: int = 720) -> None:
     page.mouse.move(box["x"] + 0.5 + (width - box["x"]) / 2, y, steps=4)
     page.mouse.move(width, y, steps=4)
     page.mouse.up()
+
+
+def run_command_from_palette(page: Page, label: str) -> None:
+    """Run a command as a user does: the command palette (Ctrl+Shift+C), its label typed, Enter."""
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill(label)
+    item = page.locator(".lm-CommandPalette-item", has_text=label)
+    expect(item).to_have_count(1)
+    item.click()

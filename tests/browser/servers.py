@@ -85,7 +85,7 @@ def start_lab_server(work: Path, *, port: int | None = None, env: dict[str, str]
     port = port or free_port()
     token = secrets.token_hex(16)
     config_dir, runtime_dir, workspaces, root_dir, cma_data = (work / d for d in ("config", "runtime", "workspaces", "root", "cma"))
-    for d in (config_dir / "labconfig", runtime_dir, workspaces, root_dir):
+    for d in (config_dir / "labconfig", runtime_dir, workspaces, root_dir, cma_data):
         d.mkdir(parents=True, exist_ok=True)
     (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(PAGE_CONFIG))
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
