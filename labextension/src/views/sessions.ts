@@ -519,6 +519,9 @@ export class SessionsView implements View {
       max: this.ctx.maxRows ?? DEFAULT_MAX_ROWS
     });
     const now = nowSeconds();
+    // A live update redraws and moves rows: the row the keyboard was on keeps the focus.
+    const active = document.activeElement;
+    const focusedId = active instanceof HTMLElement && this.tbody.contains(active) ? active.closest('tr')?.dataset.sessionId : undefined;
     const keep = new Set(rows.map(r => r.id));
     for (const [id, shown] of this.trs) {
       if (!keep.has(id)) {
@@ -546,11 +549,17 @@ export class SessionsView implements View {
         this.tbody.insertBefore(shown.tr, cursor);
       }
     }
+    if (focusedId) {
+      const tr = this.trs.get(focusedId)?.tr;
+      if (tr && document.activeElement !== tr) {
+        tr.focus();
+      }
+    }
     const all = this.rows.size;
-    const active = [...this.rows.values()].filter(isServing).length;
+    const serving = [...this.rows.values()].filter(isServing).length;
     const filtered = total !== all ? ` · ${total} match the filters` : '';
     const capped = rows.length < total ? ` · showing the ${rows.length} most recent` : '';
-    replaceChildren(this.summary, `${plural(all, 'session')} · ${active} active${filtered}${capped}`);
+    replaceChildren(this.summary, `${plural(all, 'session')} · ${serving} active${filtered}${capped}`);
     if (!this.loadedOnce) {
       replaceChildren(this.emptySlot, message('Loading sessions…', 'info'));
     } else if (all === 0) {
