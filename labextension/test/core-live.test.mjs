@@ -50,6 +50,7 @@ test('mergeFilters: union of kinds and sessions; one egress session only when ev
   assert.equal(mergeFilters([{ kinds: ['egress.row'], egress: { session_id: 's1' } }, { kinds: ['egress.row'] }]).egress, null);
   assert.equal(mergeFilters([{ kinds: ['egress.row'], egress: { session_id: 's1' } }, { egress: { session_id: 's2' } }]).egress, null);
   assert.deepEqual(mergeFilters([{ sessions: ['a', 'b'] }, { sessions: ['b', 'c'] }], 2).sessions, ['a', 'b']);
+  assert.deepEqual(mergeFilters([{ kinds: ['session.state', 'no.such.kind'] }]).kinds, ['session.state']);
 });
 
 test('matches: session.event only for listed sessions, egress rows of the wanted session, kinds', () => {

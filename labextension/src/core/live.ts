@@ -68,6 +68,9 @@ export interface SubscribeMessage {
 
 export const MAX_SESSIONS = 20;
 
+/** The kinds the server sends; others in a view's interest are left out of the filter (the server would refuse it). */
+export const KINDS = ['session.state', 'session.event', 'session.tool', 'egress.row', 'tools.changed', 'status.changed'];
+
 /** Reconnect delay after `attempt` failed tries (0-based): 1 s, 2 s, 4 s, … at most 30 s. */
 export function backoffDelay(attempt: number): number {
   return Math.min(30_000, 1000 * Math.pow(2, Math.max(0, attempt)));
@@ -86,7 +89,7 @@ export function mergeFilters(filters: LiveFilter[], maxSessions = MAX_SESSIONS):
     if (f.kinds === null || f.kinds === undefined) {
       kinds = null;
     } else if (kinds) {
-      f.kinds.forEach(k => kinds!.add(k));
+      f.kinds.filter(k => KINDS.includes(k)).forEach(k => kinds!.add(k));
     }
     for (const s of f.sessions ?? []) {
       if (!sessions.includes(s) && sessions.length < maxSessions) {
