@@ -34,6 +34,12 @@ const FORM_FIELDS = ['name', 'tier', 'size', 'model', 'system', 'notebook_tools'
 
 let formCount = 0;
 
+/** What a host may give the view besides the context. */
+export interface AgentsViewOptions {
+  /** shows a session in the host (the sidebar's Sessions tab); when given, a started session offers "Show it" */
+  showSession?(sessionId: string): void;
+}
+
 export class AgentsView implements View {
   readonly node: HTMLElement;
 
@@ -69,7 +75,7 @@ export class AgentsView implements View {
   private readonly loadTools: () => Promise<void>;
   private readonly loadStatus: () => Promise<void>;
 
-  constructor(readonly ctx: ViewContext) {
+  constructor(readonly ctx: ViewContext, readonly options: AgentsViewOptions = {}) {
     const id = `jp-cma-agent-form-${++formCount}`;
     this.notice = h('div', { class: 'jp-cma-agents-notice', 'aria-live': 'polite' });
     this.tbody = h('tbody');
@@ -530,7 +536,10 @@ export class AgentsView implements View {
                 { class: 'jp-cma-message jp-cma-message-info jp-cma-session-started', role: 'status', dataset: { sessionId: session.id } },
                 'Session ',
                 h('span', { class: 'jp-cma-mono', title: session.id }, shortId(session.id, 12)),
-                ' started: it shows in the Sessions tab.'
+                ' started: it shows in the Sessions tab.',
+                this.options.showSession
+                  ? button('Show it', () => this.options.showSession?.(session.id), { class: 'jp-cma-session-show', 'aria-label': `Show session ${session.id}` })
+                  : null
               )
             );
           } catch (error) {
