@@ -6,7 +6,8 @@ server's real write paths on its own loop: 100 sessions' state changes a second 
 optionally 100 egress rows a second through `EgressLog.record_many`. Real loads (100 sessions served on the
 emulator) would measure the tiers, not the channel.
 
-Subscribers are websocket clients in this process (not the server's), over loopback: 1, 10 and 50 of them on
+Subscribers are websocket clients in client processes of this script (10 to a process; never the server's),
+over loopback: 1, 10 and 50 of them on
 `{base_url}cma/api/live`. A message's latency is the client's receive time − `t`, the time it was published
 (right after the commit); "since stored" is receive − `at`, the transition's own time taken before its
 commit, so it includes the commit. Both sides read `time.time()` of this host.
@@ -72,6 +73,7 @@ class Run:
     rss_mb: tuple[float, float] = (0.0, 0.0)
     store_us: float = 0.0
     emit_us: float = 0.0
+    slow_queued: int = 0  # messages waiting in the server's queues at the end of a slow window (the non-reader's)
 
 
 class Client:
@@ -180,10 +182,57 @@ class Server:
         self.log.close()
 
 
+PER_PROCESS = 10  # subscribers per client process: one Python process reading 50 sockets would measure itself
+
+
+class ClientGroup:
+    """Up to PER_PROCESS subscribers in a process of their own (`bench_live.py --subscribe …`)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, server: Server, path: str, count: int, bus: bool) -> ClientGroup:
+        url = f"ws://{server.base}{path}"
+        proc = await asyncio.create_subprocess_exec(sys.executable, __file__, "--subscribe", url, str(count), "bus" if bus else "live",
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                                    env={**os.environ, "BENCH_LIVE_TOKEN": server.token})
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"a client process did not start: {line!r}")
+        return cls(proc)
+
+    async def results(self, expected: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{expected}\n".encode())
+        await self.proc.stdin.drain()
+        out = await self.proc.stdout.read()
+        await self.proc.wait()
+        return json.loads(out)
+
+
+async def subscribe_main(url: str, count: int, bus: bool) -> None:
+    """A client process: `count` subscribers; after the expected count arrives on stdin, their results on stdout."""
+    headers = {"Authorization": f"token {os.environ['BENCH_LIVE_TOKEN']}"}
+    clients = [Client(await tornado.websocket.websocket_connect(tornado.httpclient.HTTPRequest(url, headers=headers)), bus)
+               for _ in range(count)]
+    print("ready", flush=True)
+    expected = int(await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline))
+    tail = time.monotonic() + 10  # the last messages in flight
+    while time.monotonic() < tail and any(c.received < expected for c in clients):
+        await asyncio.sleep(0.05)
+    print(json.dumps({"latencies": [x for c in clients for x in c.latencies], "since_stored": [x for c in clients for x in c.since_stored],
+                      "received": [c.received for c in clients], "gaps": sum(c.gaps for c in clients)}), flush=True)
+    for c in clients:
+        c.close()
+
+
 async def measure(server: Server, run: Run, seconds: float) -> Run:
     bus = run.path == "bus"
     path = "api/events/subscribe" if bus else "cma/api/live"
-    clients = [Client(await server.connect(path), bus) for _ in range(run.subscribers)]
+    sizes = [min(PER_PROCESS, run.subscribers - i) for i in range(0, run.subscribers, PER_PROCESS)]
+    groups = [await ClientGroup.start(server, path, n, bus) for n in sizes]
     slow = await server.raw_subscriber() if run.slow else None
     gaps_before = (await server.status())["live"]["gaps"]
     await asyncio.sleep(0.5)  # every socket open and subscribed on the server's side
@@ -197,18 +246,16 @@ async def measure(server: Server, run: Run, seconds: float) -> Run:
     run.expected = done["transitions"] + done["rows"]
     run.store_us = done["store_ms"] * 1000 / max(1, done["transitions"])
     run.emit_us = done["emit_ms"] * 1000 / max(1, done["transitions"])
-    tail = time.monotonic() + 10  # the last messages in flight
-    while time.monotonic() < tail and any(c.received < run.expected for c in clients):
-        await asyncio.sleep(0.05)
+    for result in await asyncio.gather(*(g.results(run.expected) for g in groups)):
+        run.latencies += result["latencies"]
+        run.since_stored += result["since_stored"]
+        run.received += result["received"]
+        run.gaps += result["gaps"]
     run.rss_mb = (run.rss_mb[0], server.ps.memory_info().rss / 2**20)
-    for c in clients:
-        run.latencies += c.latencies
-        run.since_stored += c.since_stored
-        run.received.append(c.received)
-        run.gaps += c.gaps
-        c.close()
     if slow is not None:
-        run.gaps = (await server.status())["live"]["gaps"] - gaps_before  # the non-reader's, counted by the server
+        live = (await server.status())["live"]
+        run.gaps = live["gaps"] - gaps_before  # the non-reader's, counted by the server
+        run.slow_queued = live["queued"]
         slow[1].close()
     await asyncio.sleep(0.5)  # the sockets closed before the next window
     return run
@@ -218,7 +265,7 @@ def ms(values: list[float], q: float) -> str:
     return f"{percentile(values, q) * 1000:.1f} ms" if values else "—"
 
 
-def report(runs: list[Run], seconds: float, quick: bool, began: float) -> None:
+def report(runs: list[Run], seconds: float, quick: bool, began: float, load: tuple[float, float]) -> None:
     header = ("path", "load (per second)", "subs", "msgs/sub (expected)", "gaps", "p50", "p95", "max",
               "p50 since stored", "server CPU", "target p50 ≤ 100 ms, p95 ≤ 1 s")
     loads = {"spread": "100 state changes, spread", "burst": "100 state changes, one burst",
@@ -239,13 +286,17 @@ def report(runs: list[Run], seconds: float, quick: bool, began: float) -> None:
     live = [r for r in runs if r.path == "live" and r.scenario == "spread"]
     bus = [r for r in runs if r.path == "bus"]
     if live and bus:
-        print(f"Store.transition with the live publish inside: {statistics_mean([r.store_us for r in live]):.0f} µs per change; "
-              f"event_logger.emit (baseline): {statistics_mean([r.emit_us for r in bus]):.0f} µs per change")
+        per_subs = ", ".join(f"{r.store_us:.0f} µs with {r.subscribers}{' + 1 not reading' if r.slow else ''}" for r in live)
+        print(f"Store.transition with the live publish inside, per change: {per_subs} subscriber(s); "
+              f"with none (the baseline's windows): {statistics_mean([r.store_us for r in bus]):.0f} µs; "
+              f"event_logger.emit (baseline): {statistics_mean([r.emit_us for r in bus]):.0f} µs")
     for r in runs:
         if r.slow:
-            print(f"slow subscriber: server RSS {r.rss_mb[0]:.0f} MB before the window, {r.rss_mb[1]:.0f} MB after; "
-                  f"its gaps: {r.gaps}")
-    print(f"({'quick mode, ' if quick else ''}{seconds:g} s windows, {time.perf_counter() - began:.0f} s)")
+            print(f"slow subscriber: server RSS {r.rss_mb[0]:.0f} MB before the window, {r.rss_mb[1]:.0f} MB after; its gaps: "
+                  f"{r.gaps}; queued in the server at the end: {r.slow_queued} (bound: 1000 a subscriber; what does not fit "
+                  "in the sockets' buffers waits there, and overflowing it is a gap: tests/test_live.py)")
+    print(f"({'quick mode, ' if quick else ''}{seconds:g} s windows, {time.perf_counter() - began:.0f} s; the machine's load average "
+          f"{load[0]:.1f} before, {load[1]:.1f} after, on {os.cpu_count()} CPUs; subscribers {PER_PROCESS} to a process)")
 
 
 def statistics_mean(values: list[float]) -> float:
@@ -260,6 +311,7 @@ def _free_port() -> int:
 
 async def main(quick: bool) -> None:
     began = time.perf_counter()
+    load_before = os.getloadavg()[0]
     seconds = QUICK_WINDOW if quick else WINDOW
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp:
         server = Server(Path(tmp))
@@ -275,10 +327,16 @@ async def main(quick: bool) -> None:
                 runs.append(await measure(server, run, seconds))
         finally:
             server.stop()
-    report(runs, seconds, quick, began)
+    report(runs, seconds, quick, began, (load_before, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1", help="4 s windows")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--subscribe", nargs=3, metavar=("URL", "COUNT", "PATH"), help=argparse.SUPPRESS)  # a client process
+    args = parser.parse_args()
+    if args.subscribe:
+        url, count, kind = args.subscribe
+        asyncio.run(subscribe_main(url, int(count), kind == "bus"))
+    else:
+        asyncio.run(main(args.quick))
