@@ -259,9 +259,10 @@ def widget_view(include: Any, exclude: Any, **traits: Any) -> dict[str, Any]:
         return {}
     try:
         from ..widgets.core import widget_bundle
-    except ImportError:  # anywidget missing: the text and HTML stand alone
+
+        return widget_bundle(include, exclude, **traits) or {}
+    except Exception:  # noqa: BLE001  (anywidget missing or a comm refused: the text and HTML stand alone, never an error)
         return {}
-    return widget_bundle(include, exclude, **traits) or {}
 
 
 def _describe(state: TurnState) -> str:
