@@ -89,8 +89,13 @@ def lab(lab_emulator: EmulatorProcess, lab_port: int, work_dir: Path) -> Iterato
 def bare_lab(work_dir: Path) -> Iterator[LabServer]:
     """JupyterLab with jupyter-cma and no configuration at all: no environment, no credentials."""
     server = start_lab_server(work_dir / "bare-lab")
-    yield server
-    stop_lab_server(server)
+    try:
+        # Its tiers started (their checks say so): what is left failing is what configuration lacks.
+        wait_for(lambda: all(c["ok"] for c in server.api("GET", "setup")["checks"] if c["id"] in ("docker", "bubblewrap")),
+                 timeout=120, what="the unconfigured server's tiers started")
+        yield server
+    finally:
+        stop_lab_server(server)
 
 
 @pytest.fixture(scope="session")
