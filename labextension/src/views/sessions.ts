@@ -219,8 +219,10 @@ export class SessionsView implements View {
         {
           message: m => this.onLive(m),
           resync: () => {
-            void this.refresh();
-            void this.loadAgents();
+            if (this.showTable) {
+              void this.refresh();
+              void this.loadAgents();
+            }
           }
         }
       ),
@@ -229,8 +231,10 @@ export class SessionsView implements View {
     this.drawLive();
     this.tick = setInterval(() => this.drawTimes(), TICK_MS);
     // The first snapshot now, not after the socket's handshake (the resync that follows is coalesced with it).
-    void this.refresh();
-    void this.loadAgents();
+    if (this.showTable) {
+      void this.refresh();
+      void this.loadAgents();
+    }
     if (this.selected) {
       this.openDetail(this.selected);
     }
@@ -256,8 +260,13 @@ export class SessionsView implements View {
 
   /** Show the table or only the detail. */
   setShowTable(show: boolean): void {
+    const was = this.showTable;
     this.showTable = show;
     this.applyShowTable();
+    if (show && !was) {
+      void this.refresh();
+      void this.loadAgents();
+    }
   }
 
   /** How many recent sessions the table loads (1-500). */
@@ -301,8 +310,8 @@ export class SessionsView implements View {
   }
 
   private async load(): Promise<void> {
-    if (this.disposed) {
-      return;
+    if (this.disposed || !this.showTable) {
+      return; // a detail shown alone reads its own session; the list waits until the table shows
     }
     const query = this.query();
     this.lastQuery = JSON.stringify(query);
@@ -354,7 +363,9 @@ export class SessionsView implements View {
       this.touched.add(id);
     }
     const result = applyLive(this.rows, m);
-    if (result === 'unknown') {
+    if (!this.showTable) {
+      // no table: nothing to draw or refetch
+    } else if (result === 'unknown') {
       void this.refresh();
     } else if (result === 'changed') {
       this.scheduleDraw();
