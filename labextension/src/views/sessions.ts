@@ -329,7 +329,8 @@ export class SessionsView implements View {
       this.rows = mergeSnapshot(this.rows, page.data || [], this.touched);
       this.loadedOnce = true;
       replaceChildren(this.errorSlot);
-      if (unknownAgents(this.rows.values(), this.names).length && nowSeconds() - this.agentsAskedAt > 30) {
+      // A session of an agent made since the names were read: read them again (not more often than every 5 s).
+      if (unknownAgents(this.rows.values(), this.names).length && nowSeconds() - this.agentsAskedAt > 5) {
         void this.loadAgents();
       }
     } catch (error) {
@@ -354,6 +355,10 @@ export class SessionsView implements View {
     if (!this.disposed) {
       this.syncAgentOptions();
       this.redrawAll();
+      const row = this.selected ? this.rows.get(this.selected) : undefined;
+      if (row?.agent_id && this.detail && this.names.has(row.agent_id)) {
+        this.detail.setRow(row, this.names.get(row.agent_id));
+      }
     }
   }
 
@@ -382,7 +387,7 @@ export class SessionsView implements View {
     if (id && id === this.selected && this.detail) {
       const row = this.rows.get(id);
       if (row) {
-        this.detail.setRow(row, agentLabel(row, this.names));
+        this.detail.setRow(row, row.agent_id ? this.names.get(row.agent_id) : undefined);
       }
     }
   }
@@ -654,7 +659,7 @@ export class SessionsView implements View {
     this.detail = new SessionDetailView(this.ctx, {
       sessionId: id,
       row,
-      agentName: row ? agentLabel(row, this.names) : undefined,
+      agentName: row?.agent_id ? this.names.get(row.agent_id) : undefined,
       onClose: () => {
         this.showSession(null);
         this.options.onSelect?.(null);
@@ -698,6 +703,7 @@ export class SessionDetailView implements View {
   private events: SessionEvent[] = [];
   private disposed = false;
   private egress: EgressLogView | null = null;
+  private agentAsked = false;
   private readonly transcript = new TranscriptView();
   private readonly subscriptions: Array<{ dispose(): void }> = [];
 
@@ -880,7 +886,8 @@ export class SessionDetailView implements View {
     const sandbox = row.sandbox ? { ...(this.row?.sandbox ?? {}), ...row.sandbox } : null;
     this.row = { ...(this.row ?? {}), ...row, sandbox } as SessionDetail;
     this.drawFacts();
-    if (!this.agentName && row.agent_id) {
+    if ((!this.agentName || this.agentName === row.agent_id) && row.agent_id && !this.agentAsked) {
+      this.agentAsked = true;
       // Shown alone (a displayed cma.Session), the detail has no list to name the agent: ask once.
       this.agentName = row.agent_id;
       try {
