@@ -18,3 +18,4 @@ bench: setup
 	.venv/bin/python bench/bench_proxy.py
 	.venv/bin/python bench/bench_container.py
 	.venv/bin/python bench/bench_tools.py
+	.venv/bin/python bench/bench_live.py
