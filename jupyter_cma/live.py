@@ -211,9 +211,10 @@ class LiveHub:
         out of the filter that takes effect.
         """
         old = sub.filter.sessions
-        refused = [sid for sid in sorted(wanted.sessions - old) if not self.watch(sid)]
+        # Released first: a view at the server's cap that swaps its sessions takes the places it gives up.
         for sid in old - wanted.sessions:
             self.unwatch(sid)
+        refused = [sid for sid in sorted(wanted.sessions - old) if not self.watch(sid)]
         if refused:
             wanted = LiveFilter(wanted.kinds, wanted.sessions - frozenset(refused), wanted.egress_session)
         sub.filter = wanted
@@ -294,11 +295,11 @@ class LiveSources:
         for row in rows:
             self.hub.publish("egress.row", {k: row.get(k) for k in EGRESS_ROW_FIELDS}, session_id=row.get("session_id"))
 
-    def session_tool(self, sandbox: Any) -> None:
-        """A tool call of a session finished in a sandbox of this server (`Sandbox.on_tool_result`)."""
-        session_id = sandbox.session_id
-        self.hub.publish("session.tool", {"session_id": session_id, "tool_calls": int(sandbox.tool_results),
-                                          "at": sandbox.last_tool_at}, session_id=session_id)
+    def session_tool(self, note: Any) -> None:
+        """A tool call of a session finished in a sandbox of this server (`SessionManager.on_tool_result`)."""
+        session_id = note.session_id
+        self.hub.publish("session.tool", {"session_id": session_id, "tool_calls": int(note.tool_calls), "at": note.at,
+                                          "cold_start_ms": note.cold_start_ms}, session_id=session_id)
 
     def tools_changed(self, kernel_id: str) -> None:
         """A kernel registered or dropped notebook tools: views refetch `GET tools`."""

@@ -141,6 +141,7 @@ async def test_sessions_list_get_events_and_stop(harness):
     assert json.loads(none.body)["data"] == []
     detail = await h.api("GET", f"sessions/{sid}")
     assert detail["sandbox"]["tier"] == "kernel" and detail["sandbox"]["state"]
+    assert detail["sandbox"]["tool_calls"] == summary["tool_calls"] and detail["sandbox"]["last_activity"] == summary["last_activity"]
     events = await h.api("GET", f"sessions/{sid}/events")
     assert "agent.custom_tool_use" in [e["type"] for e in events["data"]]
     stopped = await h.api("POST", f"sessions/{sid}/stop", {})

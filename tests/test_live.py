@@ -37,7 +37,7 @@ EGRESS_SECRET = f"sk-live-{secrets.token_hex(16)}"  # made per run: if a frame h
 DATA_KEYS = {
     "session.state": set(SESSION_STATE_FIELDS),
     "session.event": {"session_id", "event_id", "type", "processed_at"},
-    "session.tool": {"session_id", "tool_calls", "at"},
+    "session.tool": {"session_id", "tool_calls", "at", "cold_start_ms"},
     "egress.row": set(EGRESS_ROW_FIELDS),
     "tools.changed": {"kernel_id"},
     "status.changed": set(),
@@ -290,6 +290,7 @@ async def test_a_session_seen_live_with_nothing_secret_on_the_wire(harness, jp_w
     assert (live_row["host"], live_row["path"], live_row["decision"]) == ("warehouse.test", "/table", "injected")
     tools = [m["data"] for m in mine if m["kind"] == "session.tool"]
     assert [t["tool_calls"] for t in tools] == [1] and tools[0]["at"] is not None
+    assert tools[0]["cold_start_ms"] == (await get(h, f"sessions/{sid}"))["cold_start_ms"] is not None  # the row shows it at once
     # Events: ids, types and times only; the contents come from REST, after any event a view has.
     relayed = [m["data"] for m in mine if m["kind"] == "session.event"]
     by_id = {e["id"]: e for e in rest_events}
@@ -435,3 +436,15 @@ async def test_one_upstream_stream_per_watched_session_for_any_number_of_views(h
     await wait_until(lambda: h.ext.live.status()["watched_sessions"] == 0, 30, what="the views to let go")
     await wait_until(lambda: h.ext.live_relay.status()["streams"] == 0, 30, what="the stream to close after its linger")
     assert h.ext.live_relay.status()["upstream_opens"] >= 1
+
+
+async def test_a_view_at_the_cap_can_swap_the_sessions_it_watches(harness, jp_ws_fetch):
+    h = await harness.start()
+    first = [f"sesn_first{i}" for i in range(MAX_WATCHED)]
+    second = [f"sesn_second{i}" for i in range(MAX_WATCHED)]
+    async with live_socket(jp_ws_fetch) as view:
+        assert "refused" not in await view.subscribe(kinds=["session.event"], sessions=first)
+        # The sessions it gives up make room for those it names now, though the server watches as many as it may.
+        answer = await view.subscribe(kinds=["session.event"], sessions=second)
+        assert "refused" not in answer and answer["filter"]["sessions"] == second
+        assert sorted(h.ext.live.watched()) == second

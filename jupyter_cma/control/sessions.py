@@ -59,7 +59,18 @@ class Live:
     sandbox: Sandbox | None = None
     task: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
+    cold_start_ms: float | None = None  # claim → first tool result, once there is one
     stop_reason: str = "stopped"
+
+
+@dataclass(frozen=True)
+class ToolResultNote:
+    """A tool call of a session finished in its sandbox here: what the session's row shows of it."""
+
+    session_id: str
+    tool_calls: int  # how many so far in this sandbox
+    at: float | None  # time.time() of the result
+    cold_start_ms: float | None  # the session's cold start, known from its first tool result on
 
 
 class SessionManager:
@@ -81,8 +92,8 @@ class SessionManager:
         self.worker = worker
         self.live: dict[str, Live] = {}
         self.sandboxes_started = 0
-        # Given to each sandbox this manager creates, called after each of its tool results (the live channel's session.tool).
-        self.on_tool_result: Callable[[Sandbox], None] | None = None
+        # Called after each tool result of a sandbox this manager created (the live channel's session.tool).
+        self.on_tool_result: Callable[[ToolResultNote], None] | None = None
         self._background = BackgroundTasks("sessions")  # work started for events (e.g. reaping); close() ends it
 
     # ------------------------------------------------------------------ routing
@@ -126,10 +137,8 @@ class SessionManager:
         workspace = self.workspaces / session_id
         claimed = ClaimedItem(work_id=item.id, environment_id=item.environment_id, session_id=session_id, secret=item.secret)
         live.sandbox = self.tiers[tier_name].create(claimed, workspace)
-        live.sandbox.on_first_result = lambda at: self.store.update_session(
-            session_id, cold_start_ms=round((at - live.claimed_at) * 1000, 1)
-        )
-        live.sandbox.on_tool_result = self.on_tool_result
+        live.sandbox.on_first_result = lambda at: self._first_result(live, session_id, at)
+        live.sandbox.on_tool_result = lambda sandbox: self._tool_result(live, sandbox)
         self.sandboxes_started += 1
         self.store.transition(session_id, "starting", f"starting a {tier_name} sandbox")
         live.task = asyncio.ensure_future(self._serve(session_id, live))
@@ -272,6 +281,15 @@ class SessionManager:
         live = self.live.get(session_id)
         return None if live is None else live.sandbox
 
+    def _first_result(self, live: Live, session_id: str, at: float) -> None:
+        live.cold_start_ms = round((at - live.claimed_at) * 1000, 1)
+        self.store.update_session(session_id, cold_start_ms=live.cold_start_ms)
+
+    def _tool_result(self, live: Live, sandbox: Sandbox) -> None:
+        if self.on_tool_result is not None:
+            self.on_tool_result(ToolResultNote(session_id=sandbox.session_id, tool_calls=sandbox.tool_results,
+                                               at=sandbox.last_tool_at, cold_start_ms=live.cold_start_ms))
+
     def summary(self, session_id: str) -> SandboxSummary | None:
         """The few facts a list of sessions shows of the sandbox serving the session now (None: none serves it)."""
         sandbox = self.sandbox_of(session_id)
@@ -281,4 +299,6 @@ class SessionManager:
         live = self.live.get(session_id)
         if live is None or live.sandbox is None:
             return None
-        return {"work_id": live.work_id, **live.sandbox.status()}
+        # With the summary's counters, so a session's detail and its row in a list say the same.
+        return {"work_id": live.work_id, **live.sandbox.status(), "tool_calls": live.sandbox.tool_results,
+                "last_activity": live.sandbox.last_tool_at}

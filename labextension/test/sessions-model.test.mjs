@@ -96,6 +96,8 @@ test('tool messages raise the tool count and last activity, idempotently', () =>
   assert.equal(applyLive(rows, { kind: 'session.tool', data: { session_id: 'sesn_1', tool_calls: 3, at: 150 } }), 'unchanged');
   assert.equal(applyLive(rows, { kind: 'session.tool', data: { session_id: 'sesn_1', tool_calls: 2, at: 140 } }), 'unchanged', 'an older count never lowers it');
   assert.equal(applyLive(rows, { kind: 'session.tool', data: { session_id: 'sesn_x', tool_calls: 1, at: 150 } }), 'unknown');
+  assert.equal(applyLive(rows, { kind: 'session.tool', data: { session_id: 'sesn_1', tool_calls: 3, at: 150, cold_start_ms: 812.5 } }), 'changed');
+  assert.equal(rows.get('sesn_1').cold_start_ms, 812.5, 'the cold start shows once the first tool result is in');
   assert.equal(applyLive(rows, { kind: 'egress.row', data: { id: 1 } }), 'unchanged');
 });
 

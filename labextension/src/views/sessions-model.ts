@@ -261,10 +261,11 @@ export function applyLive(rows: Map<string, SessionRow>, message: LiveLike): Liv
     const known = sandbox.tool_calls ?? 0;
     const calls = typeof data.tool_calls === 'number' ? Math.max(known, data.tool_calls) : known + 1;
     const at = typeof data.at === 'number' ? Math.max(sandbox.last_activity ?? 0, data.at) : sandbox.last_activity ?? null;
-    if (row.sandbox && calls === known && at === (sandbox.last_activity ?? null)) {
+    const coldStart = typeof data.cold_start_ms === 'number' ? data.cold_start_ms : row.cold_start_ms ?? null;
+    if (row.sandbox && calls === known && at === (sandbox.last_activity ?? null) && coldStart === (row.cold_start_ms ?? null)) {
       return 'unchanged';
     }
-    rows.set(id, { ...row, sandbox: { ...sandbox, tool_calls: calls, last_activity: at } });
+    rows.set(id, { ...row, cold_start_ms: coldStart, sandbox: { ...sandbox, tool_calls: calls, last_activity: at } });
     return 'changed';
   }
   return 'unchanged';
