@@ -151,3 +151,11 @@ async def test_sessions_list_get_events_and_stop(harness):
     assert (await h.api("GET", "sessions"))["data"][0]["sandbox"] is None
     # The worker force-stopped the work item on its way out.
     await wait_until(lambda: any(r["path"].endswith("/stop") and r["body"] == {"force": True} for r in h.emulator.requests()), 30, what="the force-stop")
+
+
+async def test_sessions_are_listed_by_every_state_the_server_gives_them(harness):
+    h = await harness.start()
+    h.ext.store.transition("sesn_gone", "claimed", "a test")
+    h.ext.store.transition("sesn_gone", "ended", "a test: its sandbox and workspace were removed")
+    ended = await h.fetch("cma", "api", "sessions", params={"status": "ended"})
+    assert [s["id"] for s in json.loads(ended.body)["data"]] == ["sesn_gone"]

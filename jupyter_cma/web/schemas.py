@@ -40,7 +40,7 @@ __all__ = [
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"  # also the route table's pattern for ids in paths
 _ID = re.compile(ID_PATTERN)
-SESSION_STATES = ("claimed", "starting", "running", "idle", "sleeping", "resumed", "stopped", "failed")
+SESSION_STATES = ("claimed", "starting", "running", "idle", "sleeping", "resumed", "stopped", "failed", "ended")  # as Store.transition sets them
 DEFAULT_MODEL = "claude-sonnet-4-5"
 INT64_MAX = 2**63 - 1
 LIVE_MAX_SESSIONS = 20  # sessions one live subscriber may watch (each costs the server an upstream stream)
