@@ -455,9 +455,7 @@ class CMAApp(ExtensionApp):
             self.local_emulator = emulator  # owned from here on: stop_extension stops it, whatever happens next
             await self._serve_api(info)
             self.log.info("jupyter-cma: serving the local emulator's environment %s at %s (poll mode)", info.environment_id, info.base_url)
-        notify = getattr(self, "notify_status_changed", None)  # the live channel's status.changed, once it exists
-        if notify is not None:
-            notify()
+        self.notify_status_changed()  # every open view refetches GET status and GET setup
         return self.setup_status()
 
     async def _serve_api(self, info: EmulatorInfo) -> None:

@@ -321,3 +321,15 @@ async def test_an_owned_emulator_that_died_is_replaced_by_a_new_one(jp_serverapp
         # The control plane reaches the new emulator.
         agent = await api(jp_fetch, "POST", "agents", {"name": "after", "tier": "kernel"})
         assert agent["id"] in {a["id"] for a in (await api(jp_fetch, "GET", "agents"))["data"]}
+
+
+async def test_starting_the_emulator_tells_the_live_views_to_refetch_the_setup(jp_serverapp, jp_fetch):
+    async with started(jp_serverapp) as ext:
+        view = ext.live.subscribe()
+        try:
+            await api(jp_fetch, "POST", "setup/emulator")
+            kinds = [m["kind"] for m in json.loads(view.take(1 << 20) or "[]")]
+            assert kinds.count("status.changed") == 1, kinds
+        finally:
+            ext.live.unsubscribe(view)
+            await ext.stop_extension()
