@@ -226,7 +226,8 @@ class LiveHub:
         """One more subscriber watches the session; the first one starts its relay. False when refused."""
         count = self._watched.get(session_id, 0)
         if count == 0:
-            if self.watcher is None or not self.watcher.watch(session_id):
+            # Once the hub closed, the relay is closing too: a stream opened now would outlive the server's stop.
+            if self._closed or self.watcher is None or not self.watcher.watch(session_id):
                 return False
         self._watched[session_id] = count + 1
         return True

@@ -448,3 +448,18 @@ async def test_a_view_at_the_cap_can_swap_the_sessions_it_watches(harness, jp_ws
         answer = await view.subscribe(kinds=["session.event"], sessions=second)
         assert "refused" not in answer and answer["filter"]["sessions"] == second
         assert sorted(h.ext.live.watched()) == second
+
+
+async def test_a_stopping_hub_opens_no_upstream_stream():
+    from anthropic import AsyncAnthropic
+
+    from jupyter_cma.control.relay import SessionEventRelay
+    from jupyter_cma.live import LiveFilter, LiveHub
+
+    relay = SessionEventRelay(client=AsyncAnthropic(api_key="unused", base_url="http://127.0.0.1:9"), publish=lambda *a, **k: None)
+    hub = LiveHub(watcher=relay)
+    sub = hub.subscribe()
+    hub.close()  # the server stops; a socket not yet closed still sends its filter
+    assert hub.set_filter(sub, LiveFilter(sessions=frozenset({"sesn_late"}))) == ["sesn_late"]
+    assert relay.status()["streams"] == 0 and not list(hub.watched())
+    await relay.close()
