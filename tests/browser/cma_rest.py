@@ -48,3 +48,17 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 90.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not so within {timeout}s")
         time.sleep(0.25)
+
+
+def wait_turn_ended_and_idle(server: LabServer, session_id: str, timeout: float = 90.0) -> dict[str, Any]:
+    """Wait until the session's turn ended upstream (its `session.status_idle` event), then until this server
+    says it is idle too; fail naming the server's transitions if it does not (a state the page would show)."""
+    wait_for(lambda: any(e["type"] == "session.status_idle" for e in events(server, session_id)), timeout,
+             what=f"session {session_id}'s turn ending upstream")
+    try:
+        return wait_for(lambda: (row := session_row(server, session_id))["status"] == "idle" and row, 15,
+                        what=f"the server calling session {session_id} idle once its turn ended upstream")
+    except AssertionError as exc:
+        row = session_row(server, session_id)
+        steps = [(t["from_state"], t["to_state"], t["reason"]) for t in row.get("transitions", [])]
+        raise AssertionError(f"{exc}: it says {row['status']!r} ({row.get('reason')}); its transitions: {steps}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.cma_rest import create_agent, python_message, start_session
+from tests.browser.cma_rest import create_agent, python_message, start_session, wait_turn_ended_and_idle
 from tests.browser.pages import cell, open_notebook, run_cell, wait_cell_done, write_notebook
 from tests.browser.servers import LabServer
 
@@ -33,7 +33,8 @@ def test_dashboard_renders_and_updates_while_another_cell_is_busy(page: Page, la
         session = start_session(lab, agent["id"], python_message("import time\ntime.sleep(3)\nprint('dashboard sees me')"))
         row = widget.locator(f"tr.jp-cma-session-row[data-session-id='{session['id']}']")
         expect(row).to_have_attribute("data-state", "running", timeout=30_000)
-        expect(row).to_have_attribute("data-state", "idle", timeout=60_000)
+        wait_turn_ended_and_idle(lab, session["id"])
+        expect(row).to_have_attribute("data-state", "idle", timeout=30_000)
         expect(row).to_contain_text("browser-dashboard")
         # All of it while the other cell was still running.
         expect(busy).to_have_text("[*]:")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from tests.browser.cma_rest import create_agent, python_message, session_row, start_session, wait_for
+from tests.browser.cma_rest import create_agent, python_message, start_session, wait_turn_ended_and_idle
 from tests.browser.pages import assert_not_reloaded, mark_page, open_lab, open_sidebar, widen_sidebar
 from tests.browser.servers import LabServer
 
@@ -15,7 +15,7 @@ def test_sidebar_lists_sessions_and_updates_them_live(page: Page, lab: LabServer
     agent = create_agent(lab, "browser-live", "kernel")
     # One session that ran before the page opened: the tab lists it from the REST snapshot.
     earlier = start_session(lab, agent["id"], python_message("print(6 * 7)"), title="ran before the page")
-    wait_for(lambda: session_row(lab, earlier["id"])["status"] == "idle", what="the earlier session idle")
+    wait_turn_ended_and_idle(lab, earlier["id"])
 
     open_lab(page, lab)
     open_sidebar(page, "sessions")
@@ -28,10 +28,9 @@ def test_sidebar_lists_sessions_and_updates_them_live(page: Page, lab: LabServer
     row = page.locator(ROW.format(later["id"]))
     expect(row).to_have_attribute("data-state", "running", timeout=30_000)
     expect(row).to_contain_text("kernel")
-    expect(row).to_have_attribute("data-state", "idle", timeout=60_000)
+    wait_turn_ended_and_idle(lab, later["id"])
+    expect(row).to_have_attribute("data-state", "idle", timeout=30_000)
     assert_not_reloaded(page)
-    # What the row shows is what the server says.
-    assert session_row(lab, later["id"])["status"] == "idle"
     # Its detail shows the conversation: the code the agent ran and what it printed.
     row.click()
     detail = page.locator(f"#jupyter-cma-panel-tabpanel-sessions .jp-cma-session-detail[data-session-id='{later['id']}']")
