@@ -23,9 +23,8 @@ import tornado.httpclient
 import tornado.websocket
 
 from jupyter_cma.live import EGRESS_ROW_FIELDS, SESSION_STATE_FIELDS
-from tests.emulator_fixtures import start_emulator
 from tests.helpers import wait_until
-from tests.test_dispatch import Harness, python, script
+from tests.test_dispatch import Harness, cma_emulator, harness, python, script  # noqa: F401  (the end-to-end tests' fixtures)
 from tests.test_egress_proxy import CLIENT, Upstream
 
 QUEUE = 200  # the subscribers' bound in these tests, so overflowing one takes a few thousand rows, not tens of thousands
@@ -42,14 +41,6 @@ DATA_KEYS = {
     "tools.changed": {"kernel_id"},
     "status.changed": set(),
 }
-
-
-@pytest.fixture
-def cma_emulator(jp_http_port, jp_base_url):
-    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url}cma/webhooks"
-    emu = start_emulator("--webhook-url", url, "--EmulatorApp.webhook_retry_delays=[0.2,0.5,1,2,4]")
-    yield emu
-    emu.stop()
 
 
 @pytest.fixture
@@ -75,11 +66,6 @@ def jp_server_config(cma_emulator, tmp_path, monkeypatch):
         "KernelTier": {"pool_size": 1},
         "ContainerTier": {"pool_size": 0},
     }
-
-
-@pytest.fixture
-def harness(jp_serverapp, jp_fetch, cma_emulator):
-    return Harness(jp_serverapp, jp_fetch, cma_emulator)
 
 
 class Live:
