@@ -34,6 +34,17 @@ def session_row(server: LabServer, session_id: str) -> dict[str, Any]:
     return server.api("GET", f"sessions/{session_id}")
 
 
+def served_session_row(server: LabServer, session_id: str) -> dict[str, Any] | None:
+    """The session's row, or None while this server has not served it yet (404 until it claims its work)."""
+    with server.http() as http:
+        r = http.get(f"cma/api/sessions/{session_id}")
+    if r.status_code == 404:
+        return None
+    if r.status_code >= 400:
+        raise AssertionError(f"GET cma/api/sessions/{session_id} -> {r.status_code}: {r.text}")
+    return r.json()
+
+
 def events(server: LabServer, session_id: str) -> list[dict[str, Any]]:
     return server.api("GET", f"sessions/{session_id}/events", limit=100)["data"]
 
@@ -53,12 +64,15 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 90.0, what: str
 def wait_turn_ended_and_idle(server: LabServer, session_id: str, timeout: float = 90.0) -> dict[str, Any]:
     """Wait until the session's turn ended upstream (its `session.status_idle` event), then until this server
     says it is idle too; fail naming the server's transitions if it does not (a state the page would show)."""
-    wait_for(lambda: any(e["type"] == "session.status_idle" for e in events(server, session_id)), timeout,
-             what=f"session {session_id}'s turn ending upstream")
+    def turn_ended() -> bool:
+        seen = events(server, session_id)
+        return bool(seen) and seen[-1]["type"] == "session.status_idle" and any(e["type"] == "agent.message" for e in seen)
+
+    wait_for(turn_ended, timeout, what=f"session {session_id}'s turn ending upstream (the agent answered, the session idle)")
     try:
-        return wait_for(lambda: (row := session_row(server, session_id))["status"] == "idle" and row, 15,
+        return wait_for(lambda: (row := served_session_row(server, session_id)) is not None and row["status"] == "idle" and row, 15,
                         what=f"the server calling session {session_id} idle once its turn ended upstream")
     except AssertionError as exc:
-        row = session_row(server, session_id)
+        row = served_session_row(server, session_id) or {"status": "never served here"}
         steps = [(t["from_state"], t["to_state"], t["reason"]) for t in row.get("transitions", [])]
         raise AssertionError(f"{exc}: it says {row['status']!r} ({row.get('reason')}); its transitions: {steps}") from None

@@ -16,6 +16,10 @@ def open_lab(page: Page, server: LabServer, path: str = "lab") -> None:
     page.goto(server.lab_url(f"{path}?reset"))
     page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=LOAD_TIMEOUT)
     page.wait_for_selector(".jp-LabShell", timeout=LOAD_TIMEOUT)
+    # Once restored, JupyterLab focuses the main area's current widget; until then a dialog or the command
+    # palette opened by a test would lose the focus to it and close.
+    page.wait_for_function("() => document.activeElement && document.activeElement.closest('#jp-main-dock-panel')",
+                           timeout=LOAD_TIMEOUT)
 
 
 def write_notebook(server: LabServer, name: str, cells: list[str]) -> str:
@@ -101,7 +105,7 @@ def widen_sidebar(page: Page, width: int = 720) -> None:
 
 
 def run_command_from_palette(page: Page, label: str) -> None:
-    """Run a command as a user does: the command palette (Ctrl+Shift+C), its label typed, Enter."""
+    """Run a command as a user does: the command palette (Ctrl+Shift+C), its label typed, its item clicked."""
     page.keyboard.press("Control+Shift+C")
     page.locator(".lm-CommandPalette-input").fill(label)
     item = page.locator(".lm-CommandPalette-item", has_text=label)

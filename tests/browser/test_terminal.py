@@ -8,7 +8,7 @@ import secrets
 import docker
 from playwright.sync_api import Page, expect
 
-from tests.browser.cma_rest import create_agent, session_row, start_session, wait_for
+from tests.browser.cma_rest import create_agent, served_session_row, start_session, wait_for
 from tests.browser.pages import open_lab, run_command_from_palette
 from tests.browser.servers import LabServer
 
@@ -21,8 +21,8 @@ def _file_in_container(client: docker.DockerClient, container: str, path: str) -
 def test_terminal_command_opens_a_shell_inside_a_container_session(page: Page, lab: LabServer):
     agent = create_agent(lab, "browser-terminal", "container")
     session = start_session(lab, agent["id"], "hello", title="a container to look into")
-    served = wait_for(lambda: (session_row(lab, session["id"]).get("sandbox") or {}).get("state") == "serving"
-                      and session_row(lab, session["id"]), timeout=120, what="a container serving the session")
+    served = wait_for(lambda: (row := served_session_row(lab, session["id"])) and (row.get("sandbox") or {}).get("state") == "serving"
+                      and row, timeout=120, what="a container serving the session")
     container = served["sandbox"]["container"]["name"]
 
     open_lab(page, lab)
