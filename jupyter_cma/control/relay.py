@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,8 @@ class _Stream:
         self.connected = False  # the API answered the stream: every event from here on is relayed
         self.task: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
+        # The ids relayed last: the newest event announced when the stream opens may come on the stream too.
+        self.recent: deque[str] = deque(maxlen=64)
 
 
 class SessionEventRelay:
@@ -119,9 +122,10 @@ class SessionEventRelay:
                 events = await self.client.beta.sessions.events.stream(sid)
                 stream.connected = True
                 async with events:
+                    await self._announce_latest(stream)
                     async for event in events:
                         pause = BACKOFF_FIRST  # it answered: a later failure starts the backoff over
-                        self._publish(sid, event)
+                        self._publish(stream, event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -132,10 +136,30 @@ class SessionEventRelay:
             await asyncio.sleep(pause)
             pause = min(pause * 2, BACKOFF_MAX)
 
-    def _publish(self, session_id: str, event: Any) -> None:
+    async def _announce_latest(self, stream: _Stream) -> None:
+        """Once the stream is open, publish the session's newest event as it is now.
+
+        The stream is live-only: what happened before it opened — since a view read REST while the stream was
+        connecting, or while it was reconnecting — is never on it. Views answer a `session.event` by fetching
+        everything after the newest event they have, so announcing the newest one lets them catch up (the
+        SDK's own runner does the same: open the stream, then list). Duplicates are harmless: views keep events
+        by id.
+        """
+        try:
+            page = await self.client.beta.sessions.events.list(stream.session_id, limit=1, order="desc")
+        except Exception as exc:
+            self.errors += 1
+            log.info("jupyter-cma: listing the events of session %s failed (%s)", stream.session_id, type(exc).__name__)
+            return
+        for event in page.data[:1]:
+            self._publish(stream, event)
+
+    def _publish(self, stream: _Stream, event: Any) -> None:
+        session_id = stream.session_id
         event_id = getattr(event, "id", None)
-        if not isinstance(event_id, str):
-            return  # keep-alives carry no id
+        if not isinstance(event_id, str) or event_id in stream.recent:
+            return  # keep-alives carry no id; an event announced already
+        stream.recent.append(event_id)
         processed_at = getattr(event, "processed_at", None)
         self.publish("session.event", {
             "session_id": session_id,
