@@ -315,13 +315,13 @@ class CMAApp(ExtensionApp):
             return "container"
         return "kernel"
 
-    def _on_webhook_event(self, data: dict[str, Any]) -> None:
+    def _on_webhook_event(self, data: dict[str, Any], created_at: str | None = None) -> None:
         """React to a verified, new delivery. Only schedules work: the answer must not wait."""
         event_type = data.get("type")
         if event_type == "session.status_run_started" and self.dispatcher is not None and self.effective_mode == "webhook":
             self.dispatcher.request_drain()
         if isinstance(data.get("id"), str):
-            self.sessions.note_status(data["id"], str(event_type))
+            self.sessions.note_status(data["id"], str(event_type), created_at)
 
     def _load_credentials(self) -> tuple[Credentials, list[str]]:
         """Read each secret; a bad secret file is reported and treated as missing (fail closed)."""

@@ -230,3 +230,22 @@ async def test_a_session_archived_upstream_is_reaped_at_once(harness):
     assert "ended upstream" in h.ext.store.session(sid)["reason"]
     assert sid not in h.ext.sessions.live
     assert not (h.ext.sessions.workspaces / sid).exists()  # the workspace went with it
+
+
+def test_webhook_statuses_that_arrive_out_of_order_do_not_undo_a_later_one(tmp_path):
+    """A late "run started" delivery, created upstream before the "idled" one already applied, is ignored."""
+    from jupyter_cma.control.sessions import Live, SessionManager
+    from jupyter_cma.store import Store
+
+    store = Store(tmp_path / "cma.sqlite3")
+    try:
+        manager = SessionManager(store=store, tiers={}, default_tier=lambda: "kernel", workspaces=tmp_path, worker=None)  # type: ignore[arg-type]
+        store.upsert_session("sesn_order", status="running")
+        manager.live["sesn_order"] = Live(work_id="work_1")
+        manager.note_status("sesn_order", "session.status_idled", "2026-01-01T00:00:02.000002Z")
+        manager.note_status("sesn_order", "session.status_run_started", "2026-01-01T00:00:01.000001Z")
+        assert store.session("sesn_order")["status"] == "idle"
+        manager.note_status("sesn_order", "session.status_run_started", "2026-01-01T00:00:03Z")  # the next run
+        assert store.session("sesn_order")["status"] == "running"
+    finally:
+        store.close()

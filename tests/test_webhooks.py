@@ -194,7 +194,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def __call__(self, data: dict[str, Any]) -> None:
+    def __call__(self, data: dict[str, Any], created_at: str | None = None) -> None:
         self.events.append(data)
 
 
@@ -367,7 +367,7 @@ def test_unknown_event_type_is_stored_with_its_type(ingest, store, recorder):
 def test_a_failing_reaction_still_answers_200_and_stays_deduplicated(store):
     calls = []
 
-    def explode(data: dict[str, Any]) -> None:
+    def explode(data: dict[str, Any], created_at: str | None = None) -> None:
         calls.append(data)
         raise RuntimeError("boom")
 

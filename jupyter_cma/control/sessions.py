@@ -34,6 +34,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class Live:
     task: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
     cold_start_ms: float | None = None  # claim → first tool result, once there is one
+    status_at: datetime | None = None  # when the latest webhook status applied was created upstream
     stop_reason: str = "stopped"
 
 
@@ -211,14 +213,21 @@ class SessionManager:
 
     # ------------------------------------------------------------------ events from webhooks
 
-    def note_status(self, session_id: str, event_type: str) -> None:
-        """Reflect the API's view of a session (webhook mode)."""
+    def note_status(self, session_id: str, event_type: str, created_at: str | None = None) -> None:
+        """Reflect the API's view of a session (webhook mode). Deliveries may arrive out of order: a status created
+        upstream before the one applied last is ignored (else a late "run started" would undo a later "idled")."""
         if event_type in ENDED_EVENTS:
             # Reap at once: the worker would notice on its stream, but nothing is left to serve.
             self._background.spawn(self.reap(session_id, f"the session ended upstream ({event_type})"))
             return
-        if session_id not in self.live:
+        live = self.live.get(session_id)
+        if live is None:
             return
+        at = _parse_time(created_at)
+        if at is not None:
+            if live.status_at is not None and at <= live.status_at:
+                return
+            live.status_at = at
         if event_type == "session.status_idled":
             self.store.transition(session_id, "idle", "the session went idle (webhook)")
         elif event_type == "session.status_run_started":
@@ -302,3 +311,13 @@ class SessionManager:
         # With the summary's counters, so a session's detail and its row in a list say the same.
         return {"work_id": live.work_id, **live.sandbox.status(), "tool_calls": live.sandbox.tool_results,
                 "last_activity": live.sandbox.last_tool_at}
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 time of the API (e.g. 2026-01-02T03:04:05.123456Z), or None when absent or not one."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

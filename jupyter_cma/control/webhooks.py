@@ -32,7 +32,7 @@ SIGNATURE_ENTRY = re.compile(r"v1,[A-Za-z0-9+/]+={0,2}")
 class WebhookIngest:
     """Turns one HTTP delivery into (status, JSON body), and a stored, deduplicated event."""
 
-    def __init__(self, *, store: Store, secret: Secret | None, on_event: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, *, store: Store, secret: Secret | None, on_event: Callable[[dict[str, Any], str | None], None]) -> None:
         self._store = store
         self._on_event = on_event
         self._verifier: Webhook | None = None
@@ -86,7 +86,8 @@ class WebhookIngest:
         self.accepted += 1
         if isinstance(data, dict):
             try:
-                self._on_event(data)
+                created_at = payload.get("created_at")  # the envelope's: deliveries may arrive out of order
+                self._on_event(data, created_at if isinstance(created_at, str) else None)
             except Exception:  # reacting is best effort; the delivery is recorded either way
                 log.exception("reacting to webhook %s failed", event_type)
         else:

@@ -119,7 +119,8 @@ export class SessionsView implements View {
   private lastQuery = '';
   private touched = new Set<string>();
   private loadedOnce = false;
-  private agentsAskedAt = 0;
+  /** agents whose names were asked for once already: an agent the API does not list is not asked about again */
+  private readonly agentsAskedAbout = new Set<string>();
   private renderScheduled = false;
   private stateRefetch: any = null;
   private readonly trs = new Map<string, { tr: HTMLTableRowElement; row: SessionRow; cells: Record<string, HTMLElement> }>();
@@ -329,8 +330,10 @@ export class SessionsView implements View {
       this.rows = mergeSnapshot(this.rows, page.data || [], this.touched);
       this.loadedOnce = true;
       replaceChildren(this.errorSlot);
-      // A session of an agent made since the names were read: read them again (not more often than every 5 s).
-      if (unknownAgents(this.rows.values(), this.names).length && nowSeconds() - this.agentsAskedAt > 5) {
+      // A session of an agent made since the names were read: read them again, once per such agent.
+      const unknown = unknownAgents(this.rows.values(), this.names).filter(id => !this.agentsAskedAbout.has(id));
+      if (unknown.length) {
+        unknown.forEach(id => this.agentsAskedAbout.add(id));
         void this.loadAgents();
       }
     } catch (error) {
@@ -340,8 +343,13 @@ export class SessionsView implements View {
   }
 
   private async fetchAgents(): Promise<void> {
-    this.agentsAskedAt = nowSeconds();
     try {
+      // Agents come from Anthropic's API: a server without its key or environment has none to list (asking would
+      // only fail), so the table shows agent ids until setup is done (status.changed brings a resync).
+      const status = await this.ctx.api.status();
+      if ((status.missing || []).some((name: string) => name === 'api_key' || name === 'environment_id')) {
+        return;
+      }
       const page = await this.ctx.api.agents(100);
       const names = new Map<string, string>();
       for (const agent of (page.data || []) as Agent[]) {
