@@ -58,3 +58,9 @@ def pytest_sessionfinish(session, exitstatus):
     if _ci_skips:
         print(f"\nCI: {len(_ci_skips)} test(s) skipped; in CI that is a failure: " + ", ".join(_ci_skips))
         session.exitstatus = 1
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The browser tests run last: Playwright's sync API keeps its event loop running in this thread until the
+    session ends, and pytest-jupyter's loop fixture of any test after them would find that loop and fail to close it."""
+    items.sort(key=lambda item: "browser" in item.nodeid.split("::")[0].split("/")[:-1])
