@@ -153,6 +153,43 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE agents ADD COLUMN notebook_tools TEXT;
     """,
+    # 9: built-in tools. An agent's enabled built-ins (JSON: family → its settings); mail in and out, each message
+    # with the session it belongs to (threads: a reply's In-Reply-To/References name an earlier Message-ID) and
+    # refused mail with its reason; notebook edits made by agents, each with the checkpoint taken before it.
+    """
+    ALTER TABLE agents ADD COLUMN builtins TEXT;
+    CREATE TABLE mail_messages (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           REAL NOT NULL,
+        direction    TEXT NOT NULL,          -- 'in' or 'out'
+        status       TEXT NOT NULL,          -- in: 'accepted' or 'refused', out: 'sent' or 'failed'
+        reason       TEXT,                   -- why it was refused or failed
+        session_id   TEXT,
+        agent_id     TEXT,
+        message_id   TEXT,                   -- the RFC 5322 Message-ID, with its angle brackets
+        in_reply_to  TEXT,
+        refs         TEXT,                   -- JSON list of Message-IDs (References)
+        sender       TEXT,
+        recipients   TEXT,                   -- JSON list
+        subject      TEXT,
+        body         TEXT,                   -- the text part, capped
+        size         INTEGER
+    );
+    CREATE INDEX mail_messages_session ON mail_messages (session_id, id);
+    CREATE INDEX mail_messages_message_id ON mail_messages (message_id);
+    CREATE TABLE notebook_edits (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at            REAL NOT NULL,
+        session_id    TEXT NOT NULL,
+        agent_id      TEXT,
+        path          TEXT NOT NULL,
+        checkpoint_id TEXT NOT NULL,        -- the contents manager's checkpoint taken just before the edit
+        summary       TEXT NOT NULL,        -- JSON: what the edit did (operation, cell indexes)
+        undone_at     REAL
+    );
+    CREATE INDEX notebook_edits_session ON notebook_edits (session_id, id);
+    CREATE INDEX notebook_edits_path ON notebook_edits (path, id);
+    """,
 ]
 
 
@@ -483,6 +520,86 @@ class Store:
         rows = self._db.execute("SELECT * FROM agents WHERE notebook_tools IS NOT NULL").fetchall()
         return [a for a in map(_agent_row, rows) if (a["notebook_tools"].get(name) or {}).get("kernel_id") == kernel_id]
 
+    def set_agent_builtins(self, agent_id: str, builtins: dict[str, dict[str, Any]]) -> None:
+        """Replace the built-in tools enabled for a stored agent: family name → its settings (JSON-able)."""
+        self._db.execute("UPDATE agents SET builtins = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(builtins) if builtins else None, time.time(), agent_id))
+
+    # ------------------------------------------------------------------ mail (the email built-ins)
+
+    def add_mail(self, *, direction: str, status: str, reason: str | None = None, session_id: str | None = None,
+                 agent_id: str | None = None, message_id: str | None = None, in_reply_to: str | None = None,
+                 refs: list[str] | None = None, sender: str | None = None, recipients: list[str] | None = None,
+                 subject: str | None = None, body: str | None = None, size: int | None = None) -> int:
+        """Record one message in or out (or one refused); its row id."""
+        cursor = self._db.execute(
+            "INSERT INTO mail_messages (at, direction, status, reason, session_id, agent_id, message_id, in_reply_to, refs, "
+            "sender, recipients, subject, body, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), direction, status, reason, session_id, agent_id, message_id, in_reply_to,
+             json.dumps(refs or []), sender, json.dumps(recipients or []), subject, body, size),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def set_mail_session(self, mail_id: int, session_id: str, agent_id: str | None) -> None:
+        """Attach a recorded inbound message to the session it started (known only once the session exists)."""
+        self._db.execute("UPDATE mail_messages SET session_id = ?, agent_id = COALESCE(?, agent_id) WHERE id = ?",
+                         (session_id, agent_id, mail_id))
+
+    def mail(self, mail_id: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM mail_messages WHERE id = ?", (mail_id,)).fetchone()
+        return _mail_row(row) if row else None
+
+    def session_mail(self, session_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """A session's messages in and out, newest first."""
+        rows = self._db.execute("SELECT * FROM mail_messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                                (session_id, limit)).fetchall()
+        return [_mail_row(r) for r in rows]
+
+    def mail_thread_session(self, message_ids: list[str]) -> str | None:
+        """The session of the newest recorded message whose Message-ID is one of `message_ids` (a reply's thread)."""
+        if not message_ids:
+            return None
+        marks = ",".join("?" * len(message_ids))
+        row = self._db.execute(f"SELECT session_id FROM mail_messages WHERE message_id IN ({marks}) AND session_id IS NOT NULL "
+                               "ORDER BY id DESC LIMIT 1", message_ids).fetchone()
+        return row[0] if row else None
+
+    def recent_mail(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Every message in and out (refused ones too), newest first: the operator's mail log."""
+        rows = self._db.execute("SELECT * FROM mail_messages ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [_mail_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ notebook edits (the notebook built-ins)
+
+    def add_notebook_edit(self, *, session_id: str, agent_id: str | None, path: str, checkpoint_id: str,
+                          summary: dict[str, Any]) -> int:
+        """Record an agent's edit of a notebook and the checkpoint taken before it; its row id."""
+        cursor = self._db.execute(
+            "INSERT INTO notebook_edits (at, session_id, agent_id, path, checkpoint_id, summary) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), session_id, agent_id, path, checkpoint_id, json.dumps(summary)),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def notebook_edit(self, edit_id: int) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM notebook_edits WHERE id = ?", (edit_id,)).fetchone()
+        return _edit_row(row) if row else None
+
+    def notebook_edits(self, *, session_id: str | None = None, path: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Agents' notebook edits, newest first; of one session or one notebook when given."""
+        where, args = [], []
+        if session_id is not None:
+            where.append("session_id = ?")
+            args.append(session_id)
+        if path is not None:
+            where.append("path = ?")
+            args.append(path)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._db.execute(f"SELECT * FROM notebook_edits {clause}ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_edit_row(r) for r in rows]
+
+    def mark_notebook_edit_undone(self, edit_id: int) -> None:
+        self._db.execute("UPDATE notebook_edits SET undone_at = ? WHERE id = ?", (time.time(), edit_id))
+
     # ------------------------------------------------------------------ recorded cells (notebook export)
 
     def add_cell(self, session_id: str, cell: dict[str, Any]) -> None:
@@ -593,4 +710,34 @@ def _agent_row(row: sqlite3.Row) -> dict[str, Any]:
     except ValueError:
         tools = {}
     agent["notebook_tools"] = tools if isinstance(tools, dict) else {}
+    agent["builtins"] = _json_dict(agent.get("builtins"))
     return agent
+
+
+def _json_dict(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _json_list(text: str | None) -> list[Any]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _mail_row(row: sqlite3.Row) -> dict[str, Any]:
+    mail = dict(row)
+    mail["refs"] = _json_list(mail.get("refs"))
+    mail["recipients"] = _json_list(mail.get("recipients"))
+    return mail
+
+
+def _edit_row(row: sqlite3.Row) -> dict[str, Any]:
+    edit = dict(row)
+    edit["summary"] = _json_dict(edit.get("summary"))
+    return edit
