@@ -11,14 +11,20 @@ the row, its injections apply). A call's failure the model should read is a `Too
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+    from ...egress.policy.resolution import PolicyResolver
+    from ...egress.secrets import SecretStore
+    from ...store import Store
     from .egress import ToolEgress
 
 # What a call returns: text, or content blocks ({"type": "text" | "image", ...}) as the API takes them.
@@ -44,6 +50,21 @@ class ToolSpec:
 
 
 @dataclass(frozen=True)
+class ServerParts:
+    """What families may use of the server, given to `BuiltinFamily.start` when the server starts."""
+
+    store: Store
+    client: Callable[[], AsyncAnthropic]  # the API-key client now (it changes when the server switches to an emulator)
+    environment_id: Callable[[], str]  # "" when none is configured
+    contents_manager: Any  # the Jupyter server's ContentsManager (async or sync)
+    root_dir: str  # the server's root directory
+    policies: PolicyResolver  # egress policy resolution (context_for(session_id) → resolve)
+    secrets: SecretStore  # egress secrets by name
+    data_dir: Path
+    egress: ToolEgress
+
+
+@dataclass(frozen=True)
 class CallContext:
     """Who a call is for: the session, its agent, this family's settings for the agent, and its egress path."""
 
@@ -62,9 +83,16 @@ class BuiltinFamily(LoggingConfigurable):
     title: str = ""  # a few words for the catalog and the agent form
     summary: str = ""  # one sentence: what the tools do and where they run
     requires: str = ""  # what the family needs on this server, in words (shown even when it is available)
+    # The JSON schema of the settings an agent gives this family (the catalog shows it; the agent form builds on it).
+    settings_schema: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}, "additionalProperties": False}
+    parts: ServerParts | None = None  # set by `start`
 
     timeout = Float(60.0, config=True, help="Seconds a call of this family's tools may take; past that the model gets "
                     "a tool error saying it timed out (default 60).")
+
+    async def start(self, parts: ServerParts) -> None:
+        """The server is starting: keep what the family uses of it (families that start more call this first)."""
+        self.parts = parts
 
     def unavailable(self) -> str | None:
         """None when the family can run on this server now; else why not, naming the setting or package that fixes it."""
