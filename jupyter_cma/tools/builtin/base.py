@@ -111,6 +111,12 @@ class BuiltinFamily(LoggingConfigurable):
         """The tools an agent with these (checked) settings is given."""
         raise NotImplementedError
 
+    def all_tools(self) -> list[ToolSpec]:
+        """Every tool the family can offer, whatever the settings (the catalog lists them; tool names are checked
+        unique across families with them). Default: the tools of the default settings; a family whose settings
+        add tools (say, an edit mode) overrides it."""
+        return self.tools(self.check_settings({}))
+
     async def call(self, ctx: CallContext, tool: str, input: dict[str, Any]) -> Content:
         """Run one call of `tool` for `ctx.session_id`; ToolError for a failure the model should read."""
         raise NotImplementedError
