@@ -49,6 +49,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       },
       openNotebook: async (path: string) => {
         await app.commands.execute('docmanager:open', { path });
+      },
+      reloadNotebook: async (path: string) => {
+        // A document widget of the main area showing that file (duck-typed: its context names the path).
+        for (const widget of app.shell.widgets('main')) {
+          const context = (widget as any).context;
+          if (context && context.path === path && typeof context.revert === 'function') {
+            if (context.model?.dirty) {
+              return 'unsaved';
+            }
+            await context.revert();
+            return 'reloaded';
+          }
+        }
+        return 'not open';
       }
     });
 

@@ -79,3 +79,15 @@ test('a session is active until it is stopped or failed', () => {
   assert.equal(isActiveSession({ status: 'stopped' }), false);
   assert.equal(isActiveSession({ status: 'failed' }), false);
 });
+
+test('notebook edits: GET with its filters, undo as a POST; agents take builtins', async () => {
+  const { api, calls } = recorder();
+  await api.notebookEdits({ session_id: 'sesn_1' });
+  await api.notebookEdits();
+  await api.undoNotebookEdit(7);
+  await api.createAgent({ name: 'a', builtins: { web_fetch: {}, notebook: { mode: 'edit', paths: ['**'] } } });
+  assert.deepEqual(calls[0], { path: 'notebook-edits', query: { session_id: 'sesn_1', path: undefined, limit: undefined } });
+  assert.equal(calls[1].query.session_id, undefined);
+  assert.deepEqual([calls[2].method, calls[2].path, calls[2].body], ['POST', 'notebook-edits/7/undo', {}]);
+  assert.deepEqual(calls[3].body.builtins, { web_fetch: {}, notebook: { mode: 'edit', paths: ['**'] } });
+});

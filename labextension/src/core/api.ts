@@ -62,8 +62,13 @@ export interface Agent {
   description?: string | null;
   tools?: any[];
   version?: number;
+  /** the built-in tool families it has, each with its settings (`{"web_fetch": {}, "notebook": {"mode": "edit", …}}`) */
+  builtins?: BuiltinSettings;
   [key: string]: any;
 }
+
+/** An agent's built-in tool families: family key → that family's settings (`{}` when it takes none). */
+export type BuiltinSettings = Record<string, Record<string, any>>;
 
 /** `POST agents`. */
 export interface AgentCreate {
@@ -75,6 +80,9 @@ export interface AgentCreate {
   description?: string;
   metadata?: Record<string, string>;
   tools?: Array<{ type: 'custom'; name: string; description: string; input_schema: Record<string, any> }>;
+  notebook_tools?: NotebookToolRef[];
+  /** built-in tool families to enable; the server refuses (400) an unknown or unavailable family, or bad settings */
+  builtins?: BuiltinSettings;
 }
 
 /** A notebook tool a kernel registered, by kernel and name. */
@@ -88,12 +96,76 @@ export interface AgentPatch {
   tier?: string | null;
   size?: string | null;
   notebook_tools?: NotebookToolRef[];
+  /** the whole set of built-ins the agent has from now on (`{}`: none) */
+  builtins?: BuiltinSettings;
 }
 
-/** `GET tools`: the notebook tools kernels registered, and the server's tool definitions. */
+/** A standard tool of a tier, and where it runs (`sandbox`: in the session's sandbox; `anthropic`: upstream). */
+export interface StandardTool {
+  name: string;
+  runs?: string;
+  available?: boolean;
+  reason?: string | null;
+  [key: string]: any;
+}
+
+/** A tool of a built-in family (it runs in the Jupyter server: `runs` is `server`). */
+export interface BuiltinTool {
+  name: string;
+  description?: string;
+  input_schema?: Record<string, any>;
+  runs?: string;
+  [key: string]: any;
+}
+
+/** A family of built-in tools in `GET tools`: enabled per agent, run by the Jupyter server. */
+export interface BuiltinFamilyInfo {
+  family: string;
+  title?: string;
+  summary?: string;
+  /** what it needs on this server, in words */
+  requires?: string;
+  available: boolean;
+  /** why it cannot run now, with the fix (null when available) */
+  reason?: string | null;
+  /** seconds a call may take */
+  timeout?: number | null;
+  /** the JSON schema of the settings an agent gives it */
+  settings_schema?: Record<string, any>;
+  tools: BuiltinTool[];
+  [key: string]: any;
+}
+
+/** `GET tools`: what agents can be given — each tier's standard tools, the built-in families, the notebook tools kernels
+ * registered, and the server's own tool definitions. */
 export interface ToolCatalog {
+  standard?: Array<{ tier: string; tools: StandardTool[]; [key: string]: any }>;
+  builtin?: BuiltinFamilyInfo[];
   notebook: Array<{ kernel_id: string; name: string; description?: string; [key: string]: any }>;
   server: any;
+}
+
+/** An agent's edit of a notebook (the `notebook` built-in), with the checkpoint taken before it. Times are unix seconds. */
+export interface NotebookEdit {
+  id: number;
+  at: number;
+  session_id: string;
+  agent_id: string | null;
+  /** the notebook's path under the server's root */
+  path: string;
+  checkpoint_id: string;
+  /** what the edit did (operations, cell indexes) */
+  summary: any;
+  /** when it was undone (null: it stands) */
+  undone_at: number | null;
+  [key: string]: any;
+}
+
+/** `GET notebook-edits` filters. */
+export interface NotebookEditsQuery {
+  session_id?: string;
+  path?: string;
+  limit?: number;
 }
 
 /** A live sandbox's summary in a `GET sessions` row. */
@@ -282,6 +354,16 @@ export class CmaApi {
   }
   tools(): Promise<ToolCatalog> {
     return this.transport.request('tools');
+  }
+
+  // agents' notebook edits
+  /** Agents' notebook edits, newest first; of one session or one notebook when given. */
+  notebookEdits(query: NotebookEditsQuery = {}): Promise<Page<NotebookEdit>> {
+    return this.transport.request('notebook-edits', { query: { session_id: query.session_id, path: query.path, limit: query.limit } });
+  }
+  /** Restores the notebook to the checkpoint taken before the edit (later edits of it are undone too); 409 when already undone. */
+  undoNotebookEdit(id: number): Promise<{ [key: string]: any }> {
+    return this.transport.request(`notebook-edits/${seg(String(id))}/undo`, { method: 'POST', body: {} });
   }
 
   // sessions

@@ -1,6 +1,6 @@
 /**
  * The left sidebar panel "Claude agents": the setup view on top while the server is not ready, and a tab bar
- * Agents | Sessions | Egress | Webhooks. Each tab's view is created the first time the tab is shown (so a
+ * Agents | Sessions | Tools | Egress | Webhooks. Each tab's view is created the first time the tab is shown (so a
  * closed tab costs no requests), and lives as long as the panel.
  */
 import { Widget } from '@lumino/widgets';
@@ -11,11 +11,12 @@ import { AgentsView } from '../views/agents.js';
 import { EgressView } from '../views/egress.js';
 import { SessionsView } from '../views/sessions.js';
 import { SetupView } from '../views/setup.js';
+import { ToolsView } from '../views/tools.js';
 import { WebhooksView } from '../views/webhooks.js';
 
 export const PANEL_ID = 'jupyter-cma-panel';
 
-export type TabName = 'agents' | 'sessions' | 'egress' | 'webhooks';
+export type TabName = 'agents' | 'sessions' | 'tools' | 'egress' | 'webhooks';
 
 interface Tab {
   name: TabName;
@@ -26,6 +27,7 @@ interface Tab {
 export const TABS: Tab[] = [
   { name: 'agents', label: 'Agents', create: ctx => new AgentsView(ctx) },
   { name: 'sessions', label: 'Sessions', create: ctx => new SessionsView(ctx) },
+  { name: 'tools', label: 'Tools', create: ctx => new ToolsView(ctx) },
   { name: 'egress', label: 'Egress', create: ctx => new EgressView(ctx) },
   { name: 'webhooks', label: 'Webhooks', create: ctx => new WebhooksView(ctx) }
 ];

@@ -118,6 +118,8 @@ export interface AgentRow {
   system: string | null;
   tools: string[];
   notebookTools: NotebookToolBinding[];
+  /** its built-in tool families and their settings (`{"web_fetch": {}, "notebook": {"mode": "edit", …}}`) */
+  builtins: Record<string, Record<string, any>>;
 }
 
 /** An agent of GET agents as a row: model as its id, the tool names counted as the agent has them. */
@@ -134,7 +136,8 @@ export function agentRow(agent: any): AgentRow {
     model: String(model),
     system: typeof agent?.system === 'string' ? agent.system : null,
     tools: agentToolNames(agent?.tools),
-    notebookTools
+    notebookTools,
+    builtins: agent?.builtins && typeof agent.builtins === 'object' && !Array.isArray(agent.builtins) ? { ...agent.builtins } : {}
   };
 }
 
@@ -286,8 +289,12 @@ function refs(keys: Iterable<string>): { kernel_id: string; name: string }[] {
   });
 }
 
-/** The body of POST agents (web/schemas.py AgentCreate): only what the user filled in. */
-export function createAgentBody(values: AgentFormValues, keys: Iterable<string>): Record<string, unknown> {
+/** The body of POST agents (web/schemas.py AgentCreate): only what the user filled in; `builtins` when any is ticked. */
+export function createAgentBody(
+  values: AgentFormValues,
+  keys: Iterable<string>,
+  builtins: Record<string, Record<string, any>> | null = null
+): Record<string, unknown> {
   const body: Record<string, unknown> = { name: values.name.trim() };
   if (values.tier) {
     body.tier = values.tier;
@@ -305,11 +312,22 @@ export function createAgentBody(values: AgentFormValues, keys: Iterable<string>)
   if (tools.length) {
     body.notebook_tools = tools;
   }
+  if (builtins && Object.keys(builtins).length) {
+    body.builtins = builtins;
+  }
   return body;
 }
 
-/** The body of PATCH agents/{id} (AgentPatch): the fields that changed, or null when nothing did. */
-export function patchAgentBody(agent: AgentRow, values: AgentFormValues, keys: Iterable<string>): Record<string, unknown> | null {
+/**
+ * The body of PATCH agents/{id} (AgentPatch): the fields that changed, or null when nothing did. `builtins` (the whole
+ * set the agent has from now on) is sent when it differs from the agent's; null leaves them as they are.
+ */
+export function patchAgentBody(
+  agent: AgentRow,
+  values: AgentFormValues,
+  keys: Iterable<string>,
+  builtins: Record<string, Record<string, any>> | null = null
+): Record<string, unknown> | null {
   const body: Record<string, unknown> = {};
   if (values.tier && values.tier !== (agent.tier ?? '')) {
     body.tier = values.tier;
@@ -322,17 +340,45 @@ export function patchAgentBody(agent: AgentRow, values: AgentFormValues, keys: I
   if (JSON.stringify(now) !== JSON.stringify(before)) {
     body.notebook_tools = now;
   }
+  if (builtins && !sameBuiltins(agent.builtins, builtins)) {
+    body.builtins = builtins;
+  }
   return Object.keys(body).length ? body : null;
 }
 
-const FIELDS = ['name', 'tier', 'size', 'model', 'system', 'description', 'metadata', 'tools', 'notebook_tools', 'message'];
+/** Built-ins compared as the server stores them (key order aside). */
+export function sameBuiltins(a: Record<string, any> | null | undefined, b: Record<string, any> | null | undefined): boolean {
+  return canonical(a ?? {}) === canonical(b ?? {});
+}
 
-/** The form field a server message is about ('' when it is about the whole request), to show it next to it. */
-export function errorField(message: string): string {
+function canonical(value: unknown): string {
+  if (Array.isArray(value)) {
+    return `[${value.map(canonical).join(',')}]`;
+  }
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value as object)
+      .sort()
+      .map(k => `${JSON.stringify(k)}:${canonical((value as any)[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+const FIELDS = ['name', 'tier', 'size', 'model', 'system', 'description', 'metadata', 'tools', 'notebook_tools', 'builtins', 'message'];
+
+/**
+ * The form field a server message is about ('' when it is about the whole request), to show it next to it.
+ * `families` are the built-in families' keys: a message that starts with one (or speaks of a built-in) is the
+ * built-ins' field.
+ */
+export function errorField(message: string, families: readonly string[] = []): string {
   const text = message.trim();
   const lead = /^([a-z_]+)\b/.exec(text)?.[1];
   if (lead && FIELDS.includes(lead)) {
     return lead === 'tools' ? 'notebook_tools' : lead;
+  }
+  if ((lead && families.includes(lead)) || /\bbuilt-?ins?\b/i.test(text)) {
+    return 'builtins';
   }
   if (/^the \S+ tier has no instance sizes/.test(text)) {
     return 'size';
@@ -344,10 +390,10 @@ export function errorField(message: string): string {
 }
 
 /** A server message (one or several problems joined by "; ") → problems by field. */
-export function errorsByField(message: string): Record<string, string> {
+export function errorsByField(message: string, families: readonly string[] = []): Record<string, string> {
   const out: Record<string, string> = {};
   for (const part of message.split(/;\s+(?=[a-z_]+\b)/)) {
-    const field = errorField(part);
+    const field = errorField(part, families);
     out[field] = out[field] ? `${out[field]}; ${part}` : part;
   }
   return out;

@@ -2,8 +2,9 @@
  * The Agents view: the agents of this server (GET agents), a form to create one (POST agents) or edit one (PATCH
  * agents/{id}: tier, size, notebook tools) with the tiers of GET status (those that cannot serve now are shown
  * with the reason, and cannot be chosen) and a tool picker built from GET tools (the notebook tools each kernel
- * registered, grouped by notebook), and "start a session" (POST sessions) for an agent. Server errors are shown
- * next to the field they are about. The catalog is refetched on the live channel's `tools.changed`, the tiers on
+ * registered, grouped by notebook) and the built-in tool families (a family this server cannot run is shown with
+ * the reason and cannot be ticked; the notebook family's mode and paths), and "start a session" (POST sessions) for
+ * an agent. Server errors are shown next to the field they are about. The catalog is refetched on the live channel's `tools.changed`, the tiers on
  * `status.changed`, everything on a resync. The logic is in agents-model.ts.
  */
 import type { AgentCreate } from '../core/api.js';
@@ -28,9 +29,10 @@ import {
   tierOptions,
   ToolCatalog
 } from './agents-model.js';
+import { BuiltinChoices, builtinFamilies, builtinLabels, builtinsBody, choiceValues, Family, initialChoices, SettingField } from './tools-model.js';
 
 /** The fields of the form that can carry an error of their own ('' is the form's). */
-const FORM_FIELDS = ['name', 'tier', 'size', 'model', 'system', 'notebook_tools', ''];
+const FORM_FIELDS = ['name', 'tier', 'size', 'model', 'system', 'notebook_tools', 'builtins', ''];
 
 let formCount = 0;
 
@@ -48,6 +50,9 @@ export class AgentsView implements View {
   private catalog: ToolCatalog = { groups: [], server: [] };
   /** the notebook tools ticked in the form, by key (kernel_id/name) */
   private selection = new Set<string>();
+  /** the built-in families of the catalog, and what the form holds for each */
+  private families: Family[] = [];
+  private builtinChoices: BuiltinChoices = {};
   /** the agent being edited; null while creating one */
   private editing: AgentRow | null = null;
   private disposed = false;
@@ -67,6 +72,8 @@ export class AgentsView implements View {
   private readonly picker: HTMLFieldSetElement;
   private readonly pickerBody: HTMLElement;
   private readonly pickerProblems: HTMLElement;
+  private readonly builtinsBody: HTMLElement;
+  private readonly builtinsProblems: HTMLElement;
   private readonly submitButton: HTMLButtonElement;
   private readonly errors = new Map<string, HTMLElement>();
   private readonly startArea: HTMLElement;
@@ -115,6 +122,17 @@ export class AgentsView implements View {
       this.pickerProblems,
       errorFor('notebook_tools')
     );
+    this.builtinsBody = h('div', { class: 'jp-cma-builtins-body' });
+    this.builtinsProblems = h('div', { class: 'jp-cma-builtins-problems', 'aria-live': 'polite' });
+    const builtins = h(
+      'fieldset',
+      { class: 'jp-cma-builtins jp-cma-field', dataset: { field: 'builtins' }, 'aria-describedby': `${id}-err-builtins` },
+      h('legend', null, 'Built-in tools'),
+      h('p', { class: 'jp-cma-muted jp-cma-builtins-intro' }, "They run in the Jupyter server; what they send out goes through the session's egress policy."),
+      this.builtinsBody,
+      this.builtinsProblems,
+      errorFor('builtins')
+    );
     this.formTitle = h('h3', { class: 'jp-cma-agent-form-title' }, 'New agent');
     this.submitButton = h('button', { type: 'submit', class: 'jp-cma-button jp-cma-primary jp-cma-agent-submit' }, 'Create agent');
     this.form = h(
@@ -127,6 +145,7 @@ export class AgentsView implements View {
       field('model', 'Model', this.modelInput),
       field('system', 'System prompt', this.systemInput),
       this.picker,
+      builtins,
       errorFor(''),
       h('div', { class: 'jp-cma-toolbar' }, this.submitButton, button('Cancel', () => this.closeForm(), { class: 'jp-cma-agent-cancel' }))
     );
@@ -202,7 +221,12 @@ export class AgentsView implements View {
       return;
     }
     this.catalog = groupToolCatalog(catalog);
+    this.families = builtinFamilies(catalog);
+    // A family new in the catalog starts unticked; what the form holds for the others stays.
+    const fresh = initialChoices(this.families, this.editing && !this.form.hidden ? this.editing.builtins : null);
+    this.builtinChoices = { ...fresh, ...this.builtinChoices };
     this.drawPicker();
+    this.drawBuiltins();
   }
 
   private async fetchStatus(): Promise<void> {
@@ -248,7 +272,8 @@ export class AgentsView implements View {
             },
             h('span', { class: 'jp-cma-agent-tool-count' }, plural(agent.tools.length, 'tool')),
             nb.length ? h('div', { class: 'jp-cma-muted' }, `${nb.length} from notebooks`) : null
-          )
+          ),
+          this.builtinsCell(agent)
         )
       );
     });
@@ -271,11 +296,13 @@ export class AgentsView implements View {
       el.disabled = false;
     }
     this.selection = new Set();
+    this.builtinChoices = initialChoices(this.families, null);
     this.clearErrors();
     this.tierSelect.value = '';
     this.sizeSelect.value = '';
     this.drawTiers();
     this.drawPicker();
+    this.drawBuiltins();
     this.form.hidden = false;
     this.nameInput.focus();
   }
@@ -294,11 +321,13 @@ export class AgentsView implements View {
       el.disabled = true;
     }
     this.selection = selectedKeys(agent);
+    this.builtinChoices = initialChoices(this.families, agent.builtins);
     this.clearErrors();
     this.tierSelect.value = '';
     this.sizeSelect.value = '';
     this.drawTiers();
     this.drawPicker();
+    this.drawBuiltins();
     this.form.hidden = false;
     this.tierSelect.focus();
   }
@@ -462,6 +491,10 @@ export class AgentsView implements View {
     if (problems.length) {
       errors.notebook_tools = 'fix the tool selection first (see above)';
     }
+    const built = this.builtinsForSubmit();
+    if (built.problems.length) {
+      errors.builtins = built.problems.join('; ');
+    }
     if (Object.keys(errors).length) {
       this.showErrors(errors);
       return;
@@ -470,7 +503,7 @@ export class AgentsView implements View {
     this.submitButton.disabled = true;
     try {
       if (editing) {
-        const body = patchAgentBody(editing, values, this.selection);
+        const body = patchAgentBody(editing, values, this.selection, built.builtins);
         if (!body) {
           this.closeForm();
           this.say(`Nothing to change on ${editing.name}.`, 'info');
@@ -486,7 +519,7 @@ export class AgentsView implements View {
         this.say(`Saved ${agent.name}.`, 'info');
       } else {
         // POST agents takes `notebook_tools` (web/schemas.py AgentCreate) beside the fields AgentCreate names.
-        const created = await this.ctx.api.createAgent(createAgentBody(values, this.selection) as unknown as AgentCreate);
+        const created = await this.ctx.api.createAgent(createAgentBody(values, this.selection, built.builtins) as unknown as AgentCreate);
         if (this.disposed) {
           return;
         }
@@ -500,13 +533,122 @@ export class AgentsView implements View {
       }
     } catch (error) {
       if (error instanceof ApiError && error.status >= 400 && error.status < 500) {
-        this.showErrors(errorsByField(error.message));
+        this.showErrors(errorsByField(error.message, this.families.map(f => f.key)));
       } else {
         this.showErrors({ '': `The server did not take it: ${errorMessage(error)}` });
       }
     } finally {
       this.submitButton.disabled = false;
     }
+  }
+
+  // ------------------------------------------------------------------ built-in tools
+
+  /** The agents table's line of an agent's built-ins (none: nothing). */
+  private builtinsCell(agent: AgentRow): HTMLElement | null {
+    const labels = builtinLabels(agent.builtins);
+    if (!labels.length) {
+      return null;
+    }
+    return h(
+      'div',
+      { class: 'jp-cma-agent-builtins', dataset: { builtins: Object.keys(agent.builtins).sort().join(' ') }, title: 'Built-in tools (run in the Jupyter server)' },
+      'built-in: ',
+      labels.map((label, i) => [i ? ', ' : '', h('span', { class: 'jp-cma-mono jp-cma-agent-builtin' }, label)])
+    );
+  }
+
+  /** The `builtins` to send (null: the catalog lists no family, so the agent's stay as they are) and their problems. */
+  private builtinsForSubmit(): { builtins: Record<string, Record<string, any>> | null; problems: string[] } {
+    if (!this.families.length) {
+      return { builtins: null, problems: [] };
+    }
+    const { builtins, problems } = builtinsBody(this.builtinChoices, this.families, Object.keys(this.editing?.builtins ?? {}));
+    return { builtins, problems };
+  }
+
+  private drawBuiltins(): void {
+    const had = new Set(Object.keys(this.editing?.builtins ?? {}));
+    const rows = this.families.map(family => {
+      const choice = (this.builtinChoices[family.key] ??= { enabled: false, values: choiceValues(family, null) });
+      // A family this server cannot run is not offered, except to leave it off an agent that has it.
+      const offered = family.available || had.has(family.key);
+      const boxId = `${this.form.getAttribute('aria-labelledby')}-builtin-${family.key}`;
+      const box = h('input', {
+        type: 'checkbox',
+        id: boxId,
+        class: 'jp-cma-builtin-checkbox',
+        checked: choice.enabled,
+        disabled: !offered,
+        dataset: { family: family.key },
+        title: family.available ? '' : family.reason ?? '',
+        onchange: () => {
+          choice.enabled = box.checked;
+          this.drawBuiltins();
+        }
+      });
+      return h(
+        'div',
+        { class: ['jp-cma-builtin', !family.available && 'jp-cma-builtin-unavailable'], dataset: { family: family.key, available: String(family.available) } },
+        h(
+          'label',
+          { class: 'jp-cma-tool', for: boxId, title: family.available ? family.summary : family.reason ?? '' },
+          box,
+          h('span', null, h('span', { class: 'jp-cma-builtin-title' }, family.title), ' ', h('span', { class: 'jp-cma-mono jp-cma-muted' }, family.key)),
+          h('span', { class: 'jp-cma-tool-desc jp-cma-muted' }, family.tools.map(t => t.name).join(', '))
+        ),
+        family.available ? null : h('div', { class: 'jp-cma-builtin-reason', role: 'note' }, `Unavailable: ${family.reason}`),
+        choice.enabled && family.settings.length
+          ? h(
+              'div',
+              { class: 'jp-cma-builtin-settings' },
+              family.settings.map(field => this.settingControl(family, field, choice.values))
+            )
+          : null
+      );
+    });
+    replaceChildren(
+      this.builtinsBody,
+      rows.length ? rows : h('p', { class: 'jp-cma-muted jp-cma-builtins-none' }, 'This server offers no built-in tools.')
+    );
+    const { problems } = this.builtinsForSubmit();
+    replaceChildren(this.builtinsProblems, problems.map(p => message(p, 'warn')));
+  }
+
+  private settingControl(family: Family, field: SettingField, values: Record<string, string | boolean>): HTMLElement {
+    const id = `${this.form.getAttribute('aria-labelledby')}-builtin-${family.key}-${field.name}`;
+    const common = { id, class: 'jp-cma-builtin-setting', dataset: { family: family.key, setting: field.name } };
+    let control: HTMLInputElement | HTMLSelectElement;
+    if (field.kind === 'enum') {
+      control = h(
+        'select',
+        { ...common, onchange: () => (values[field.name] = control.value) },
+        field.options.map(o => h('option', { value: o }, o))
+      );
+      control.value = String(values[field.name] ?? '');
+    } else if (field.kind === 'boolean') {
+      control = h('input', { ...common, type: 'checkbox', checked: values[field.name] === true, onchange: () => (values[field.name] = (control as HTMLInputElement).checked) });
+    } else {
+      control = h('input', {
+        ...common,
+        type: 'text',
+        autocomplete: 'off',
+        value: String(values[field.name] ?? ''),
+        placeholder: field.kind === 'list' ? 'comma-separated' : '',
+        // The problems line follows the text without redrawing (a redraw would take the focus away).
+        oninput: () => {
+          values[field.name] = control.value;
+          replaceChildren(this.builtinsProblems, this.builtinsForSubmit().problems.map(p => message(p, 'warn')));
+        }
+      });
+    }
+    const label = field.name === 'paths' ? 'paths (globs of notebooks)' : field.name;
+    return h(
+      'div',
+      { class: ['jp-cma-field', 'jp-cma-field-inline', 'jp-cma-builtin-setting-row'] },
+      h('label', { for: id, title: field.description }, label),
+      control
+    );
   }
 
   // ------------------------------------------------------------------ start a session

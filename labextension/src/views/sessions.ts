@@ -1,6 +1,6 @@
 /**
  * The sessions views: `SessionsView` (a live table of the sessions this server serves, with filters) and
- * `SessionDetailView` (one session: its conversation as it streams, its egress rows, and actions).
+ * `SessionDetailView` (one session: its conversation as it streams, its egress rows, its notebook edits, and actions).
  *
  * Data: `GET sessions` (a snapshot, refetched on every resync the live channel asks for, coalesced) kept current by
  * `session.state` / `session.tool` messages; a detail reads `GET sessions/{id}/events` once, then only what is new
@@ -36,6 +36,8 @@ import {
 } from './sessions-model.js';
 import { describeTurn, eventsCursor, mergeEvents, SessionEvent, transcriptItems, turnState } from './transcript-model.js';
 import { TranscriptView } from './transcript.js';
+import { NotebookEditsView } from './tools-edits.js';
+import { notebookEditProgress } from './tools-model.js';
 
 /** Events read per request. */
 const EVENTS_PAGE = 1000;
@@ -702,7 +704,7 @@ function inLab(): boolean {
   return /\/lab(\/|$)/.test(path) || !/\/(notebooks|tree|edit|terminals|consoles)(\/|$)/.test(path);
 }
 
-/** One session: facts, actions, the conversation as it streams, a message box, its egress rows. */
+/** One session: facts, actions, its notebook edits (with Undo), the conversation as it streams, a message box, its egress rows. */
 export class SessionDetailView implements View {
   readonly node: HTMLElement;
   readonly sessionId: string;
@@ -713,6 +715,9 @@ export class SessionDetailView implements View {
   private egress: EgressLogView | null = null;
   private agentAsked = false;
   private readonly transcript = new TranscriptView();
+  /** its notebook edits (shown once it has one), read again as its notebook_edit calls progress */
+  private readonly edits: NotebookEditsView;
+  private editProgress = 0;
   private readonly subscriptions: Array<{ dispose(): void }> = [];
 
   private readonly title: HTMLElement;
@@ -781,6 +786,7 @@ export class SessionDetailView implements View {
       },
       h('summary', null, 'Egress: requests this session sent out')
     );
+    this.edits = new NotebookEditsView(ctx, { sessionId: this.sessionId, title: 'Notebook edits', hideWhenEmpty: true });
     this.node = h(
       'section',
       {
@@ -792,6 +798,7 @@ export class SessionDetailView implements View {
       this.facts,
       h('div', { class: 'jp-cma-toolbar jp-cma-session-actions' }, this.stopButton, this.terminalButton, this.exportButton),
       this.notice,
+      this.edits.node,
       this.turn,
       this.transcript.node,
       h('div', { class: 'jp-cma-session-send' }, this.textarea, this.sendButton),
@@ -826,6 +833,7 @@ export class SessionDetailView implements View {
           resync: () => {
             void this.refreshEvents();
             void this.refreshRow();
+            void this.edits.refresh();
           }
         }
       )
@@ -859,6 +867,7 @@ export class SessionDetailView implements View {
     this.subscriptions.forEach(s => s.dispose());
     this.egress?.dispose();
     this.egress = null;
+    this.edits.dispose();
     this.transcript.dispose();
     this.node.remove();
   }
@@ -1042,6 +1051,11 @@ export class SessionDetailView implements View {
   }
 
   private drawTranscript(): void {
+    const progress = notebookEditProgress(this.events);
+    if (progress > this.editProgress) {
+      this.editProgress = progress;
+      void this.edits.refresh();
+    }
     this.transcript.update(transcriptItems(this.events));
     this.turn.textContent = describeTurn(turnState(this.events));
   }
