@@ -13,6 +13,7 @@ themselves live in a module per resource:
 - `web/workspaces.py`: `sessions/{id}/workspace` and its `push`/`pull`;
 - `web/egress.py`: `egress/log`, `egress/policies…`, `egress/decide`, `egress/secrets…`;
 - `web/webhooks.py`: `webhooks` (the deliveries received) and the unauthenticated `{base_url}cma/webhooks`;
+- `web/notebook_edits.py`: `notebook-edits` (agents' edits of the user's notebooks) and `notebook-edits/{id}/undo`;
 - `web/live.py`: `live`, the live channel's websocket.
 
 `web/base.py` holds what they share (`CMAHandler`: authentication, input checking, errors, calls upstream).
@@ -35,6 +36,7 @@ from .egress import (
     EgressSecretsHandler,
 )
 from .live import LiveSocket
+from .notebook_edits import NotebookEditsHandler, NotebookEditUndoHandler
 from .schemas import ID_PATTERN
 from .sessions import (
     SessionEventsHandler,
@@ -121,6 +123,8 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
         (rf"{api}/kernels/{kid}/tools", KernelToolsHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/kernels/{kid}/tools/(?P<tool_name>[A-Za-z0-9_-]{{1,64}})", KernelToolHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, {"store": ctx.store}),
+        (rf"{api}/notebook-edits", NotebookEditsHandler, {"store": ctx.store}),
+        (rf"{api}/notebook-edits/(?P<edit_id>[0-9]{{1,18}})/undo", NotebookEditUndoHandler, {"store": ctx.store}),
         (rf"{api}/egress/log", EgressLogHandler, {"egress_log": ctx.egress_log}),
         (rf"{api}/egress/policies", EgressPoliciesHandler, policies),
         (rf"{api}/egress/policies/validate", EgressPolicyValidateHandler, policies),

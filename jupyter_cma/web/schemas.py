@@ -35,7 +35,7 @@ from ..live import KINDS as LIVE_KINDS
 
 __all__ = [
     "DEFAULT_MODEL", "ID_PATTERN", "SESSION_STATES", "AgentCreate", "AgentPatch", "AgentsQuery", "Body", "DecideBody", "DeliveriesQuery",
-    "EgressLogQuery", "EmptyBody", "EventsQuery", "LiveSubscribe", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain", "one_of",
+    "EgressLogQuery", "EmptyBody", "EventsQuery", "LiveSubscribe", "NotebookEditsQuery", "Query", "SecretPut", "SessionCreate", "SessionsQuery", "explain", "one_of",
 ]
 
 ID_PATTERN = r"[A-Za-z0-9_-]{1,128}"  # also the route table's pattern for ids in paths
@@ -278,6 +278,15 @@ class EgressLogQuery(Query):
     limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
     before: int | None = Field(None, ge=1, le=INT64_MAX, description="the previous page's next_before, a positive integer")
     after: int | None = Field(None, ge=0, le=INT64_MAX, description="a row's id: only rows with a larger id, oldest first")
+
+
+class NotebookEditsQuery(Query):
+    """`GET cma/api/notebook-edits`."""
+
+    session_id: Id | None = None
+    path: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = Field(
+        None, description="a notebook's path relative to the server's root")
+    limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
 
 
 # ---------------------------------------------------------------------- live channel

@@ -1,0 +1,316 @@
+"""The `notebook` built-in family against a real Jupyter server: its contents manager, its root, its REST API.
+
+The family is given the server's own parts (its contents manager and root, the extension's store), so an edit
+goes through the same contents manager JupyterLab uses and its row lands where `GET cma/api/notebook-edits`
+reads it; undo goes through the REST route. Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_server.services.contents.filemanager import FileContentsManager
+from tornado.httpclient import HTTPClientError
+
+from jupyter_cma.store import Store
+from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
+from jupyter_cma.tools.builtin.notebooks import NotebookFileTools, path_matches, undo_edit
+from tests.test_dispatch import cma_emulator, cma_mode, harness, jp_server_config  # noqa: F401
+
+SESSION = "sesn_notebooks"
+AGENT = "agent_notebooks"
+
+
+def write_notebook(path: Path, *cells: Any, minor: int = 5) -> dict[str, Any]:
+    """A notebook file of these cells (nbformat 4.`minor`); its JSON as written."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = list(cells)
+    nb.nbformat_minor = minor
+    if minor < 5:
+        for cell in nb.cells:
+            cell.pop("id", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(nbformat.writes(nb, version=4), encoding="utf-8")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sample(path: Path, minor: int = 5) -> dict[str, Any]:
+    code = nbformat.v4.new_code_cell("print('hello')", execution_count=1,
+                                     outputs=[nbformat.v4.new_output("stream", name="stdout", text="hello\n")])
+    return write_notebook(path, nbformat.v4.new_markdown_cell("# Sales"), code, minor=minor)
+
+
+async def edits(h: Any, **params: str) -> list[dict[str, Any]]:
+    """`GET cma/api/notebook-edits` with these query parameters."""
+    response = await h.fetch("cma", "api", "notebook-edits", params=params)
+    return json.loads(response.body)["data"]
+
+
+async def undo(h: Any, edit_id: int, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`POST cma/api/notebook-edits/{id}/undo`."""
+    response = await h.fetch("cma", "api", "notebook-edits", str(edit_id), "undo", method="POST",
+                             body=json.dumps(body) if body is not None else "")
+    return json.loads(response.body)
+
+
+def on_disk(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+async def family_for(store: Store, contents_manager: Any, root: Path, data_dir: Path) -> NotebookFileTools:
+    """The family started with the server's parts it uses (the store, the contents manager and the root)."""
+    family = NotebookFileTools()
+    await family.start(ServerParts(store=store, client=lambda: None, environment_id=lambda: "",  # type: ignore[arg-type]
+                                   contents_manager=contents_manager, root_dir=str(root), policies=None,  # type: ignore[arg-type]
+                                   secrets=None, data_dir=data_dir, egress=None))  # type: ignore[arg-type]
+    return family
+
+
+def context(family: NotebookFileTools, **settings: Any) -> CallContext:
+    return CallContext(session_id=SESSION, agent_id=AGENT, settings=family.check_settings(settings), egress=None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def served(harness, jp_root_dir, tmp_path):
+    """Starts the server, then gives it with the notebook family wired to its contents manager, root and store."""
+
+    async def start() -> tuple[Any, NotebookFileTools]:
+        await harness.start()
+        return harness, await family_for(harness.ext.store, harness.serverapp.contents_manager, jp_root_dir, tmp_path / "cma")
+
+    return start
+
+
+async def test_an_edit_is_in_the_file_and_undone_by_its_checkpoint_through_rest(served, jp_root_dir):
+    h, family = await served()
+    target = jp_root_dir / "reports" / "sales.ipynb"
+    original = sample(target)
+    ctx = context(family, mode="edit")
+
+    said = await family.call(ctx, "notebook_edit", {"path": "reports/sales.ipynb", "operations": [
+        {"op": "insert", "index": 2, "cell_type": "markdown", "source": "## Findings\nSales rose."},
+        {"op": "replace", "index": 1, "source": "print('hello, world')"},
+    ]})
+    assert "inserted cell 2 (markdown); replaced cell 1 (code)" in str(said)
+
+    edited = on_disk(target)
+    assert [c["cell_type"] for c in edited["cells"]] == ["markdown", "code", "markdown"]
+    assert "".join(edited["cells"][2]["source"]) == "## Findings\nSales rose."
+    assert edited["cells"][2]["id"] and len({c["id"] for c in edited["cells"]}) == 3
+    assert edited["cells"][1]["id"] == original["cells"][1]["id"], "a replaced cell keeps its id"
+    assert edited["cells"][1]["outputs"] == [], "the old source's outputs go with it"
+    # The contents manager took its checkpoint before the save: it holds the notebook as it was.
+    checkpoint = jp_root_dir / "reports" / ".ipynb_checkpoints" / "sales-checkpoint.ipynb"
+    assert on_disk(checkpoint)["cells"] == original["cells"]
+
+    listed = (await edits(h, path="reports/sales.ipynb"))
+    assert len(listed) == 1
+    edit = listed[0]
+    assert edit["session_id"] == SESSION and edit["agent_id"] == AGENT and edit["path"] == "reports/sales.ipynb"
+    assert edit["checkpoint_id"] == "checkpoint" and edit["undone_at"] is None
+    assert edit["summary"]["cells_before"] == 2 and edit["summary"]["cells_after"] == 3
+    assert [op["op"] for op in edit["summary"]["operations"]] == ["insert", "replace"]
+    assert await edits(h, session_id=SESSION) == listed
+    assert await edits(h, session_id="sesn_other") == []
+
+    undone = await undo(h, edit["id"])
+    assert undone["restored_from"] == "checkpoint" and undone["undone"] == [edit["id"]]
+    assert undone["edit"]["undone_at"] is not None
+    assert on_disk(target)["cells"] == original["cells"]
+
+    with pytest.raises(HTTPClientError) as again:
+        await undo(h, edit["id"])
+    assert again.value.code == 409 and "already undone" in again.value.response.body.decode()
+    with pytest.raises(HTTPClientError) as unknown:
+        await undo(h, 999999)
+    assert unknown.value.code == 404
+    with pytest.raises(HTTPClientError) as bad:
+        await undo(h, edit["id"], {"force": True})
+    assert bad.value.code == 400
+    with pytest.raises(HTTPClientError) as bad_query:
+        await edits(h, limit="0")
+    assert bad_query.value.code == 400
+
+
+async def test_undoing_an_older_edit_restores_it_and_marks_the_later_ones_undone(served, jp_root_dir):
+    h, family = await served()
+    target = jp_root_dir / "analysis.ipynb"
+    original = sample(target, minor=4)  # an older notebook: the edit moves it to 4.5, with ids
+    ctx = context(family, mode="edit")
+    path = "analysis.ipynb"
+
+    await family.call(ctx, "notebook_edit", {"path": path, "operations": [{"op": "delete", "index": 0}]})
+    after_first = on_disk(target)
+    assert after_first["nbformat_minor"] == 5 and all(c.get("id") for c in after_first["cells"])
+    await family.call(ctx, "notebook_edit", {"path": path, "operations": [{"op": "insert", "index": 1, "source": "x = 1"}]})
+    await family.call(ctx, "notebook_edit", {"path": path, "operations": [{"op": "replace", "index": 1, "cell_type": "markdown"}]})
+    first, second, third = sorted(e["id"] for e in await edits(h))
+
+    # Undo the last one: its checkpoint is still the one taken before it.
+    assert (await undo(h, third))["restored_from"] == "checkpoint"
+    assert [c["cell_type"] for c in on_disk(target)["cells"]] == ["code", "code"]
+    # Undo the first: one checkpoint per file cannot hold it any more; the copy kept at edit time does.
+    undone = await undo(h, first)
+    assert undone["restored_from"] == "copy" and undone["undone"] == [first, second]
+    assert on_disk(target)["cells"] == original["cells"] and on_disk(target)["nbformat_minor"] == 4
+    rows = {e["id"]: e for e in await edits(h, path=path)}
+    assert all(rows[i]["undone_at"] is not None for i in (first, second, third))
+
+
+async def test_a_checkpoint_replaced_since_the_edit_is_not_restored(served, jp_root_dir):
+    """JupyterLab's save makes a new checkpoint of the file; undo then restores the copy kept at edit time."""
+    h, family = await served()
+    target = jp_root_dir / "notes.ipynb"
+    original = sample(target)
+    await family.call(context(family, mode="edit"), "notebook_edit",
+                      {"path": "notes.ipynb", "operations": [{"op": "insert", "index": 0, "source": "import os"}]})
+    cm = h.serverapp.contents_manager
+    model = await cm.get("notes.ipynb", content=True, type="notebook")
+    model["content"].cells.append(nbformat.v4.new_markdown_cell("the user's own cell"))
+    await cm.save({"type": "notebook", "content": model["content"]}, "notes.ipynb")
+    await cm.create_checkpoint("notes.ipynb")  # what JupyterLab's File > Save does after saving
+    (edit,) = await edits(h)
+    undone = await undo(h, edit["id"])
+    assert undone["restored_from"] == "copy"
+    assert on_disk(target)["cells"] == original["cells"]
+
+
+async def test_invalid_operations_write_nothing(served, jp_root_dir):
+    h, family = await served()
+    target = jp_root_dir / "keep.ipynb"
+    sample(target)
+    before = target.read_bytes()
+    ctx = context(family, mode="edit")
+    cases = [
+        ([{"op": "insert", "index": 0, "source": "ok"}, {"op": "delete", "index": 5}], "the notebook has 3 cells then"),
+        ([{"op": "move", "index": 0}], "op must be one of insert, replace, delete"),
+        ([{"op": "replace", "index": 0}], "replace needs a source"),
+        ([{"op": "insert", "index": 0, "cell_type": "raw", "source": "x"}], "cell_type must be 'code' or 'markdown'"),
+        ([{"op": "delete", "index": -1}], "index must be a cell index"),
+        ([], "operations must be a non-empty list"),
+    ]
+    for operations, message in cases:
+        with pytest.raises(ToolError, match=message):
+            await family.call(ctx, "notebook_edit", {"path": "keep.ipynb", "operations": operations})
+    assert target.read_bytes() == before
+    assert not (jp_root_dir / ".ipynb_checkpoints").exists(), "no checkpoint for an edit that was refused"
+    assert await edits(h) == []
+
+
+async def test_reading_outside_the_root_is_refused(served, jp_root_dir, tmp_path):
+    _, family = await served()
+    outside = tmp_path / "outside"
+    sample(outside / "secret.ipynb")
+    sample(jp_root_dir / ".hidden" / "n.ipynb")
+    sample(jp_root_dir / "fine.ipynb")
+    os.symlink(outside / "secret.ipynb", jp_root_dir / "link.ipynb")
+    os.symlink(outside, jp_root_dir / "elsewhere")
+    ctx = context(family)
+    refusals = {
+        "../outside/secret.ipynb": "leaves its folder with '..'",
+        "reports/../../outside/secret.ipynb": "leaves its folder with '..'",
+        str(outside / "secret.ipynb"): "is absolute",
+        "~/secret.ipynb": "is absolute",
+        "link.ipynb": "outside the Jupyter server's root",
+        "elsewhere/secret.ipynb": "outside the Jupyter server's root",
+        ".hidden/n.ipynb": "hidden",
+        "fine.txt": "not a notebook",
+        "": "path is required",
+    }
+    for path, message in refusals.items():
+        with pytest.raises(ToolError, match=message) as refused:
+            await family.call(ctx, "notebook_read", {"path": path})
+        assert str(outside) not in str(refused.value) or path.startswith("/"), "a link's target is never told"
+    text = await family.call(ctx, "notebook_read", {"path": "./fine.ipynb"})
+    assert "Notebook fine.ipynb: 2 cells" in str(text)
+
+
+async def test_a_path_outside_the_agents_paths_is_refused(served, jp_root_dir):
+    _, family = await served()
+    sample(jp_root_dir / "reports" / "q1.ipynb")
+    sample(jp_root_dir / "private.ipynb")
+    os.symlink(jp_root_dir / "private.ipynb", jp_root_dir / "reports" / "alias.ipynb")
+    ctx = context(family, mode="edit", paths=["reports/**"])
+    assert "## cell 1 · code · [1]" in str(await family.call(ctx, "notebook_read", {"path": "reports/q1.ipynb"}))
+    with pytest.raises(ToolError, match=r"not among the notebooks this agent may use \(reports/\*\*\)"):
+        await family.call(ctx, "notebook_read", {"path": "private.ipynb"})
+    with pytest.raises(ToolError, match="not among the notebooks"):
+        await family.call(ctx, "notebook_edit", {"path": "private.ipynb", "operations": [{"op": "delete", "index": 0}]})
+    with pytest.raises(ToolError, match="is a link to private.ipynb, which is not among"):
+        await family.call(ctx, "notebook_read", {"path": "reports/alias.ipynb"})
+
+
+def test_globs():
+    assert path_matches("a.ipynb", ["**"]) and path_matches("x/y/a.ipynb", ["**"])
+    assert path_matches("reports/a.ipynb", ["reports/**"]) and path_matches("reports/2026/a.ipynb", ["reports/**"])
+    assert not path_matches("reports.ipynb", ["reports/**"]) and not path_matches("other/a.ipynb", ["reports/**"])
+    assert path_matches("a.ipynb", ["*.ipynb"]) and not path_matches("x/a.ipynb", ["*.ipynb"])
+    assert path_matches("a.ipynb", ["**/a.ipynb"]) and path_matches("x/y/a.ipynb", ["**/a.ipynb"])
+    assert path_matches("q1.ipynb", ["q?.ipynb"]) and not path_matches("q10.ipynb", ["q?.ipynb"])
+    assert not path_matches("a+b.ipynb", ["a.b.ipynb"]), "only *, ? and ** are special"
+
+
+async def test_read_only_mode_offers_no_notebook_edit(served, jp_root_dir):
+    _, family = await served()
+    sample(jp_root_dir / "n.ipynb")
+    assert [t.name for t in family.tools(family.check_settings({}))] == ["notebook_read"]
+    assert [t.name for t in family.tools(family.check_settings({"mode": "edit"}))] == ["notebook_read", "notebook_edit"]
+    assert family.check_settings({}) == {"mode": "read", "paths": ["**"]}
+    assert [t.name for t in family.all_tools()] == ["notebook_read", "notebook_edit"]
+    with pytest.raises(ToolError, match="may only read notebooks"):
+        await family.call(context(family), "notebook_edit", {"path": "n.ipynb", "operations": [{"op": "delete", "index": 0}]})
+    for bad, message in [({"mode": "write"}, "'read' or 'edit'"), ({"paths": []}, "list of 1 to"),
+                         ({"paths": ["../x/**"]}, "must not contain '..'"), ({"paths": ["/abs/**"]}, "relative"),
+                         ({"paths": [".git/**"]}, "hidden"), ({"extra": 1}, "takes 'mode' and 'paths'")]:
+        with pytest.raises(ValueError, match=message):
+            family.check_settings(bad)
+    assert family.unavailable() is None
+    assert set(family.settings_schema["properties"]) == {"mode", "paths"}
+    for spec in family.tools({"mode": "edit"}):  # the API refuses additionalProperties on a custom tool
+        assert "additionalProperties" not in json.dumps(spec.input_schema)
+
+
+async def test_read_caps_outputs_and_names_what_it_leaves_out(served, jp_root_dir):
+    _, family = await served()
+    family.max_cell_output_chars = 100
+    family.max_output_chars = 121  # the figure's 21 characters, then the loud cell's 100
+    family.max_read_chars = 600
+    loud = nbformat.v4.new_code_cell("print('x' * 1000)", outputs=[nbformat.v4.new_output("stream", text="x" * 1000)])
+    figure = nbformat.v4.new_code_cell("plot()", outputs=[nbformat.v4.new_output(
+        "display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure size 640x480>"})])
+    error = nbformat.v4.new_code_cell("1/0", outputs=[nbformat.v4.new_output(
+        "error", ename="ZeroDivisionError", evalue="division by zero", traceback=["\x1b[0;31mZeroDivisionError\x1b[0m: division by zero"])])
+    fence = nbformat.v4.new_markdown_cell("```python\ncode\n```")
+    many = [nbformat.v4.new_markdown_cell(f"note {i} " + "y" * 60) for i in range(10)]
+    write_notebook(jp_root_dir / "big.ipynb", figure, loud, error, fence, *many)
+    text = str(await family.call(context(family), "notebook_read", {"path": "big.ipynb"}))
+    assert "x" * 100 + "\n[… 900 more characters]" in text
+    assert "<Figure size 640x480>" in text and "image/png not included" in text and "iVBOR" not in text
+    assert "[not included: this read's output limit (121 characters) is reached]" in text
+    assert "````markdown\n```python\ncode\n```\n````" in text, "a source with a fence gets a longer one"
+    assert "notebook_read again with first_cell=" in text
+    first = int(text.rsplit("first_cell=", 1)[1].split("]")[0])
+    rest = str(await family.call(context(family), "notebook_read", {"path": "big.ipynb", "first_cell": first}))
+    assert f"## cell {first} · markdown" in rest and "## cell 0 " not in rest
+    with pytest.raises(ToolError, match="past the last cell"):
+        await family.call(context(family), "notebook_read", {"path": "big.ipynb", "first_cell": 99})
+
+
+async def test_a_sync_contents_manager_serves_the_same_tools(tmp_path):
+    """Jupyter servers configured with the synchronous FileContentsManager: every call is awaited the same way."""
+    root = tmp_path / "root"
+    original = sample(root / "n.ipynb")
+    store = Store(tmp_path / "cma" / "cma.sqlite3")
+    family = await family_for(store, FileContentsManager(root_dir=str(root)), root, tmp_path / "cma")
+    await family.call(context(family, mode="edit"), "notebook_edit",
+                      {"path": "n.ipynb", "operations": [{"op": "insert", "index": 0, "source": "import math"}]})
+    assert "".join(on_disk(root / "n.ipynb")["cells"][0]["source"]) == "import math"
+    (edit,) = store.notebook_edits()
+    assert (await undo_edit(store, family.parts.contents_manager, edit["id"]))["restored_from"] == "checkpoint"
+    assert on_disk(root / "n.ipynb")["cells"] == original["cells"]
