@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .errors import PolicyError
 from .hosts import DEFAULT_PORTS, HostPattern, is_ip_literal, parse_port
+from .mail import EmailRules
 from .rules import (
     FORBIDDEN_INJECTION_HEADERS,
     HEADER_NAME,
@@ -34,7 +35,8 @@ from .scopes import Matcher, Scope, compiled_regex
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
-POLICY_FIELDS = ("name", "description", "scope", "presets", "allow", "deny", "inject", "private_services", "websocket", "allow_all")
+POLICY_FIELDS = ("name", "description", "scope", "presets", "allow", "deny", "inject", "private_services", "websocket", "allow_all",
+                 "email")
 READ_ONLY_FIELDS = ("id", "created_at", "updated_at")
 
 
@@ -52,6 +54,7 @@ class Policy:
     websocket: Literal["allow", "deny"] = "deny"
     allow_all: bool = False
     description: str = ""
+    email: EmailRules = EmailRules()  # the recipients the email built-ins may mail (none by default)
 
     @property
     def allow_rules(self) -> tuple[AllowRule, ...]:
@@ -108,6 +111,7 @@ class Policy:
         deny = [check(f"deny[{i}]", lambda e=e: HostPattern.parse(e, in_deny=True)) for i, e in enumerate(_list(doc, "deny", problems))]
         inject = [check(f"inject[{i}]", lambda e=e: _parse_inject(e)) for i, e in enumerate(_list(doc, "inject", problems))]
         services = [check(f"private_services[{i}]", lambda e=e: _parse_private_service(e)) for i, e in enumerate(_list(doc, "private_services", problems))]
+        email = check("email", lambda: EmailRules.from_document(doc.get("email"))) or EmailRules()
         seen: set[tuple[str, str, int, str]] = set()
         for i, rule in enumerate(inject):
             if rule is None:
@@ -137,6 +141,7 @@ class Policy:
             websocket=websocket,
             allow_all=allow_all,
             description=description,
+            email=email,
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -151,6 +156,7 @@ class Policy:
             "private_services": [s.to_json() for s in self.private_services],
             "websocket": self.websocket,
             "allow_all": self.allow_all,
+            "email": self.email.to_document(),
         }
 
     def warnings(self) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 from .decisions import Decision, EgressRequest, NamedMiddleware
 from .errors import PolicyError
 from .hosts import display_host, normalize_host, parse_port
+from .mail import parse_address
 from .rules import FORBIDDEN_INJECTION_HEADERS, HEADER_NAME, SECRET_NAME, AllowRule, Injection, PrivateService
 from .scopes import SessionContext
 from .storage import CorruptPolicy, PolicyRecord, PolicyStore, specificity
@@ -82,6 +83,31 @@ class EffectivePolicy:
                                  "worker makes for its own work item (its heartbeat and stop, its session and events, the "
                                  "session's skills and memory stores), and no egress policy allows it", policy_id=decision.policy_id)
         return decision
+
+    def decide_recipient(self, address: str) -> Decision:
+        """Whether this session may send mail to `address`: the deciding policy's `email.recipients` (none by default).
+
+        Never raises. Only the most specific policy's list counts, as for hosts; no policy, or a fail-closed error,
+        refuses. The address is read with `mail.parse_address` (send to that canonical form).
+        """
+        try:
+            canonical = parse_address(address)
+        except PolicyError as exc:
+            return Decision.deny("invalid:recipient", f"refused: {exc}", 400)
+        if self.error is not None:
+            return Decision.deny(self.error[0], self.error[1])
+        record = self.deciding
+        if record is None:
+            return Decision.deny("default:no-policy", f"no egress policy applies to this session, so mail to {canonical} is "
+                                 'refused; add "email": {"recipients": [...]} to a policy (see docs/email.md)')
+        label = f"policy {record.policy.name!r} ({record.id})"
+        pattern = record.policy.email.match(canonical)
+        if pattern is None:
+            return Decision.deny(f"policy:{record.id}:email:not-allowed",
+                                 f"{canonical} is not among the email recipients of {label}; add it (or a pattern such as "
+                                 f'"*@{canonical.rpartition("@")[2]}") to "email": {{"recipients": [...]}} there', policy_id=record.id)
+        return Decision.allow(f"policy:{record.id}:email:{pattern}", f"{canonical} is allowed by {label}, email recipient {pattern}",
+                              policy_id=record.id)
 
     def needs_inspection(self, host: str, port: int) -> bool:
         """Whether an allowed CONNECT to host:port must be opened (TLS interception).
