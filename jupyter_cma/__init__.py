@@ -31,6 +31,7 @@ _NOTEBOOK_API = {
     "NotebookTool": ("jupyter_cma.tools.notebook", "NotebookTool"),
     "tools": ("jupyter_cma.tools", None),  # a callable package: cma.tools() lists this kernel's tools
     "Agent": ("jupyter_cma.client.agents", "Agent"),
+    "tool_catalog": ("jupyter_cma.client.agents", "tool_catalog"),  # every tool an agent can have, and where it runs
     "Session": ("jupyter_cma.client.sessions", "Session"),
     "egress": ("jupyter_cma.client.egress", None),  # policies, decide, secrets, the egress log
     "connect": ("jupyter_cma.client.connection", "connect"),

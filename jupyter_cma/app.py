@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Enum, Float, Integer, List, Type, Unicode, default
+from traitlets.utils.importstring import import_item
 
 from ._version import __version__
 from .anthropic_api import Credentials, SecretFileError, load_secret
@@ -42,6 +43,9 @@ from .sandboxes.probe import probe_tiers
 from .setup import CredentialSource, EmulatorRefused, SetupInput, setup_checks, setup_document
 from .store import Store
 from .tasks import BackgroundTasks
+from .tools.builtin import BuiltinFamily, BuiltinTools, ServerParts
+from .tools.builtin.egress import ToolEgress
+from .tools.catalog import tool_catalog
 from .tools.kernels import KERNEL_ACTIONS, KernelCredentials, NotebookTool, NotebookTools, ServerKernels
 from .tools.registry import ToolRegistry
 from .web.base import KERNEL_CREDENTIALS
@@ -51,6 +55,15 @@ if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
 
 DEFAULT_API_BASE_URL = "https://api.anthropic.com"
+DEFAULT_BUILTIN_FAMILIES = [
+    "jupyter_cma.tools.builtin.web.WebFetchTools",
+    "jupyter_cma.tools.builtin.web.ServiceTools",
+    "jupyter_cma.tools.builtin.browser.BrowserTools",
+    "jupyter_cma.tools.builtin.email.EmailTools",
+    "jupyter_cma.tools.builtin.notebooks.NotebookFileTools",
+]
+# A session's sandbox is released in these states; its built-ins' end_session runs when it enters one of them.
+RELEASED_STATES = frozenset({"sleeping", "stopped", "failed", "ended"})
 
 
 class CMAApp(ExtensionApp):
@@ -188,6 +201,15 @@ class CMAApp(ExtensionApp):
         "One that cannot be imported makes every egress decision a deny, and is listed in status errors.",
     ).tag(config=True)
 
+    builtin_families = List(
+        Unicode(),
+        default_value=list(DEFAULT_BUILTIN_FAMILIES),
+        help="Built-in tool families this server offers agents, as import strings of BuiltinFamily subclasses "
+        "(default: web_fetch, call_service, browser, email and notebook: " + ", ".join(DEFAULT_BUILTIN_FAMILIES) + "). "
+        "Each is configured as its class (c.EmailTools.smtp_host = …); an agent gets a family's tools when it is created "
+        "or patched with `builtins`. One that cannot be imported is left out and listed in status errors.",
+    ).tag(config=True)
+
     # ------------------------------------------------------------------ wiring
 
     def initialize_settings(self) -> None:
@@ -213,13 +235,19 @@ class CMAApp(ExtensionApp):
                                             on_change=self._notebook_tool_changed)
         self.notebook_tools.on_kernel_tools = self.live_sources.tools_changed
         self.settings[KERNEL_CREDENTIALS] = KernelCredentials(kernels)
+        # Built-in tools run in this server; their egress path (ToolEgress) is set below, once the proxy exists.
+        self.builtins = self._make_builtins()
         # Custom tools: sandboxes call them at http://cma.internal/ through their proxy (identified by their socket),
-        # with the notebook tools of their session's agent.
-        self.tools = ToolRegistry(self.notebook_tools, agent_tools=lambda agent_id: (self.store.agent(agent_id) or {}).get("notebook_tools") or {})
+        # with the built-in and notebook tools of their session's agent.
+        self.tools = ToolRegistry(self.notebook_tools, agent_tools=lambda agent_id: (self.store.agent(agent_id) or {}).get("notebook_tools") or {},
+                                  builtins=self.builtins)
         self.egress_proxy = EgressProxy(parent=self, data_dir=data, api_base_url=self.api_base_url,
                                         middleware=list(self.egress_middleware), egress_log=self.egress_log,
                                         internal_handler=self.tools.handle_internal)
         egress = SessionEgress(store=self.store, proxy=self.egress_proxy)
+        # A built-in reaches the network only as its session: a proxy socket attached like a sandbox's.
+        self.builtins.egress = ToolEgress(hook=egress, proxy=self.egress_proxy, socket_dir=data / "tool-sockets")
+        self._chain_session_released()
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
                 parent=self, kernel_dir=str(data / "kernels"), data_dir=str(data), recorder=self.store.add_cell, store=self.store,
@@ -280,10 +308,59 @@ class CMAApp(ExtensionApp):
             egress_log=self.egress_log,
             notebook_tools=self.notebook_tools,
             registry=self.tools,
+            builtins=self.builtins,
+            tool_catalog=self.tool_catalog,
             setup=self.setup_status,
             start_emulator=self.use_local_emulator,
             live=self.live,
         )))
+
+    def _make_builtins(self) -> BuiltinTools:
+        """The built-in tool families of `builtin_families`, each made with this app as its parent (so its class's
+        settings apply). An import string that fails, or names something else, is a setting error naming it."""
+        families: list[BuiltinFamily] = []
+        for name in self.builtin_families:
+            fix = f"fix or remove {name!r} in c.CMAApp.builtin_families"
+            try:
+                cls = import_item(name)
+            except Exception as exc:
+                self.setting_errors.append(f"builtin_families: {name!r} cannot be imported ({type(exc).__name__}: {exc}); {fix}")
+                continue
+            if not (isinstance(cls, type) and issubclass(cls, BuiltinFamily)):
+                self.setting_errors.append(f"builtin_families: {name!r} is not a BuiltinFamily subclass "
+                                           f"(jupyter_cma.tools.builtin.base.BuiltinFamily); {fix}")
+                continue
+            try:
+                families.append(cls(parent=self))
+            except Exception as exc:
+                self.setting_errors.append(f"builtin_families: {name!r} could not be made ({type(exc).__name__}: {exc}); {fix}")
+        agent_builtins = lambda agent_id: (self.store.agent(agent_id) or {}).get("builtins") or {}  # noqa: E731
+        try:
+            return BuiltinTools(families, None, agent_builtins, close_timeout=self.stop_timeout / 2)
+        except ValueError as exc:  # two families of one name, or one tool name offered twice
+            self.setting_errors.append(f"builtin_families: {exc}; no built-in tools are offered until that is fixed")
+            return BuiltinTools([], None, agent_builtins, close_timeout=self.stop_timeout / 2)
+
+    def _chain_session_released(self) -> None:
+        """When a session's sandbox is released (its state leaves serving), its built-ins release what they held.
+        Chained after the live channel's listener of the store's transitions."""
+        before = self.store.on_transition
+
+        def on_transition(change: dict[str, Any]) -> None:
+            try:
+                if before is not None:
+                    before(change)
+            finally:
+                if change.get("state") in RELEASED_STATES and change.get("from_state") not in RELEASED_STATES:
+                    self.builtins.session_released(str(change["id"]))
+
+        self.store.on_transition = on_transition
+
+    def tool_catalog(self) -> dict[str, Any]:
+        """The document of `GET cma/api/tools` (`tools/catalog.py`): every tier's standard tools, the built-in
+        families with their availability, the notebook tools and the server's own tools."""
+        return tool_catalog(tiers=self.sandbox_tiers, tier_status=self.tiers_status(), builtins=self.builtins,
+                            notebook=[t.describe() for t in self.notebook_tools.tools()], server=self.tools.definitions(None))
 
     def _make_egress_resolver(self) -> PolicyResolver:
         """The egress policy resolver; a middleware that cannot load makes it deny everything (fail closed)."""
@@ -521,6 +598,12 @@ class CMAApp(ExtensionApp):
                 tier.ca_bundle = str(self.egress_proxy.ca_bundle)  # an operator's own bundle wins
         for tier in self.sandbox_tiers.values():
             await tier.start()
+        assert self.builtins.egress is not None
+        await self.builtins.start(ServerParts(
+            store=self.store, client=lambda: self.client, environment_id=lambda: self.environment_id,
+            contents_manager=serverapp.contents_manager, root_dir=str(serverapp.root_dir), policies=self.egress_resolver,
+            secrets=self.egress_secrets, data_dir=Path(self.data_dir), egress=self.builtins.egress,
+        ))
         self.background.spawn(self._every(self.tier_probe_interval, self._probe_tiers))
         self.background.spawn(self._every(3600.0, self._prune))
         if self.reap_interval > 0 and self.credentials.api_key is not None:
@@ -602,6 +685,7 @@ class CMAApp(ExtensionApp):
         await self.sessions.close()
         for tier in self.sandbox_tiers.values():
             await tier.close()
+        await self.builtins.close()  # bounded; before the proxy stops, so their sockets detach from a running engine
         await self.egress_proxy.stop()
         await self.notebook_tools.close()
         await self.client.close()

@@ -11,7 +11,12 @@
 
 `tools` takes `@cma.tool` functions of this kernel (they run here, in this kernel, when the agent calls them)
 and names of the tier's standard tools; the server gives an agent all standard tools of its tier anyway, so a
-name is a check that the tier has it. Everything goes through the server's REST API (`cma/api/agents`).
+name is a check that the tier has it. `builtins` enables built-in tool families, which run in the Jupyter
+server (`cma.tool_catalog()` lists them, with whether each can run there):
+
+    agent = cma.Agent.create("researcher", builtins={"web_fetch": {}, "notebook": {"mode": "read"}})
+
+Everything goes through the server's REST API (`cma/api/agents`, `cma/api/tools`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 from .connection import CMAError, connection
 from .sessions import Session, widget_view
 
-__all__ = ["STANDARD_TOOLS", "Agent"]
+__all__ = ["STANDARD_TOOLS", "Agent", "tool_catalog"]
 
 # What each tier gives every agent (the server's `tools_for_agent`): names a user may list in `tools`.
 STANDARD_TOOLS: dict[str, tuple[str, ...]] = {
@@ -55,7 +60,8 @@ class Agent:
 
     Attributes: `id`, `name`, `version`, `tier`, `size`, `model` (its id), `system`, `description`, `metadata`,
     `tools` (the names of every tool it has), `notebook_tools` (`[{"name", "kernel_id", "notebook"}]`: the
-    notebook tools it has and where each runs), `data` (the agent as the REST API gave it).
+    notebook tools it has and where each runs), `builtins` (`{family: settings}`: the built-in tool families it
+    has), `data` (the agent as the REST API gave it).
     """
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -75,13 +81,15 @@ class Agent:
         self.metadata: dict[str, str] = dict(data.get("metadata") or {})
         self.tools: list[str] = _tool_names(data.get("tools") or [])
         self.notebook_tools: list[dict[str, Any]] = [dict(t) for t in data.get("notebook_tools") or []]
+        self.builtins: dict[str, dict[str, Any]] = {str(k): dict(v or {}) for k, v in (data.get("builtins") or {}).items()}
 
     # ------------------------------------------------------------------ making and finding
 
     @classmethod
     def create(cls, name: str, *, model: str | None = None, tier: str | None = None, size: str | None = None,
                system: str | None = None, description: str | None = None, tools: Iterable[Any] = (),
-               metadata: Mapping[str, str] | None = None) -> Agent:
+               metadata: Mapping[str, str] | None = None,
+               builtins: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None) -> Agent:
         """Create an agent on the server's account, fitted to a tier of this server.
 
         Args:
@@ -94,9 +102,13 @@ class Agent:
             tools: `@cma.tool` functions of this kernel (they run here) and names of standard tools of the tier
                 (kernel: python, read, write, edit, glob, grep; container: bash, read, write, edit, glob, grep,
                 web_fetch, web_search — the agent gets all of them anyway).
+            builtins: built-in tool families to enable, each with its settings, e.g.
+                `{"web_fetch": {}, "notebook": {"mode": "edit", "paths": ["reports/**"]}}`; a list of names
+                enables each with its default settings. `cma.tool_catalog()["builtin"]` lists the families.
 
         Raises:
-            CMAError: a tool that is not registered with the server, a name the tier has not, or the server's refusal.
+            CMAError: a tool that is not registered with the server, a name the tier has not, a built-in family that
+                is unknown, unavailable on the server or given bad settings, or the server's refusal.
         """
         body: dict[str, Any] = {"name": name, "notebook_tools": _notebook_refs(tools, tier)}
         for key, value in (("tier", tier), ("size", size), ("model", model), ("system", system),
@@ -105,6 +117,8 @@ class Agent:
                 body[key] = value
         if metadata is not None:
             body["metadata"] = dict(metadata)
+        if builtins is not None:
+            body["builtins"] = _builtins_arg(builtins)
         return _use(cls(connection().request("POST", "agents", body)))
 
     @classmethod
@@ -140,11 +154,13 @@ class Agent:
         self._set(connection().request("GET", f"agents/{self.id}"))
         return self
 
-    def update(self, *, tools: Iterable[Any] | None = None, tier: str | None = None, size: str | None = None) -> Agent:
-        """Change the agent's notebook tools, tier or instance size (None: unchanged).
+    def update(self, *, tools: Iterable[Any] | None = None, tier: str | None = None, size: str | None = None,
+               builtins: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None) -> Agent:
+        """Change the agent's notebook tools, built-in tools, tier or instance size (None: unchanged).
 
         `tools` replaces all of its notebook tools: `@cma.tool` functions of this kernel, entries of
         `agent.notebook_tools` (to keep tools of other notebooks) and names of standard tools of its tier.
+        `builtins` replaces all of its built-in tool families (`{}` for none); a tier change keeps them.
         """
         body: dict[str, Any] = {}
         if tier is not None:
@@ -153,8 +169,10 @@ class Agent:
             body["size"] = size
         if tools is not None:
             body["notebook_tools"] = _notebook_refs(tools, tier or self.tier)
+        if builtins is not None:
+            body["builtins"] = _builtins_arg(builtins)
         if not body:
-            raise TypeError("agent.update() changes something: give tools=[...], tier=... or size=...")
+            raise TypeError("agent.update() changes something: give tools=[...], builtins={...}, tier=... or size=...")
         self._set(connection().request("PATCH", f"agents/{self.id}", body))
         return self
 
@@ -186,6 +204,7 @@ class Agent:
         notebook = [f"{t['name']} ({t.get('notebook') or t.get('kernel_id')})" for t in self.notebook_tools]
         tools = ", ".join(self.tools) or "none"
         more = f"; notebook tools: {', '.join(notebook)}" if notebook else ""
+        more += f"; built-ins: {', '.join(self.builtins)}" if self.builtins else ""
         return f"<cma.Agent {self.name!r} {self.id}, {where}, model {self.model}; tools: {tools}{more}>"
 
     def _repr_html_(self) -> str:
@@ -198,6 +217,8 @@ class Agent:
             rows.append(("notebook tools", ", ".join(
                 f"<code>{esc(str(t['name']))}</code> in {esc(str(t.get('notebook') or t.get('kernel_id')))}"
                 for t in self.notebook_tools)))
+        if self.builtins:
+            rows.append(("built-ins", ", ".join(f"<code>{esc(name)}</code>" for name in self.builtins)))
         if self.description:
             rows.append(("description", esc(self.description)))
         if self.system:
@@ -217,6 +238,25 @@ class Agent:
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def tool_catalog() -> dict[str, Any]:
+    """The server's tool catalog (`GET cma/api/tools`): `standard` (each tier's standard tools, on or off, and where
+    they run), `builtin` (the built-in tool families: available or why not, settings schema, timeout, tools),
+    `notebook` (the tools kernels registered with @cma.tool) and `server` (the server's own custom tools)."""
+    return dict(connection().request("GET", "tools") or {})
+
+
+def _builtins_arg(builtins: Mapping[str, Mapping[str, Any]] | Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`builtins` for the REST API: a mapping family → settings as it is, or family names with default settings."""
+    if isinstance(builtins, Mapping):
+        return {str(name): dict(settings or {}) for name, settings in builtins.items()}
+    if isinstance(builtins, (str, bytes)):
+        builtins = [builtins]  # one family where a list was meant
+    names = list(builtins)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"builtins takes {{family: settings}} or a list of family names, not {builtins!r}")
+    return {name: {} for name in names}
 
 
 def _tool_names(tools: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -19,8 +19,9 @@ result for the model.
 The session a call is made for comes from the proxy (the sandbox's socket),
 never from the request: nothing in the path or body names it.
 
-Besides the server's own tools, a session sees the notebook tools its agent
-was given (`@cma.tool` in a notebook; `tools/kernels.py` runs them in the
+Besides the server's own tools, a session sees its agent's built-in tools
+(`tools/builtin/`: they run in this server, each family with its own timeout),
+then the notebook tools its agent was given (`@cma.tool` in a notebook; `tools/kernels.py` runs them in the
 notebook's kernel): `agent_tools(agent_id)` says which, as the store keeps them.
 The kernel tier's sandboxes use the same registry (`Tier.custom_tools`).
 """
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ..sandboxes.base import CustomTools
 
 if TYPE_CHECKING:
+    from .builtin import BuiltinTools
     from .kernels import NotebookTools
 
 log = logging.getLogger("jupyter_cma.tools")
@@ -72,12 +74,14 @@ AgentTools = Callable[[str], dict[str, dict[str, Any]]]
 
 class ToolRegistry(CustomTools):
     """Custom tools by name; each visible to every session or to the sessions it was registered for; and the
-    notebook tools of each session's agent."""
+    built-in and notebook tools of each session's agent."""
 
-    def __init__(self, notebook: NotebookTools | None = None, agent_tools: AgentTools | None = None) -> None:
+    def __init__(self, notebook: NotebookTools | None = None, agent_tools: AgentTools | None = None, *,
+                 builtins: BuiltinTools | None = None) -> None:
         self._tools: dict[str, Tool] = {}
         self._notebook = notebook
         self._agent_tools = agent_tools
+        self._builtins = builtins
 
     def register(self, name: str, handler: ToolHandler, *, description: str, input_schema: dict[str, Any],
                  sessions: Iterable[str] | None = None) -> None:
@@ -112,12 +116,19 @@ class ToolRegistry(CustomTools):
 
     def definitions(self, session_id: str | None, agent_id: str | None = None) -> list[dict[str, Any]]:
         """The tools this session may call: name, description, input_schema (the server's in the order they were
-        registered, then the notebook tools of the session's agent)."""
+        registered, then the built-in tools of the session's agent, then its notebook tools); a name listed once."""
         own = [tool.definition() for tool in self._tools.values() if tool.visible_to(session_id)]
         taken = {d["name"] for d in own}
+        builtin = [d for d in self._builtin_definitions(agent_id) if d["name"] not in taken]
+        taken.update(d["name"] for d in builtin)
         notebook = [{k: b["definition"][k] for k in ("name", "description", "input_schema")}
                     for name, b in self._notebook_bindings(agent_id).items() if name not in taken]
-        return own + notebook
+        return own + builtin + notebook
+
+    def _builtin_definitions(self, agent_id: str | None) -> list[dict[str, Any]]:
+        if agent_id is None or self._builtins is None:
+            return []
+        return self._builtins.definitions(agent_id)
 
     def _notebook_bindings(self, agent_id: str | None) -> dict[str, dict[str, Any]]:
         if agent_id is None or self._agent_tools is None or self._notebook is None:
@@ -132,10 +143,13 @@ class ToolRegistry(CustomTools):
         """Run a tool for a session: {"content": str or list, "is_error": bool}.
 
         A handler that raises gives `is_error` with the exception's message; a
-        notebook tool runs in its notebook's kernel. LookupError if this session
-        has no tool of that name.
+        built-in runs here with its family's timeout; a notebook tool runs in
+        its notebook's kernel. LookupError if this session has no tool of that name.
         """
         tool = self._visible(session_id, name)
+        if tool is None and any(d["name"] == name for d in self._builtin_definitions(agent_id)):
+            assert self._builtins is not None
+            return await self._builtins.call(session_id, agent_id, name, input)
         if tool is None:
             binding = self._notebook_bindings(agent_id).get(name)
             if binding is None or self._notebook is None:

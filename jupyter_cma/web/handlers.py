@@ -8,7 +8,7 @@ themselves live in a module per resource:
 - `web/setup.py`: `setup` (the checks and their fixes) and `setup/emulator` (start the local emulator and serve it);
 - `web/agents.py`: `agents`, `agents/{id}`;
 - `web/sessions.py`: `sessions`, `sessions/{id}`, its `events`, `messages`, `stop` and `notebook`;
-- `web/tools.py`: `tools`, `kernels/{id}/tools` and `kernels/{id}/tools/{name}` (notebook tools);
+- `web/tools.py`: `tools` (the tool catalog), `kernels/{id}/tools` and `kernels/{id}/tools/{name}` (notebook tools);
 - `web/terminals.py`: `sessions/{id}/terminal`;
 - `web/workspaces.py`: `sessions/{id}/workspace` and its `push`/`pull`;
 - `web/egress.py`: `egress/log`, `egress/policies…`, `egress/decide`, `egress/secrets…`;
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from ..live import LiveHub
     from ..sandboxes.base import Tier
     from ..store import Store
+    from ..tools.builtin import BuiltinTools
     from ..tools.kernels import NotebookTools
     from ..tools.registry import ToolRegistry
 
@@ -88,6 +89,8 @@ class ApiContext:
     egress_log: EgressLog
     notebook_tools: NotebookTools
     registry: ToolRegistry
+    builtins: BuiltinTools | None  # the built-in tool families this server loaded (None: none)
+    tool_catalog: Callable[[], dict[str, Any]]  # GET tools: the catalog document (tools/catalog.py)
     setup: Callable[[], dict[str, Any]]
     start_emulator: Callable[[], Awaitable[dict[str, Any]]]
     live: LiveHub
@@ -99,7 +102,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
     sid = f"(?P<session_id>{ID_PATTERN})"
     kid = r"(?P<kernel_id>[0-9a-fA-F-]{1,64})"
     agents = {"store": ctx.store, "client": ctx.client, "tiers": ctx.tiers, "default_tier": ctx.default_tier,
-              "notebook_tools": ctx.notebook_tools}
+              "notebook_tools": ctx.notebook_tools, "builtins": ctx.builtins}
     workspaces = {"store": ctx.store, "sessions": ctx.sessions, "tiers": ctx.tiers}
     policies = {"policies": ctx.policies, "secrets": ctx.secrets}
     return [
@@ -119,7 +122,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
         (rf"{api}/sessions/{sid}/terminal", SessionTerminalHandler, {"store": ctx.store, "sessions": ctx.sessions}),
         (rf"{api}/sessions/{sid}/workspace", SessionWorkspaceHandler, workspaces),
         (rf"{api}/sessions/{sid}/workspace/(?P<action>push|pull)", SessionWorkspaceSyncHandler, workspaces),
-        (rf"{api}/tools", ToolsHandler, {"notebook_tools": ctx.notebook_tools, "registry": ctx.registry}),
+        (rf"{api}/tools", ToolsHandler, {"catalog": ctx.tool_catalog}),
         (rf"{api}/kernels/{kid}/tools", KernelToolsHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/kernels/{kid}/tools/(?P<tool_name>[A-Za-z0-9_-]{{1,64}})", KernelToolHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, {"store": ctx.store}),

@@ -165,6 +165,13 @@ AgentModel = Annotated[
 ]
 
 
+# An agent's built-in tool families: family name → its settings (each family checks its own; GET cma/api/tools shows
+# every family's settings schema).
+BuiltinName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Builtins = Annotated[dict[BuiltinName, dict[str, Any]], Field(max_length=32)]
+BUILTINS_EXAMPLE = '{"web_fetch": {}, "notebook": {"mode": "edit", "paths": ["reports/**"]}}'
+
+
 class AgentCreate(Body):
     """`POST cma/api/agents`."""
 
@@ -181,6 +188,9 @@ class AgentCreate(Body):
     notebook_tools: list[NotebookToolRef] = Field(
         default_factory=list, max_length=256,
         description='tools notebook kernels registered with @cma.tool: [{"kernel_id", "name"}]; they run in that kernel')
+    builtins: Builtins = Field(
+        default_factory=dict,
+        description=f"built-in tool families to enable, each with its settings: {BUILTINS_EXAMPLE} (GET cma/api/tools lists them)")
 
 
 class AgentPatch(Body):
@@ -190,6 +200,8 @@ class AgentPatch(Body):
     size: str | None = Field(None, description="an instance size of the agent's tier")
     notebook_tools: list[NotebookToolRef] | None = Field(
         None, max_length=256, description='the agent\'s notebook tools, all of them: [{"kernel_id", "name"}] ([] for none)')
+    builtins: Builtins | None = Field(
+        None, description=f"the agent's built-in tool families, all of them: {BUILTINS_EXAMPLE} ({{}} for none)")
 
 
 class AgentsQuery(Query):

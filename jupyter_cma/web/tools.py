@@ -1,4 +1,5 @@
-"""`{base_url}cma/api/tools` and `…/kernels/{id}/tools`: the tools notebook kernels registered with `@cma.tool`.
+"""`{base_url}cma/api/tools` (the tool catalog) and `…/kernels/{id}/tools`: the tools notebook kernels registered
+with `@cma.tool`.
 
 Only a kernel itself registers its tools: `PUT kernels/{id}/tools/{name}` must be signed with that kernel's
 key (`client/signing.py`; `CMAHandler` checks the signature), so no one can put a tool into another notebook.
@@ -7,7 +8,8 @@ Anyone authenticated may list them, and withdraw one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from jupyter_server.auth.decorator import authorized
@@ -17,7 +19,6 @@ from .schemas import NotebookToolPut
 
 if TYPE_CHECKING:
     from ..tools.kernels import NotebookTools
-    from ..tools.registry import ToolRegistry
 
 
 class _ToolsHandler(CMAHandler):
@@ -27,18 +28,17 @@ class _ToolsHandler(CMAHandler):
 
 
 class ToolsHandler(CMAHandler):
-    """`GET cma/api/tools`: the notebook tools every kernel registered, and the server's own custom tools."""
+    """`GET cma/api/tools`: the tool catalog (`tools/catalog.py`): each tier's standard tools, the built-in families,
+    the notebook tools every kernel registered, and the server's own custom tools."""
 
-    def initialize(self, name: str, *, notebook_tools: NotebookTools, registry: ToolRegistry) -> None:  # type: ignore[override]
+    def initialize(self, name: str, *, catalog: Callable[[], dict[str, Any]]) -> None:  # type: ignore[override]
         super().initialize(name)
-        self._notebook_tools = notebook_tools
-        self._registry = registry
+        self._catalog = catalog
 
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        self.finish({"notebook": [t.describe() for t in self._notebook_tools.tools()],
-                     "server": self._registry.definitions(None)})
+        self.finish(self._catalog())
 
 
 class KernelToolsHandler(_ToolsHandler):
