@@ -14,6 +14,7 @@ themselves live in a module per resource:
 - `web/egress.py`: `egress/log`, `egress/policies…`, `egress/decide`, `egress/secrets…`;
 - `web/webhooks.py`: `webhooks` (the deliveries received) and the unauthenticated `{base_url}cma/webhooks`;
 - `web/notebook_edits.py`: `notebook-edits` (agents' edits of the user's notebooks) and `notebook-edits/{id}/undo`;
+- `web/mail.py`: `mail` (the mail the email built-ins sent, received and refused);
 - `web/live.py`: `live`, the live channel's websocket.
 
 `web/base.py` holds what they share (`CMAHandler`: authentication, input checking, errors, calls upstream).
@@ -36,6 +37,7 @@ from .egress import (
     EgressSecretsHandler,
 )
 from .live import LiveSocket
+from .mail import MailHandler
 from .notebook_edits import NotebookEditsHandler, NotebookEditUndoHandler
 from .schemas import ID_PATTERN
 from .sessions import (
@@ -128,6 +130,7 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
         (rf"{api}/webhooks", WebhookDeliveriesHandler, {"store": ctx.store}),
         (rf"{api}/notebook-edits", NotebookEditsHandler, {"store": ctx.store}),
         (rf"{api}/notebook-edits/(?P<edit_id>[0-9]{{1,18}})/undo", NotebookEditUndoHandler, {"store": ctx.store}),
+        (rf"{api}/mail", MailHandler, {"store": ctx.store}),
         (rf"{api}/egress/log", EgressLogHandler, {"egress_log": ctx.egress_log}),
         (rf"{api}/egress/policies", EgressPoliciesHandler, policies),
         (rf"{api}/egress/policies/validate", EgressPolicyValidateHandler, policies),

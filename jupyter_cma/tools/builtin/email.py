@@ -25,6 +25,7 @@ from traitlets import Enum, Int, List, Unicode
 
 from ...egress.policy.errors import PolicyError
 from ...egress.policy.mail import parse_address
+from ...egress.secrets import SecretStoreError
 from .base import BuiltinFamily, CallContext, Content, ServerParts, ToolError, ToolSpec
 from .mail_listener import MAX_BODY_CHARS, MailListener, agent_slug, parse_senders
 
@@ -88,7 +89,7 @@ class EmailTools(BuiltinFamily):
                            "relay with a private CA (empty: the system's CAs).")
     smtp_username = Unicode("", config=True, help="The SMTP login (empty: no AUTH).")
     smtp_password_secret = Unicode("", config=True, help="The NAME of the egress secret holding the SMTP password "
-                                   "(POST cma/api/egress/secrets); the value never appears in settings, logs or results.")
+                                   "(PUT cma/api/egress/secrets/{name}); the value never appears in settings, logs or results.")
     mail_from = Unicode("", config=True, help="The From address of mail agents send, such as agents@example.com.")
     max_recipients = Int(10, config=True, help="At most this many recipients per send_email call.")
     inbound_domain = Unicode("", config=True, help="Receive mail for <agent>@this domain (empty: no listener). The "
@@ -251,10 +252,14 @@ class EmailTools(BuiltinFamily):
         password = None
         if self.smtp_password_secret:
             assert self.parts is not None
-            secret = self.parts.secrets.get(self.smtp_password_secret)
+            try:
+                secret = self.parts.secrets.get(self.smtp_password_secret)
+            except SecretStoreError:
+                raise ToolError("the egress secret store cannot be read, so the SMTP password is not available; the "
+                                "operator sees why in GET cma/api/status") from None
             if secret is None:
                 raise ToolError(f"the SMTP password secret {self.smtp_password_secret!r} is not stored on this server; "
-                                "the operator sets it with POST cma/api/egress/secrets")
+                                f"the operator sets it with PUT cma/api/egress/secrets/{self.smtp_password_secret}")
             password = secret.reveal()
         context = None
         if self.smtp_tls != "none":
