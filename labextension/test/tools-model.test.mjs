@@ -54,8 +54,8 @@ test('families: in the server order, availability and reason, tools, settings fr
   assert.equal(notebook.title, 'Notebooks');
   assert.deepEqual(notebook.settings.map(s => [s.name, s.kind]), [['mode', 'enum'], ['paths', 'list']]);
   assert.deepEqual(notebook.settings[0].options, ['read', 'edit']);
-  assert.equal(familyFacts(browser), '2 tools · runs in the Jupyter server · 120 s per call');
-  assert.equal(familyFacts(notebook), '2 tools · runs in the Jupyter server');
+  assert.equal(familyFacts(browser), 'runs in the Jupyter server · 120 s per call');
+  assert.equal(familyFacts(notebook), 'runs in the Jupyter server');
   // an older server's catalog has no built-ins
   assert.deepEqual(builtinFamilies({ notebook: [], server: [] }), []);
   // an unavailable family without a reason still says something
@@ -72,14 +72,30 @@ test('settings: the notebook family without a schema gets mode and paths; other 
   assert.deepEqual(fields.map(f => [f.name, f.kind, f.required]), [['on', 'boolean', false], ['n', 'number', false], ['s', 'string', true]]);
 });
 
-test('standard tools by tier, unavailable ones with their reason; an older catalog falls back to the tiers', () => {
-  const tiers = standardTiers(CATALOG);
+test('standard tools by tier: the ones given, those turned off, an unavailable tier\'s reason once', () => {
+  const tiers = standardTiers({ standard: [
+    { tier: 'kernel', available: true, reason: null, tools: [
+      { name: 'bash', kind: 'toolset', runs: 'sandbox', enabled: false, available: false, reason: 'the kernel tier gives agents no bash tool' },
+      { name: 'read', kind: 'toolset', runs: 'sandbox', enabled: true, available: true, reason: null },
+      { name: 'python', kind: 'tier', runs: 'sandbox', enabled: true, available: true, reason: null }] },
+    { tier: 'container', available: false, reason: 'no Docker engine', tools: [
+      { name: 'bash', runs: 'sandbox', enabled: true, available: false, reason: 'no Docker engine' },
+      { name: 'web_search', runs: 'anthropic', enabled: true, available: false, reason: 'no Docker engine', note: 'runs at Anthropic' }] }
+  ] });
   assert.deepEqual(tiers.map(t => t.tier), ['kernel', 'container']);
-  assert.deepEqual(tiers[0].tools.map(t => t.name), ['python', 'read']);
+  assert.deepEqual(tiers[0].tools.map(t => t.name), ['read', 'python']);
+  assert.deepEqual(tiers[0].off, ['bash']);
+  assert.equal(tiers[0].available, true);
+  assert.equal(tiers[1].available, false);
+  assert.equal(tiers[1].reason, 'no Docker engine');
   const search = tiers[1].tools[1];
   assert.equal(search.available, false);
-  assert.equal(search.reason, 'off on this server');
+  assert.equal(search.reason, null, 'the tier says why, once');
   assert.equal(search.runs, 'anthropic');
+  assert.equal(search.note, 'runs at Anthropic');
+  // a tool of an available tier that is not available says why itself
+  const [own] = standardTiers({ standard: [{ tier: 'kernel', available: true, tools: [{ name: 'x', available: false, reason: 'why' }] }] });
+  assert.equal(own.tools[0].reason, 'why');
   const fallback = standardTiers({ notebook: [] });
   assert.ok(fallback.find(t => t.tier === 'kernel').tools.some(t => t.name === 'python'));
   assert.equal(runsLabel('server'), 'in the Jupyter server');

@@ -23,6 +23,9 @@ export interface NotebookEditsOptions {
   hideWhenEmpty?: boolean;
 }
 
+/** The lists shown on this page: an undo in one is shown by every other (the live channel says nothing of undos). */
+const SHOWN = new Set<NotebookEditsView>();
+
 /** A list of notebook edits with Undo. Call `refresh()` when edits may have been made; it is coalesced. */
 export class NotebookEditsView implements View {
   readonly node: HTMLElement;
@@ -46,12 +49,14 @@ export class NotebookEditsView implements View {
       this.list
     );
     this.node.hidden = !!options.hideWhenEmpty;
+    SHOWN.add(this);
     this.refresh = coalesce(() => this.fetch(), e => this.say(`The notebook edits could not be read: ${errorMessage(e)}`, 'error'));
     void this.refresh();
   }
 
   dispose(): void {
     this.disposed = true;
+    SHOWN.delete(this);
     this.node.remove();
   }
 
@@ -173,7 +178,8 @@ export class NotebookEditsView implements View {
       this.say(`Undone: ${edit.path} is back as it was before this edit${tail}.`, 'info');
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) {
-        this.say(`This edit of ${edit.path} was undone already.`, 'info');
+        // already undone, or its checkpoint is gone: the server says which, and what to do instead
+        this.say(errorMessage(error), 'warn');
       } else {
         this.say(`The edit could not be undone: ${errorMessage(error)}`, 'error');
       }
@@ -181,7 +187,7 @@ export class NotebookEditsView implements View {
         control.disabled = false;
       }
     }
-    void this.refresh();
+    SHOWN.forEach(view => void view.refresh());
   }
 
   private say(text: string, kind: 'error' | 'warn' | 'info'): void {

@@ -149,18 +149,24 @@ export function builtinFamilies(catalog: any): Family[] {
   return families;
 }
 
-/** A standard tool of a tier. */
+/** A standard tool a tier gives every agent. */
 export interface StandardToolRow {
   name: string;
   runs: string;
   available: boolean;
   reason: string | null;
+  /** a remark (e.g. that it runs at Anthropic, outside this server's egress policy) */
+  note: string | null;
 }
 
-/** A tier and the tools it gives every agent. */
+/** A tier, whether it can serve now, the tools it gives every agent and the toolset's tools it turns off. */
 export interface TierTools {
   tier: string;
+  available: boolean;
+  reason: string | null;
   tools: StandardToolRow[];
+  /** the toolset's tools the tier does not give (e.g. the kernel tier's bash) */
+  off: string[];
 }
 
 /** The `standard` list of GET tools by tier (an older server without it: what each tier is known to give). */
@@ -169,27 +175,43 @@ export function standardTiers(catalog: any): TierTools[] {
   if (!listed) {
     return Object.entries(STANDARD_TOOLS).map(([tier, names]) => ({
       tier,
-      tools: names.map(name => ({ name, runs: 'sandbox', available: true, reason: null }))
+      available: true,
+      reason: null,
+      tools: names.map(name => ({ name, runs: 'sandbox', available: true, reason: null, note: null })),
+      off: []
     }));
   }
   return listed
     .filter((t: any) => t && t.tier)
-    .map((t: any) => ({
-      tier: String(t.tier),
-      tools: (Array.isArray(t.tools) ? t.tools : [])
-        .filter((x: any) => x && x.name)
-        .map((x: any) => ({
+    .map((t: any): TierTools => {
+      const available = t.available !== false;
+      const tools: StandardToolRow[] = [];
+      const off: string[] = [];
+      for (const x of Array.isArray(t.tools) ? t.tools : []) {
+        if (!x || !x.name) {
+          continue;
+        }
+        if (x.enabled === false) {
+          off.push(String(x.name));
+          continue;
+        }
+        // A tool of an unavailable tier says the tier's reason; the tier says it once.
+        const own = x.available === false && available;
+        tools.push({
           name: String(x.name),
           runs: String(x.runs || 'sandbox'),
           available: x.available !== false,
-          reason: x.available === false ? String(x.reason || 'not available') : null
-        }))
-    }));
+          reason: own ? String(x.reason || 'not available') : null,
+          note: x.note ? String(x.note) : null
+        });
+      }
+      return { tier: String(t.tier), available, reason: available ? null : String(t.reason || 'not available on this machine'), tools, off };
+    });
 }
 
-/** A family's line in the catalog: "2 tools · 60 s per call" */
+/** Where a family's tools run and how long a call may take: "runs in the Jupyter server · 60 s per call". */
 export function familyFacts(family: Family): string {
-  const parts = [`${family.tools.length} ${family.tools.length === 1 ? 'tool' : 'tools'}`, 'runs in the Jupyter server'];
+  const parts = ['runs in the Jupyter server'];
   if (family.timeout !== null) {
     parts.push(`${family.timeout} s per call`);
   }

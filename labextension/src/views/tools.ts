@@ -170,18 +170,19 @@ export class ToolsView implements View {
       f.summary ? h('div', { class: 'jp-cma-family-summary' }, f.summary) : null,
       f.available ? null : h('div', { class: 'jp-cma-family-reason', role: 'note' }, f.reason),
       f.requires ? h('div', { class: 'jp-cma-muted jp-cma-family-requires' }, `Needs: ${f.requires}`) : null,
-      h('div', { class: 'jp-cma-muted jp-cma-family-facts' }, familyFacts(f)),
       h(
-        'ul',
+        'div',
         { class: 'jp-cma-family-tools' },
-        f.tools.map(t =>
+        'Tools: ',
+        f.tools.map((t, i) => [
+          i ? ', ' : '',
           h(
-            'li',
-            { class: 'jp-cma-family-tool', dataset: { tool: t.name }, title: runsLabel(t.runs) },
-            h('span', { class: 'jp-cma-mono jp-cma-tool-name' }, t.name),
-            t.description ? h('span', { class: 'jp-cma-muted jp-cma-tool-desc' }, ` — ${firstSentence(t.description)}`) : null
+            'span',
+            { class: 'jp-cma-mono jp-cma-family-tool', dataset: { tool: t.name }, title: `${t.description}${t.description ? '\n' : ''}Runs ${runsLabel(t.runs)}.` },
+            t.name
           )
-        )
+        ]),
+        h('span', { class: 'jp-cma-muted jp-cma-family-facts' }, ` · ${familyFacts(f)}`)
       ),
       f.settings.length
         ? h(
@@ -199,32 +200,27 @@ export class ToolsView implements View {
   }
 
   private tier(t: TierTools): HTMLElement {
+    const own = t.tools.filter(tool => tool.reason);
     return h(
       'div',
-      { class: 'jp-cma-tier-tools', dataset: { tier: t.tier } },
+      { class: ['jp-cma-tier-tools', !t.available && 'jp-cma-tier-tools-unavailable'], dataset: { tier: t.tier, available: String(t.available) } },
       h('span', { class: 'jp-cma-tier-tools-name' }, `${t.tier}: `),
       t.tools.map((tool, i) => [
         i ? ', ' : '',
         h(
           'span',
           {
-            class: ['jp-cma-mono', 'jp-cma-standard-tool', !tool.available && 'jp-cma-standard-tool-off'],
-            dataset: { tool: tool.name },
-            title: tool.available ? `runs ${runsLabel(tool.runs)}` : `not available: ${tool.reason}`
+            class: ['jp-cma-mono', 'jp-cma-standard-tool', tool.reason !== null && 'jp-cma-standard-tool-off'],
+            dataset: { tool: tool.name, runs: tool.runs },
+            title: [`runs ${runsLabel(tool.runs)}`, tool.note, tool.reason && `not available: ${tool.reason}`].filter(Boolean).join('; ')
           },
-          tool.name
+          tool.name,
+          tool.runs !== 'sandbox' ? h('sup', { class: 'jp-cma-muted' }, tool.runs === 'anthropic' ? ' upstream' : ` ${tool.runs}`) : null
         )
       ]),
-      t.tools.some(tool => !tool.available)
-        ? h(
-            'div',
-            { class: 'jp-cma-muted jp-cma-tier-tools-off' },
-            t.tools
-              .filter(tool => !tool.available)
-              .map(tool => `${tool.name}: ${tool.reason}`)
-              .join('; ')
-          )
-        : null
+      t.available ? null : h('div', { class: 'jp-cma-tier-tools-reason', role: 'note' }, `This tier cannot serve sessions now: ${t.reason}`),
+      own.length ? h('div', { class: 'jp-cma-muted jp-cma-tier-tools-off' }, own.map(tool => `${tool.name}: ${tool.reason}`).join('; ')) : null,
+      t.off.length ? h('div', { class: 'jp-cma-muted jp-cma-tier-tools-off' }, `Not given on this tier: ${t.off.join(', ')}`) : null
     );
   }
 
@@ -247,7 +243,7 @@ export class ToolsView implements View {
         ),
         h(
           'ul',
-          { class: 'jp-cma-family-tools' },
+          { class: 'jp-cma-notebook-tool-list' },
           g.tools.map(t =>
             h(
               'li',
