@@ -17,10 +17,11 @@ import pytest
 from jupyter_server.services.contents.filemanager import FileContentsManager
 from tornado.httpclient import HTTPClientError
 
+from jupyter_cma.emulator.scenarios import Values, build_input
 from jupyter_cma.store import Store
 from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
 from jupyter_cma.tools.builtin.notebooks import NotebookFileTools, path_matches, undo_edit
-from tests.test_dispatch import cma_emulator, cma_mode, harness, jp_server_config  # noqa: F401
+from tests.test_dispatch import cma_emulator, cma_mode, harness, jp_server_config, results, script  # noqa: F401
 
 SESSION = "sesn_notebooks"
 AGENT = "agent_notebooks"
@@ -314,3 +315,47 @@ async def test_a_sync_contents_manager_serves_the_same_tools(tmp_path):
     (edit,) = store.notebook_edits()
     assert (await undo_edit(store, family.parts.contents_manager, edit["id"]))["restored_from"] == "checkpoint"
     assert on_disk(root / "n.ipynb")["cells"] == original["cells"]
+
+
+def test_the_demo_brain_passes_a_json_list_to_a_list_of_objects_parameter():
+    """The emulator's demo brain fills `operations` from a ```json block, as the example notebook's request gives it."""
+    edit = NotebookFileTools().tools({"mode": "edit"})[1]
+    message = ("Use notebook_edit on 'a.ipynb' with these operations:\n"
+               '```json\n[{"op": "delete", "index": 0}]\n```')
+    assert build_input(edit.input_schema, Values.of(message, ["notebook_edit"])) == (
+        {"path": "a.ipynb", "operations": [{"op": "delete", "index": 0}]}, [])
+    assert build_input(edit.input_schema, Values.of("Use notebook_edit on 'a.ipynb'", ["notebook_edit"]))[1] == ["operations"]
+
+
+async def test_a_scripted_session_of_an_agent_with_the_notebook_builtin_edits_a_notebook_in_the_root(harness, jp_root_dir):
+    h = await harness.start()
+    target = jp_root_dir / "reports" / "q3.ipynb"
+    original = sample(target)
+    editor = (await h.api("POST", "agents", {"name": "nb-editor", "tier": "kernel",
+                                             "builtins": {"notebook": {"mode": "edit", "paths": ["reports/**"]}}}))["id"]
+    reader = (await h.api("POST", "agents", {"name": "nb-reader", "tier": "kernel", "builtins": {"notebook": {}}}))["id"]
+    assert (await h.api("GET", f"agents/{editor}"))["builtins"] == {"notebook": {"mode": "edit", "paths": ["reports/**"]}}
+
+    sid = await h.session(editor, script(
+        {"tool": "notebook_edit", "input": {"path": "reports/q3.ipynb", "operations": [
+            {"op": "insert", "index": 0, "cell_type": "markdown", "source": "Reviewed by the agent."}]}},
+        {"tool": "notebook_read", "input": {"path": "reports/q3.ipynb"}},
+        {"tool": "notebook_read", "input": {"path": "../outside.ipynb"}},
+        {"say": "done"}))
+    events = await h.turn_ends(sid)
+    edited, read, refused = results(events)
+    assert edited.startswith("Edited reports/q3.ipynb: inserted cell 0 (markdown)")
+    assert "## cell 0 · markdown\n```markdown\nReviewed by the agent.\n```" in read
+    assert "leaves its folder with '..'" in refused
+    errors = [e.is_error for e in events if e.type == "user.custom_tool_result"]
+    assert errors == [False, False, True]
+    assert "".join(on_disk(target)["cells"][0]["source"]) == "Reviewed by the agent."
+
+    (edit,) = await edits(h, session_id=sid)
+    assert edit["agent_id"] == editor and edit["path"] == "reports/q3.ipynb"
+    assert (await undo(h, edit["id"]))["restored_from"] == "checkpoint"
+    assert on_disk(target)["cells"] == original["cells"]
+
+    # A reader is given notebook_read only: its definition upstream has no notebook_edit.
+    names = {t.get("name") for t in (await h.api("GET", f"agents/{reader}"))["tools"] if isinstance(t, dict)}
+    assert "notebook_read" in names and "notebook_edit" not in names

@@ -13,8 +13,8 @@ without acting when the message is not for it, else plays the whole turn:
   answers with three extractive bullets per document.
 - `call_named_tools`: the custom tools the message names are called once
   each, in the order named, with inputs built from their schemas and the
-  message's quoted strings and numbers; a "which … most" question about a
-  table of numbers gets a one-line answer.
+  message's quoted strings, numbers and ```json lists; a "which … most"
+  question about a table of numbers gets a one-line answer.
 
 Everything is deterministic and extractive: the same message and the same
 tool results give the same transcript.
@@ -61,6 +61,7 @@ CODE_FENCE = re.compile(r"```[ \t]*(python3?|py|ipython|bash|sh|shell|zsh)[ \t]*
 # so the apostrophes of "don't" and "what's" never open or close a quoted string.
 QUOTED = re.compile(r'"([^"\n]*)"|“([^”\n]*)”|‘([^’\n]*)’|(?<!\w)\'([^\'\n]*)\'(?!\w)')
 NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+JSON_FENCE = re.compile(r"```[ \t]*json[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def _blank(text: str, spans: list[tuple[int, int]]) -> str:
@@ -86,6 +87,13 @@ def _number(raw: str) -> int | float:
     return int(value) if value.is_integer() and "." not in raw else value
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def _mentions(text: str, word: str) -> re.Match[str] | None:
     return re.search(rf"(?<![\w.]){re.escape(word)}(?!\w)", text)
 
@@ -99,7 +107,8 @@ def mentioned_tools(text: str, names: list[str]) -> list[str]:
 
 @dataclass
 class Values:
-    """What a message offers for tool inputs: its quoted strings and its numbers, handed out in order.
+    """What a message offers for tool inputs: its quoted strings, its numbers and the lists of its ```json
+    blocks, handed out in order.
 
     Values are shared by the tools of one message, so "use a on 'x' and b on
     'y'" gives 'x' to a and 'y' to b; a tool that starts when a kind is used
@@ -109,8 +118,10 @@ class Values:
     strings: list[str]
     numbers: list[int | float]
     text: str
+    lists: list[list[Any]] = field(default_factory=list)  # ```json blocks holding a list, for list-of-objects parameters
     _next_string: int = 0
     _next_number: int = 0
+    _next_list: int = 0
 
     @classmethod
     def of(cls, text: str, tool_names: Iterable[str] = ()) -> Values:
@@ -120,7 +131,8 @@ class Values:
         for name in tool_names:
             prose = re.sub(rf"(?<!\w){re.escape(name)}(?!\w)", lambda m: " " * len(m.group(0)), prose)
         numbers = [_number(m.group(0)) for m in NUMBER.finditer(prose)]
-        return cls(strings=[q for _, _, q in quotes], numbers=numbers, text=without_fences(text))
+        lists = [value for m in JSON_FENCE.finditer(text) if isinstance(value := _json_value(m.group(1)), list)]
+        return cls(strings=[q for _, _, q in quotes], numbers=numbers, text=without_fences(text), lists=lists)
 
     def start_tool(self) -> None:
         """A new tool takes values: a kind that is used up starts again from its first value."""
@@ -128,6 +140,8 @@ class Values:
             self._next_string = 0
         if self._next_number >= len(self.numbers):
             self._next_number = 0
+        if self._next_list >= len(self.lists):
+            self._next_list = 0
 
     def string(self) -> str | None:
         """The next quoted string, or None when they are used up."""
@@ -142,6 +156,13 @@ class Values:
             return None
         self._next_number += 1
         return self.numbers[self._next_number - 1]
+
+    def json_list(self) -> list[Any] | None:
+        """The next ```json block's list, or None when they are used up."""
+        if self._next_list >= len(self.lists):
+            return None
+        self._next_list += 1
+        return self.lists[self._next_list - 1]
 
     def rest_of_strings(self) -> list[str]:
         """Every quoted string not handed out yet (for an array parameter)."""
@@ -194,7 +215,8 @@ def build_input(schema: dict[str, Any], values: Values) -> tuple[dict[str, Any],
     Required parameters only, in the schema's order: strings from quoted
     strings, integers and numbers from numbers, booleans false, enums (and
     `Literal`s) the value the message mentions else their first, arrays of
-    strings or numbers every value left. Optional parameters are left out.
+    strings or numbers every value left, arrays of objects the next ```json
+    block's list. Optional parameters are left out.
     """
     values.start_tool()
     props = schema.get("properties") or {}
@@ -223,6 +245,8 @@ def build_input(schema: dict[str, Any], values: Values) -> tuple[dict[str, Any],
                 value = [round(n) if items == "integer" else n for n in values.rest_of_numbers()] or None
             elif items in ("string", ""):
                 value = values.rest_of_strings() or None
+            elif items == "object":
+                value = values.json_list()
         if value is None:
             missing.append(name)
         else:
@@ -238,8 +262,11 @@ def _needs(schema: dict[str, Any], names: list[str]) -> str:
     props = schema.get("properties") or {}
     parts = []
     for name in names:
-        kind = _type_of(_resolve(props.get(name))) or "value"
+        prop = _resolve(props.get(name))
+        kind = _type_of(prop) or "value"
         hint = HINTS.get(kind, kind)
+        if kind == "array" and _type_of(_resolve(prop.get("items"))) == "object":
+            hint = "a list of objects, in a ```json block"
         parts.append(f"`{name}` ({hint})")
     return ", ".join(parts)
 
