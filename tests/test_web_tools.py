@@ -29,6 +29,14 @@ from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
 from jupyter_cma.tools.builtin.egress import ToolEgress
 from jupyter_cma.tools.builtin.web import ServiceTools, WebFetchTools
 from tests.helpers import wait_until
+from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-end tests)
+    cma_emulator,
+    cma_mode,
+    harness,
+    jp_server_config,
+    results,
+    script,
+)
 from tests.test_egress_proxy import test_ca  # noqa: F401  (the module's CA fixture)
 
 SECRET = f"sk-web-{secrets.token_hex(16)}"  # made per run: no file holds it unless something leaked it there
@@ -312,3 +320,32 @@ async def test_a_released_session_is_detached_and_attached_again_on_its_next_cal
         assert f"tools-{SESSION}" not in rig.proxy.attachments and not Path(first).exists()
         text = await rig.web.call(rig.ctx(), "web_fetch", {"url": "http://site.test/page"})
         assert isinstance(text, str) and "# Widgets" in text
+
+
+# ---------------------------------------------------------------------- through the real server (the harness of test_dispatch)
+
+
+async def test_an_agent_with_web_fetch_reads_a_page_through_its_sessions_egress(harness, tmp_path):
+    """The agent is given the built-in over REST; its scripted session calls it; the page comes back as markdown and
+    the egress log (over REST) has the request under the session's id."""
+    site = Site()
+    try:
+        h = await harness.start()
+        await h.api("POST", "egress/policies", {"name": "web", "scope": {"environment": True},
+                                                "private_services": [{"name": "site.test", "target": f"127.0.0.1:{site.port}"}]})
+        agent = await h.api("POST", "agents", {"name": "reader", "tier": "kernel", "builtins": {"web_fetch": {}}})
+        assert agent["builtins"] == {"web_fetch": {}}
+        sid = await h.session(agent["id"], script({"tool": "web_fetch", "input": {"url": "http://site.test/page"}}, {"say": "read it"}))
+        events = await h.turn_ends(sid)
+        async def logged() -> list[dict[str, Any]]:
+            response = await h.fetch("cma", "api", "egress", "log", params={"session_id": sid})
+            return json.loads(response.body)["data"]
+
+        rows = await wait_until(logged, 15, what="the session's egress rows")
+    finally:
+        site.close()
+    (text,) = results(events)
+    assert "Title: Widget handbook" in text and "URL: http://site.test/page" in text and "# Widgets" in text
+    assert "do-not-show" not in text
+    assert [r["path"] for r in site.requests] == ["/page"]
+    assert [(r["host"], r["path"], r["decision"], r["session_id"]) for r in rows] == [("site.test", "/page", "allowed", sid)]
