@@ -106,11 +106,14 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("EgressSecretsHandler", "GET"): Route(),
     ("EgressSecretHandler", "PUT"): Route(body={"value": "fuzz"}, fields=_fields(schemas.SecretPut)),
     ("EgressSecretHandler", "DELETE"): Route(),
+    ("NotebookEditsHandler", "GET"): Route(query=_fields(schemas.NotebookEditsQuery)),
+    ("NotebookEditUndoHandler", "POST"): Route(body={}),
+    ("MailHandler", "GET"): Route(query=_fields(schemas.MailQuery)),
     ("WebhookHandler", "POST"): Route(),  # fuzzed by the webhook tests below
 }
 # A well-formed value for each path parameter; the path tests break them.
 PATH_VALUES = {"session_id": "sesn_fuzz", "agent_id": "agent_fuzz", "policy_id": "pol_fuzz", "name": "FUZZ_SECRET", "action": "push",
-               "kernel_id": "0b8f3c1e-0000-4000-8000-00000000f022", "tool_name": "fuzz_tool"}
+               "kernel_id": "0b8f3c1e-0000-4000-8000-00000000f022", "tool_name": "fuzz_tool", "edit_id": "1"}
 _GROUP = re.compile(r"\(\?P<(\w+)>(?:[^()]|\([^()]*\))*\)")
 
 

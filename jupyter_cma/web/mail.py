@@ -12,23 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from jupyter_server.auth.decorator import authorized
-from pydantic import Field
 
 from .base import CMAHandler
-from .schemas import Id, Query
+from .schemas import MailQuery
 
 if TYPE_CHECKING:
     from ..store import Store
 
 MAIL_FIELDS = ("id", "at", "direction", "status", "reason", "session_id", "agent_id", "message_id", "in_reply_to", "refs",
                "sender", "recipients", "subject", "size")
-
-
-class MailQuery(Query):
-    """`GET cma/api/mail`."""
-
-    session_id: Id | None = None
-    limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
 
 
 def mail_document(row: dict[str, Any]) -> dict[str, Any]:

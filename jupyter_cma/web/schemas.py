@@ -301,6 +301,13 @@ class NotebookEditsQuery(Query):
     limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
 
 
+
+class MailQuery(Query):
+    """`GET cma/api/mail`."""
+
+    session_id: Id | None = None
+    limit: int = Field(100, ge=1, le=1000, description="an integer from 1 to 1000")
+
 # ---------------------------------------------------------------------- live channel
 
 
