@@ -253,6 +253,13 @@ class NotebookFileTools(BuiltinFamily):
         _only(input, ("path", "operations"), "notebook_edit")
         path = self._confine(input.get("path"), settings)
         operations = _check_operations(input.get("operations"))
+        # Shielded: a call that times out while it writes still finishes its checkpoint, save and row (a save
+        # without its row could not be undone), and the model hears of the timeout.
+        task = asyncio.ensure_future(self._write_edit(ctx, path, operations))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure is the caller's, or nobody's
+        return await asyncio.shield(task)
+
+    async def _write_edit(self, ctx: CallContext, path: str, operations: list[dict[str, Any]]) -> str:
         parts = self._parts()
         async with _lock(path):
             nb = await self._load(path)
