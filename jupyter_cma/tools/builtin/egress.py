@@ -44,7 +44,7 @@ SANDBOX_PREFIX = "tools-"
 MAX_SOCKET_PATH = 100
 MAX_REFUSAL_BYTES = 64 * 1024  # a refusal's answer is a line or two; more than this is not one of ours
 # Any placeholder: connections never go to this name, the network backend below opens the session's socket instead.
-PROXY_URL = "http://egress-proxy.invalid/"
+PROXY_URL = "http://session-egress-socket.invalid/"
 _REFUSAL_PREFIX = "jupyter-cma egress: "
 
 
