@@ -167,7 +167,8 @@ class _ProxyTransport(httpx.AsyncHTTPTransport):
         response = await super().handle_async_request(request)
         rule = response.headers.get(RULE_HEADER)
         if rule and response.status_code >= 400:
-            # The proxy refused this request (plain http, or one request inside an opened tunnel).
+            # The proxy refused this request (plain http, or one request inside an opened tunnel). A site could send
+            # the header itself; it would only make its own error read as a refusal, which it can do in its body anyway.
             body = b""
             try:
                 async for chunk in response.stream:  # type: ignore[union-attr]

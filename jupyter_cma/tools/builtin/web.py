@@ -14,6 +14,7 @@ service, and are scrubbed from what the service answers in case it echoes them.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
 from collections.abc import Mapping
@@ -136,9 +137,7 @@ class WebFetchTools(BuiltinFamily):
                          "(default: jupyter-cma/<version> (built-in tool; …)).")
 
     def unavailable(self) -> str | None:
-        try:
-            import trafilatura  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("trafilatura") is None:  # not imported here: importing it takes half a second
             return "the trafilatura package is not installed; run `pip install 'trafilatura>=2.0,<3'` and restart the server"
         if self.parts is None:
             return "the server has not started its built-in tools"
@@ -154,7 +153,7 @@ class WebFetchTools(BuiltinFamily):
             "type": "object",
             "properties": {
                 "url": {"type": "string", "description": "The page's http:// or https:// URL."},
-                "max_chars": {"type": "integer", "minimum": 100, "maximum": self.max_chars,
+                "max_chars": {"type": "integer", "minimum": 1, "maximum": self.max_chars,
                               "description": f"At most this many characters of content (default and most: {self.max_chars})."},
             },
             "required": ["url"],
