@@ -201,8 +201,8 @@ class BrowserTools(BuiltinFamily):
 
     async def start(self, parts: ServerParts) -> None:
         await super().start(parts)
-        if self._static_problem() is None:
-            await asyncio.to_thread(self._probe_sandbox)
+        if self._static_problem() is None:  # probed beside the server's start, not in its way
+            self._background.spawn(asyncio.to_thread(self._probe_sandbox))
 
     def unavailable(self) -> str | None:
         problem = self._static_problem()
