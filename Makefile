@@ -19,3 +19,5 @@ bench: setup
 	.venv/bin/python bench/bench_container.py
 	.venv/bin/python bench/bench_tools.py
 	.venv/bin/python bench/bench_live.py
+	.venv/bin/python bench/bench_web_fetch.py
+	.venv/bin/python bench/bench_browser.py
