@@ -7,9 +7,11 @@ setup:
 demo: setup
 	.venv/bin/jupyter cma demo
 
+# Two workers (most tests wait on kernels, containers and HTTP); a short base directory, because kernels'
+# and sandboxes' Unix sockets live under each test's directory and a socket path holds about 100 bytes.
 test: setup
 	PYTHONPATH=sandbox .venv/bin/lint-imports --no-cache
-	.venv/bin/pytest
+	.venv/bin/pytest -n 2 --basetemp=/tmp/cma-tests
 
 bench: setup
 	.venv/bin/python bench/bench_emulator.py
