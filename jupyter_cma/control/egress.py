@@ -24,11 +24,13 @@ class SessionEgress(EgressHook):
         self.proxy = proxy
 
     async def attach(self, sandbox_id: str, socket_path: str, *, session_id: str, api_token: str | None = None,
-                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
+                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600,
+                     internal_route: bool = True, inject: bool = True) -> str | None:
         row = self.store.session(session_id) or {}
         return self.proxy.attach(sandbox_id, socket_path, session_id=session_id, agent_id=row.get("agent_id"),
                                  metadata=row.get("metadata") or {}, api_token=api_token, work_id=work_id,
-                                 environment_id=environment_id, socket_mode=socket_mode)
+                                 environment_id=environment_id, socket_mode=socket_mode, internal_route=internal_route,
+                                 inject=inject)
 
     async def detach(self, sandbox_id: str, socket_path: str, *, session_id: str) -> None:
         self.proxy.detach(sandbox_id)

@@ -421,6 +421,11 @@ class EgressProxy(LoggingConfigurable):
         attachment = self.attachments.get(str(message.get("sandbox")))
         if attachment is None:
             return _json_answer(403, "this sandbox is not attached to the egress proxy")
+        if attachment.spec.get("internal_route") is not True:
+            # A socket of the server's own built-ins (web pages a browser opens among them): whatever reaches the network
+            # through it must not run the session's tools. Decided here, by the server, not by the engine that asked.
+            return _json_answer(403, "this socket does not reach cma.internal: it carries built-in tools' web traffic, "
+                                     "which may not call the session's tools")
         if self.internal_handler is None:
             return _json_answer(404, "no tool registry on this server")
         try:
@@ -495,7 +500,8 @@ class EgressProxy(LoggingConfigurable):
 
     def attach(self, sandbox_id: str, socket_path: str, *, session_id: str | None, agent_id: str | None = None,
                metadata: dict[str, str] | None = None, api_token: str | None = None, work_id: str | None = None,
-               environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
+               environment_id: str | None = None, socket_mode: int = 0o600, internal_route: bool = True,
+               inject: bool = True) -> str | None:
         """Serve a sandbox's socket for a session; returns the placeholder to give the sandbox when `api_token` is set.
 
         `api_token` (a credential-free worker's: the container tier) is spent
@@ -509,6 +515,11 @@ class EgressProxy(LoggingConfigurable):
         `socket_mode`: 0600 when the sandbox runs as this server's user (kernels);
         a container's user differs, so its socket is opened up, and the directory
         holding it is what keeps everyone else out.
+        `internal_route`: calls to http://cma.internal/ through this socket reach the
+        session's tools (a sandbox's); False refuses them with 403 (the server's own
+        built-ins, whose traffic a web page may steer). `inject`: the session's policy
+        injections apply; False sends requests without them (a browser, which spends
+        them for whatever page it opens), decided and logged as the session all the same.
         """
         worker = None
         if api_token:
@@ -531,7 +542,8 @@ class EgressProxy(LoggingConfigurable):
             listener.close()
             raise
         spec = {"id": sandbox_id, "session_id": session_id, "agent_id": agent_id, "metadata": dict(metadata or {}),
-                "api_token": api_token, "placeholder": placeholder, "worker": worker}
+                "api_token": api_token, "placeholder": placeholder, "worker": worker,
+                "internal_route": bool(internal_route), "inject": bool(inject)}
         attachment = Attachment(sandbox_id, str(path), listener, spec)
         self.attachments[sandbox_id] = attachment
         self._send_attach(attachment)

@@ -151,9 +151,15 @@ class EgressHook(abc.ABC):
 
     @abc.abstractmethod
     async def attach(self, sandbox_id: str, socket_path: str, *, session_id: str, api_token: str | None = None,
-                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600) -> str | None:
+                     work_id: str | None = None, environment_id: str | None = None, socket_mode: int = 0o600,
+                     internal_route: bool = True, inject: bool = True) -> str | None:
         """The sandbox now serves `session_id`. With `api_token` (a worker that holds no credential), returns the
-        placeholder the sandbox gets instead: the proxy spends the token only on that worker's calls for its item."""
+        placeholder the sandbox gets instead: the proxy spends the token only on that worker's calls for its item.
+
+        `internal_route=False`: calls to http://cma.internal/ through the socket are refused (the server's built-ins
+        attach so: a web page they load must not run the session's tools). `inject=False`: the policy's injections
+        are not added to requests through it (a browser's socket: a page must not spend the session's credentials).
+        Tiers leave both on."""
 
     @abc.abstractmethod
     async def detach(self, sandbox_id: str, socket_path: str, *, session_id: str) -> None:

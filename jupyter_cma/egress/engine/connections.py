@@ -31,6 +31,9 @@ class AttachedSandbox:
     connect_bucket: TokenBucket  # connections opened
     api_token: str | None = None  # the session's real token, swapped for `placeholder` on its worker's own API calls
     placeholder: str | None = None
+    # False: the policy's injections are not added through this socket (a browser's: a page must not spend them);
+    # every decision, address check and log record is the same.
+    inject: bool = True
     listener: socket.socket | None = None  # until the server below serves it
     server: asyncio.AbstractServer | None = None
     conns: set[Conn] = field(default_factory=set)

@@ -69,6 +69,7 @@ class ControlChannel:
                 connect_bucket=TokenBucket(self.limits.requests_per_second, self.limits.request_burst),
                 api_token=spec.get("api_token") if worker is not None else None,
                 placeholder=spec.get("placeholder") if worker is not None else None,
+                inject=spec.get("inject") is not False,
             )
             sandbox.listener = listener
             self.sandboxes[sandbox.id] = sandbox

@@ -55,7 +55,7 @@ class PolicyHooks:
             raise Refused(403, INTERNAL_USE, "internal:http-only")
         revision = self.store.egress_revision()
         effective = self.resolver.resolve(conn.sandbox.context)
-        decision = effective.decide("CONNECT", "https", flow.request.host, flow.request.port, None)
+        decision = _for(conn.sandbox, effective.decide("CONNECT", "https", flow.request.host, flow.request.port, None))
         if not decision.allowed:
             raise Refused(decision.status or 403, decision.reason, decision.rule)
         host, port = normalize_host(flow.request.host), flow.request.port
@@ -166,7 +166,7 @@ class PolicyHooks:
                               "invalid:host-mismatch")
         sandbox = conn.sandbox
         effective = self.resolver.resolve(sandbox.context)
-        decision = effective.decide(request.method, scheme, host, port, request.path, websocket=upgrade)
+        decision = _for(sandbox, effective.decide(request.method, scheme, host, port, request.path, websocket=upgrade))
         if not decision.allowed:
             raise Refused(decision.status or 403, decision.reason, decision.rule)
         label = "allowed"
@@ -370,6 +370,13 @@ class PolicyHooks:
     def _names_api(self, sandbox: AttachedSandbox, scheme: str, host: str, port: int) -> bool:
         """Whether a worker's sandbox is talking to the API host (the system allowance's)."""
         return sandbox.context.worker is not None and self.resolver.system is not None and self.resolver.system.names(scheme, host, port)
+
+
+def _for(sandbox: AttachedSandbox, decision: Decision) -> Decision:
+    """The decision as it applies to this socket: without the policy's injections where it was attached with them off."""
+    if sandbox.inject or not decision.injections:
+        return decision
+    return dataclasses.replace(decision, injections=())
 
 
 def _count(meta: dict[str, Any], direction: str, conn: Conn, limit: int, chunk: bytes) -> bytes:

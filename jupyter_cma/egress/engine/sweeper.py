@@ -46,7 +46,8 @@ class Sweeper:
                 continue
             effective = self.resolver.resolve(conn.sandbox.context)
             decision = effective.decide("CONNECT", "https", tunnel.host, tunnel.port, None)
-            if decision.allowed and not decision.injections and not effective.needs_inspection(tunnel.host, tunnel.port):
+            injects = bool(decision.injections) and conn.sandbox.inject  # a socket attached without injections never needs them
+            if decision.allowed and not injects and not effective.needs_inspection(tunnel.host, tunnel.port):
                 tunnel.revision = revision
                 continue
             # The tunnel's one record (written as it ends) is denied, with the rule that now refuses it.

@@ -4,8 +4,18 @@ A built-in runs in the Jupyter server, which has a network of its own; a tool mu
 session's egress policy, its log and its injections would not apply to what the model asked for. So each
 session gets a proxy socket attached *as that session* (sandbox id `tools-<session_id>`, through the
 server's `EgressHook`, so policy matching sees the session's agent and metadata as for its sandbox), and
-every request of a built-in goes through that socket, http and https alike (`http_client`). The browser
-family points Chromium at the same socket (`socket_path`) and trusts `ca_bundle`.
+every request of a built-in goes through that socket, http and https alike (`http_client`).
+
+Two things a sandbox's socket has are off on these. Calls to `http://cma.internal/` (the session's tools)
+are refused on every tool socket: what a web page makes a tool (or the browser) request must never run the
+session's tools. And the browser gets a socket of its own, `socket_path(session_id, injections=False)`
+(sandbox id `browser-<session_id>`), through which the policy's injections are not added: a page's
+JavaScript would otherwise make authenticated requests with the session's credentials. Both kinds are
+decided and logged as the session all the same, and `release` detaches both.
+
+What a tool shows the model of an answer passes through `scrub`: the values of the secrets the session's
+policy injects (raw, JSON-escaped, URL-encoded, base64) are withheld, best effort (a service can always
+transform a credential beyond recognition). `public_url` is the one check of a URL a tool is asked to open.
 
 No egress engine means no socket, and then no network at all (fail closed): `unavailable()` says why and
 what fixes it, and `socket_path` raises `ToolError` instead of ever falling back to a direct connection.
@@ -20,14 +30,19 @@ an opened tunnel) is an ordinary response, turned into the same error by the cli
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
+import logging
 import os
+import re
 import shutil
 import ssl
 import tempfile
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, quote_plus
 
 import httpcore
 import httpx
@@ -35,11 +50,17 @@ import httpx
 from .base import ToolError
 
 if TYPE_CHECKING:
+    from ...egress.policy import PolicyResolver
     from ...egress.proxy import EgressProxy
+    from ...egress.secrets import SecretStore
     from ...sandboxes.base import EgressHook
 
+log = logging.getLogger(__name__)
+
 RULE_HEADER = "X-CMA-Egress-Rule"
-SANDBOX_PREFIX = "tools-"
+SANDBOX_PREFIX = "tools-"  # a socket with the policy's injections
+BROWSER_PREFIX = "browser-"  # a socket without them (socket_path(..., injections=False))
+MIN_SECRET_TO_SCRUB = 4  # a shorter secret would blank out ordinary text; such a secret protects nothing anyway
 # sun_path holds 108 bytes on Linux (104 on the BSDs) with its terminating NUL: stay well under it.
 MAX_SOCKET_PATH = 100
 MAX_REFUSAL_BYTES = 64 * 1024  # a refusal's answer is a line or two; more than this is not one of ours
@@ -62,6 +83,27 @@ def refusal(status: int, rule: str, body: bytes) -> EgressRefused:
     first = text.splitlines()[0] if text else ""
     reason = first[len(_REFUSAL_PREFIX):] if first.startswith(_REFUSAL_PREFIX) else text[:500]
     return EgressRefused(status, rule, reason or f"HTTP {status}")
+
+
+def public_url(url: str) -> str:
+    """`url` checked for a tool to open: http or https, with a host, without credentials; returned stripped.
+
+    Raises `ToolError` saying what to send instead. Where it leads is the egress policy's to decide (the proxy
+    refuses internal addresses and hosts the policy does not allow); this only keeps out what no policy
+    should be asked about: other schemes (file:, data:, javascript:, …) and `user:password@` in the URL
+    (credentials reach a service through the policy's injections, not through what the model writes).
+    """
+    text = url.strip() if isinstance(url, str) else ""
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ToolError(f"send an http:// or https:// URL with a host, such as https://example.org/page; got {str(url)[:200]!r}")
+    if parsed.userinfo:
+        raise ToolError("send the URL without a user name or password before the host (user:password@); credentials "
+                        "for a service are added by the session's egress policy, never written into a URL")
+    return str(parsed)
 
 
 class _SniffingStream(httpcore.AsyncNetworkStream):
@@ -184,12 +226,17 @@ class _ProxyTransport(httpx.AsyncHTTPTransport):
 class ToolEgress:
     """Per-session proxy sockets for built-in tools, and HTTP clients that use nothing else."""
 
-    def __init__(self, *, hook: EgressHook, proxy: EgressProxy, socket_dir: Path) -> None:
+    def __init__(self, *, hook: EgressHook, proxy: EgressProxy, socket_dir: Path, policies: PolicyResolver | None = None,
+                 secrets: SecretStore | None = None) -> None:
         self.hook = hook
         self.proxy = proxy
         self.socket_dir = Path(socket_dir)
-        self._sockets: dict[str, str] = {}  # session id → its attached socket's path
-        self._locks: dict[str, asyncio.Lock] = {}
+        # What `scrub` reads (the session's injections, their secrets); `bind` sets them when the server starts.
+        self.policies = policies
+        self.secrets = secrets
+        self._sockets: dict[tuple[str, bool], str] = {}  # (session id, injections) → its attached socket's path
+        self._locks: dict[tuple[str, bool], asyncio.Lock] = {}
+        self._unbound_warned = False
         self._short_dir: Path | None = None  # used when socket_dir is too long a path for a socket
         self._ssl: tuple[tuple[Any, ...], ssl.SSLContext] | None = None
 
@@ -208,27 +255,55 @@ class ToolEgress:
             return f"the egress engine is not running ({why}); built-in tools have no network until it runs (see the server log)"
         return None
 
-    async def socket_path(self, session_id: str) -> str:
-        """The session's proxy socket, attached as the session on first use (ToolError when there is no engine)."""
-        path = self._sockets.get(session_id)
-        if path is not None and self.proxy.attachments.get(self._sandbox_id(session_id)) is not None:
+    def bind(self, *, policies: PolicyResolver, secrets: SecretStore) -> None:
+        """The server's policy resolver and secret store, for `scrub` (the server passes them when it starts)."""
+        self.policies, self.secrets = policies, secrets
+
+    async def socket_path(self, session_id: str, *, injections: bool = True) -> str:
+        """The session's proxy socket, attached as the session on first use (ToolError when there is no engine).
+
+        `injections=False`: a socket of its own (sandbox id `browser-<session_id>`) through which the session's
+        policy injections are not added — for a browser, whose pages' JavaScript could otherwise spend them.
+        Neither kind reaches http://cma.internal/ (the session's tools).
+        """
+        key = (session_id, bool(injections))
+        sandbox_id = self._sandbox_id(session_id, injections=key[1])
+        path = self._sockets.get(key)
+        if path is not None and self.proxy.attachments.get(sandbox_id) is not None:
             return path
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            path = self._sockets.get(session_id)
-            if path is not None and self.proxy.attachments.get(self._sandbox_id(session_id)) is not None:
+            path = self._sockets.get(key)
+            if path is not None and self.proxy.attachments.get(sandbox_id) is not None:
                 return path
             reason = self.unavailable()
             if reason:
                 raise ToolError(f"no network for built-in tools: {reason}")
-            path = self._path_for(session_id)
-            await self.hook.attach(self._sandbox_id(session_id), path, session_id=session_id)
-            if self.proxy.attachments.get(self._sandbox_id(session_id)) is None or not os.path.exists(path):
+            path = self._path_for(session_id, injections=key[1])
+            await self.hook.attach(sandbox_id, path, session_id=session_id, internal_route=False, inject=key[1])
+            if self.proxy.attachments.get(sandbox_id) is None or not os.path.exists(path):
                 # The proxy made no socket (its engine is gone): never fall back to a direct connection.
                 raise ToolError("no network for built-in tools: the egress proxy did not attach this session; "
                                 f"{self.unavailable() or 'see the server log'}")
-            self._sockets[session_id] = path
+            self._sockets[key] = path
             return path
+
+    def scrub(self, session_id: str, text: str) -> str:
+        """`text` with the values of the secrets the session's policy injects withheld: `[secret NAME withheld]`.
+
+        Best effort: each value is replaced as it is, JSON-escaped, URL-encoded (`quote`, `quote_plus`, either case of
+        hex) and base64-encoded (standard and URL-safe, with or without padding; the injected header value with its
+        prefix too). A service can still transform a credential in ways no scrub recognises (a part of it, a
+        hash, another encoding); the first defence is that tools which load arbitrary pages (the browser) get no
+        injections at all. Secrets shorter than 4 characters are not scrubbed (they would blank out ordinary text).
+        """
+        if not text:
+            return text
+        forms = self._secret_forms(session_id)
+        for form, name in forms:
+            if form in text:
+                text = text.replace(form, f"[secret {name} withheld]")
+        return text
 
     def http_client(self, session_id: str, socket_path: str, *, timeout: float) -> httpx.AsyncClient:
         """An HTTP client whose every request goes through `socket_path` as the session; redirects are not followed.
@@ -243,18 +318,20 @@ class ToolEgress:
                                  trust_env=False, headers={"Accept-Encoding": "gzip, deflate"})
 
     async def release(self, session_id: str) -> None:
-        """The session's sandbox is gone: its socket stops being served (a later call attaches it again)."""
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:
-            path = self._sockets.pop(session_id, None)
-            if path is not None:
-                await self.hook.detach(self._sandbox_id(session_id), path, session_id=session_id)
-                Path(path).unlink(missing_ok=True)
-        self._locks.pop(session_id, None)
+        """The session's sandbox is gone: its sockets (both kinds) stop being served (a later call attaches again)."""
+        for injections in (True, False):
+            key = (session_id, injections)
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                path = self._sockets.pop(key, None)
+                if path is not None:
+                    await self.hook.detach(self._sandbox_id(session_id, injections=injections), path, session_id=session_id)
+                    Path(path).unlink(missing_ok=True)
+            self._locks.pop(key, None)
 
     async def close(self) -> None:
-        """The server is stopping: detach every session's socket."""
-        for session_id in list(self._sockets):
+        """The server is stopping: detach every session's sockets."""
+        for session_id in {sid for sid, _ in self._sockets}:
             try:
                 await self.release(session_id)
             except Exception:  # keep releasing the others
@@ -266,12 +343,12 @@ class ToolEgress:
     # ------------------------------------------------------------------ internals
 
     @staticmethod
-    def _sandbox_id(session_id: str) -> str:
-        return f"{SANDBOX_PREFIX}{session_id}"
+    def _sandbox_id(session_id: str, *, injections: bool = True) -> str:
+        return f"{SANDBOX_PREFIX if injections else BROWSER_PREFIX}{session_id}"
 
-    def _path_for(self, session_id: str) -> str:
-        """A short socket path: a digest of the session id, in `socket_dir` or, if that is too long, a private temp dir."""
-        name = hashlib.sha256(session_id.encode()).hexdigest()[:20] + ".sock"
+    def _path_for(self, session_id: str, *, injections: bool = True) -> str:
+        """A short socket path: a digest of the sandbox id, in `socket_dir` or, if that is too long, a private temp dir."""
+        name = hashlib.sha256(self._sandbox_id(session_id, injections=injections).encode()).hexdigest()[:20] + ".sock"
         directory = self.socket_dir
         if len(str(directory / name).encode()) > MAX_SOCKET_PATH:
             if self._short_dir is None:
@@ -280,6 +357,37 @@ class ToolEgress:
         else:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return str(directory / name)
+
+    def _secret_forms(self, session_id: str) -> list[tuple[str, str]]:
+        """(form, secret name) of every injected value's recognisable forms, longest first (so a longer form is
+        withheld whole before a shorter one inside it)."""
+        if self.policies is None or self.secrets is None:
+            if not self._unbound_warned:
+                self._unbound_warned = True
+                log.warning("jupyter-cma: ToolEgress.scrub has no policy resolver or secret store (bind was not called); "
+                            "tool results are not scrubbed of injected secrets")
+            return []
+        effective = self.policies.resolve(self.policies.context_for(session_id))
+        record = effective.deciding  # injections come from the deciding policy only (EffectivePolicy.decide)
+        forms: dict[str, str] = {}
+        for rule in record.policy.inject if record is not None else ():
+            injection = rule.injection
+            try:
+                secret = self.secrets.get(injection.secret_name)
+            except Exception:  # an unreadable secret is not injected either
+                secret = None
+            if secret is None:
+                continue
+            raw = secret.reveal()
+            if len(raw) < MIN_SECRET_TO_SCRUB:
+                continue
+            candidates = _encodings(raw)
+            if injection.prefix:
+                # The header value's other forms hold the raw value's (the prefix stays readable); its base64 does not.
+                candidates |= _base64_forms(injection.prefix + raw)
+            for form in candidates:
+                forms.setdefault(form, injection.secret_name)
+        return sorted(forms.items(), key=lambda item: -len(item[0]))
 
     def _ssl_context(self) -> ssl.SSLContext:
         """Made once per CA bundle version (loading the system's CAs costs milliseconds)."""
@@ -299,3 +407,26 @@ class ToolEgress:
                 context.load_verify_locations(cafile=str(extra))
         self._ssl = (key, context)
         return context
+
+
+def _encodings(value: str) -> set[str]:
+    """The forms of `value` a service's answer may carry it in: as it is, JSON-escaped, URL-encoded, base64."""
+    forms = {value}
+    forms.add(json.dumps(value)[1:-1])  # \uXXXX for non-ASCII
+    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    forms.add(json.dumps(value).replace("/", "\\/")[1:-1])  # PHP-style escaped slashes
+    for encoded in (quote(value, safe=""), quote(value), quote_plus(value), quote_plus(value, safe="/")):
+        forms.add(encoded)
+        forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded))
+    forms |= _base64_forms(value)
+    return {form for form in forms if len(form) >= MIN_SECRET_TO_SCRUB}
+
+
+def _base64_forms(value: str) -> set[str]:
+    """`value` in base64, standard and URL-safe, with and without its padding."""
+    forms = set()
+    data = value.encode()
+    for encoded in (base64.b64encode(data), base64.urlsafe_b64encode(data)):
+        text = encoded.decode("ascii")
+        forms.update((text, text.rstrip("=")))
+    return forms

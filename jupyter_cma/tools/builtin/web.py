@@ -8,7 +8,8 @@ back to the model as a tool error naming the policy's rule and reason.
 `web_fetch` turns HTML into markdown with trafilatura (main content, boilerplate such as navigation and
 footers left out); other text is passed through; both are capped. `call_service` calls a name the operator
 declared under the policy's `private_services`, never an arbitrary URL: the injected credentials reach the
-service, and are scrubbed from what the service answers in case it echoes them.
+service, and what it answers is scrubbed of them (`ToolEgress.scrub`, best effort) in case it echoes them.
+Both tools' results pass through that scrub: a page too can reflect what a request carried.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import importlib.util
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,8 +27,8 @@ from traitlets import Int, Unicode
 from ..._version import __version__
 from ...egress.policy.hosts import DEFAULT_PORTS, display_host
 from ...egress.policy.rules import FORBIDDEN_INJECTION_HEADERS, HTTP_METHOD
-from .base import BuiltinFamily, CallContext, Content, ToolError, ToolSpec
-from .egress import EgressRefused
+from .base import BuiltinFamily, CallContext, Content, ServerParts, ToolError, ToolSpec
+from .egress import EgressRefused, public_url
 
 if TYPE_CHECKING:
     from ...egress.policy.resolution import EffectivePolicy
@@ -44,7 +45,12 @@ DEFAULT_USER_AGENT = f"jupyter-cma/{__version__} (built-in tool; fetches on beha
 SHOWN_HEADERS = ("content-type", "content-length", "content-encoding", "content-language", "location", "retry-after",
                  "etag", "last-modified", "cache-control", "expires", "link", "allow", "www-authenticate",
                  "x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
-MIN_SECRET_TO_SCRUB = 4  # a shorter secret would blank out ordinary text; such a secret protects nothing anyway
+
+
+def _bind_scrub(parts: ServerParts) -> None:
+    """`ToolEgress.scrub` reads the session's injections: give it the server's resolver and secrets if nobody has."""
+    if parts.egress.policies is None or parts.egress.secrets is None:
+        parts.egress.bind(policies=parts.policies, secrets=parts.secrets)
 
 
 def _is_text(content_type: str) -> bool:
@@ -136,6 +142,10 @@ class WebFetchTools(BuiltinFamily):
     user_agent = Unicode(DEFAULT_USER_AGENT, config=True, help="The User-Agent header of web_fetch's requests "
                          "(default: jupyter-cma/<version> (built-in tool; …)).")
 
+    async def start(self, parts: ServerParts) -> None:
+        await super().start(parts)
+        _bind_scrub(parts)
+
     def unavailable(self) -> str | None:
         if importlib.util.find_spec("trafilatura") is None:  # not imported here: importing it takes half a second
             return "the trafilatura package is not installed; run `pip install 'trafilatura>=2.0,<3'` and restart the server"
@@ -169,8 +179,13 @@ class WebFetchTools(BuiltinFamily):
             raise ToolError(f"max_chars must be a positive integer (at most {self.max_chars}); leave it out for the default")
         limit = min(limit, self.max_chars)
         socket_path = await ctx.egress.socket_path(ctx.session_id)
-        async with ctx.egress.http_client(ctx.session_id, socket_path, timeout=self.timeout) as client:
-            return await self._fetch(client, url, limit)
+        try:
+            async with ctx.egress.http_client(ctx.session_id, socket_path, timeout=self.timeout) as client:
+                page = await self._fetch(client, url, limit)
+        except ToolError as error:
+            # A redirect's Location, a reason phrase: what a site answered may reflect what the request carried.
+            raise ToolError(ctx.egress.scrub(ctx.session_id, str(error))) from None
+        return ctx.egress.scrub(ctx.session_id, page)
 
     async def _fetch(self, client: httpx.AsyncClient, url: str, limit: int) -> str:
         # Connection: close: a call's client goes with the call, so the proxy's connection upstream should go too
@@ -238,16 +253,14 @@ class WebFetchTools(BuiltinFamily):
 
 
 def _check_url(value: object, *, redirect_from: str | None = None) -> str:
-    text = value.strip() if isinstance(value, str) else ""
+    """A URL web_fetch may request (`public_url`'s rules), without its fragment (never sent)."""
     try:
-        parsed = httpx.URL(text)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        checked = public_url(value)  # type: ignore[arg-type]  # anything but a str is refused there
+    except ToolError as error:
         if redirect_from is not None:
-            raise ToolError(f"{redirect_from} redirected to {text[:200]!r}, which is not an http(s) URL; web_fetch stops there")
-        raise ToolError(f"web_fetch takes an http:// or https:// URL with a host, such as https://example.org/page; got {str(value)[:200]!r}")
-    return str(parsed.copy_with(fragment=None))
+            raise ToolError(f"{redirect_from} redirected to {str(value)[:200]!r}, which web_fetch does not follow: {error}") from None
+        raise ToolError(f"web_fetch: {error}") from None
+    return str(httpx.URL(checked).copy_with(fragment=None))
 
 
 class ServiceTools(BuiltinFamily):
@@ -266,6 +279,10 @@ class ServiceTools(BuiltinFamily):
                     "longer bodies are cut with a note (default 50000).")
     user_agent = Unicode(DEFAULT_USER_AGENT, config=True, help="The User-Agent header of call_service's requests, unless "
                          "the call sets one (default: jupyter-cma/<version> (built-in tool; …)).")
+
+    async def start(self, parts: ServerParts) -> None:
+        await super().start(parts)
+        _bind_scrub(parts)
 
     def unavailable(self) -> str | None:
         if self.parts is None:
@@ -310,13 +327,17 @@ class ServiceTools(BuiltinFamily):
         headers = self._headers(input.get("headers"))
         content = self._body(input.get("body"), headers)
         socket_path = await ctx.egress.socket_path(ctx.session_id)
-        secrets = self._injected_secrets(effective, scheme, service.name, port)
         what = f"{method} {service.name_text}{_path_of(url)}"
+
+        def scrub(text: str) -> str:
+            # A service that echoes its request (an error page, a debug endpoint) must not hand the model the credential.
+            return ctx.egress.scrub(ctx.session_id, text)
+
         async with ctx.egress.http_client(ctx.session_id, socket_path, timeout=self.timeout) as client:
             try:
                 async with client.stream(method, url, headers=headers, content=content) as response:
                     data, cut_download = await _read_capped(response, self.max_download_bytes)
-                    return self._answer(response, data, cut_download, secrets)
+                    return self._answer(response, data, cut_download, scrub)
             except httpx.HTTPError as exc:
                 raise _net_error(exc, what) from None
 
@@ -396,26 +417,7 @@ class ServiceTools(BuiltinFamily):
             raise ToolError(f"the body is {len(data)} bytes; call_service sends at most {self.max_request_bytes}")
         return data
 
-    def _injected_secrets(self, effective: EffectivePolicy, scheme: str, host: str, port: int) -> list[tuple[str, str]]:
-        """(name, value) of the secrets the policy injects toward this service: scrubbed from its answer."""
-        record = effective.deciding
-        assert self.parts is not None
-        found = []
-        for rule in record.policy.inject if record is not None else ():
-            if rule.applies(scheme, host, port):
-                secret = self.parts.secrets.get(rule.injection.secret_name)
-                if secret is not None:
-                    found.append((rule.injection.secret_name, secret.reveal()))
-        return found
-
-    def _answer(self, response: httpx.Response, data: bytes, cut_download: bool, secrets: list[tuple[str, str]]) -> str:
-        def scrub(text: str) -> str:
-            # A service that echoes its request (an error page, a debug endpoint) must not hand the model the credential.
-            for name, value in secrets:
-                if len(value) >= MIN_SECRET_TO_SCRUB:
-                    text = text.replace(value, f"[secret {name} withheld]")
-            return text
-
+    def _answer(self, response: httpx.Response, data: bytes, cut_download: bool, scrub: Callable[[str], str]) -> str:
         media = _media_type(response)
         headers = {k: scrub(response.headers[k]) for k in SHOWN_HEADERS if k in response.headers}
         body: Any
@@ -441,7 +443,8 @@ class ServiceTools(BuiltinFamily):
                     notes.append(f"the body is cut at {self.max_chars} characters")
         if cut_download:
             notes.append(f"the answer was read up to {self.max_download_bytes} bytes (ServiceTools.max_download_bytes)")
-        answer: dict[str, Any] = {"status": response.status_code, "reason": response.reason_phrase, "headers": headers, "body": body}
+        answer: dict[str, Any] = {"status": response.status_code, "reason": scrub(response.reason_phrase), "headers": headers,
+                                  "body": body}
         if notes:
             answer["notes"] = notes
         return json.dumps(answer, indent=1, ensure_ascii=False)
