@@ -34,6 +34,8 @@ _NOTEBOOK_API = {
     "tool_catalog": ("jupyter_cma.client.agents", "tool_catalog"),  # every tool an agent can have, and where it runs
     "Session": ("jupyter_cma.client.sessions", "Session"),
     "egress": ("jupyter_cma.client.egress", None),  # policies, decide, secrets, the egress log
+    "notebook_edits": ("jupyter_cma.client.notebook_edits", "notebook_edits"),  # agents' notebook edits, to undo
+    "NotebookEdit": ("jupyter_cma.client.notebook_edits", "NotebookEdit"),
     "connect": ("jupyter_cma.client.connection", "connect"),
     "CMAError": ("jupyter_cma.client.connection", "CMAError"),
     "dashboard": ("jupyter_cma.widgets", "dashboard"),  # live widgets: anywidget loads only when one is asked for

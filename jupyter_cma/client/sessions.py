@@ -7,6 +7,7 @@ transcript, export the work.
     session.wait(display=True)         # the transcript streams into the cell's output
     session                            # displayed: user and agent messages, tool calls with inputs and results
     session.notebook("work.ipynb")     # kernel tier: the session's python calls as a notebook
+    session.notebook_edits()           # the edits its agent made to the server's notebooks (each can be undone)
 
 Everything goes through the server's REST API (`cma/api/sessions/...`); the events are Anthropic's, read through
 the server. Waiting polls the events (every 0.3 s), so a notebook tool of this kernel runs while a cell waits:
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .connection import CMAError, connection
+from .notebook_edits import NotebookEdits, notebook_edits
 from .transcript import Item, TurnState, items, last_turn_text, render_html, render_text, turn_state
 
 __all__ = ["Session"]
@@ -157,6 +159,11 @@ class Session:
             target = target / f"{self.id}.ipynb"
         target.write_bytes(raw)
         return target
+
+    def notebook_edits(self, path: str | None = None, limit: int = 100) -> NotebookEdits:
+        """The edits this session's agent made to the server's notebooks (its `notebook` built-in), newest first;
+        of one notebook when `path` is given. `edit.undo()` puts a notebook back as it was before an edit."""
+        return notebook_edits(path=path, session=self, limit=limit)
 
     # ------------------------------------------------------------------ display
 
