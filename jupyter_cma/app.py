@@ -658,6 +658,10 @@ class CMAApp(ExtensionApp):
         removed = self.egress_log.prune(self.egress_log_retention_days)
         if removed:
             self.log.info("jupyter-cma: pruned %d egress log records", removed)
+        # The email built-ins' mail log is egress too, kept as long; a reply to pruned mail starts a new session.
+        removed = self.store.prune_mail(time.time() - self.egress_log_retention_days * 86400)
+        if removed:
+            self.log.info("jupyter-cma: pruned %d mail records", removed)
 
     async def _on_kernel_action(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
         self.notebook_tools.on_kernel_event(data)

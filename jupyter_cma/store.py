@@ -540,11 +540,6 @@ class Store:
         )
         return int(cursor.lastrowid or 0)
 
-    def set_mail_session(self, mail_id: int, session_id: str, agent_id: str | None) -> None:
-        """Attach a recorded inbound message to the session it started (known only once the session exists)."""
-        self._db.execute("UPDATE mail_messages SET session_id = ?, agent_id = COALESCE(?, agent_id) WHERE id = ?",
-                         (session_id, agent_id, mail_id))
-
     def mail(self, mail_id: int) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM mail_messages WHERE id = ?", (mail_id,)).fetchone()
         return _mail_row(row) if row else None
@@ -555,14 +550,43 @@ class Store:
                                 (session_id, limit)).fetchall()
         return [_mail_row(r) for r in rows]
 
-    def mail_thread_session(self, message_ids: list[str]) -> str | None:
-        """The session of the newest recorded message whose Message-ID is one of `message_ids` (a reply's thread)."""
+    def mail_thread_session(self, message_ids: list[str], *, agent_id: str | None = None,
+                            participant: str | None = None) -> str | None:
+        """The session of the newest message received or sent whose Message-ID is one of `message_ids` (a reply's thread).
+
+        With `agent_id`, only that agent's mail counts. With `participant` (an address), only a session that address
+        took part in: it sent mail the session accepted, or the session sent mail to it. Refused and failed mail never
+        counts.
+        """
         if not message_ids:
             return None
         marks = ",".join("?" * len(message_ids))
-        row = self._db.execute(f"SELECT session_id FROM mail_messages WHERE message_id IN ({marks}) AND session_id IS NOT NULL "
-                               "ORDER BY id DESC LIMIT 1", message_ids).fetchone()
+        sql = (f"SELECT m.session_id FROM mail_messages m WHERE m.message_id IN ({marks}) AND m.session_id IS NOT NULL "
+               "AND m.status IN ('accepted', 'sent')")
+        params: list[Any] = list(message_ids)
+        if agent_id is not None:
+            sql += " AND (m.agent_id = ? OR m.agent_id IS NULL)"
+            params.append(agent_id)
+        if participant is not None:
+            sql += (" AND EXISTS (SELECT 1 FROM mail_messages p WHERE p.session_id = m.session_id AND ("
+                    "(p.direction = 'in' AND p.status = 'accepted' AND lower(p.sender) = lower(?)) OR "
+                    "(p.direction = 'out' AND p.status = 'sent' AND EXISTS "
+                    "(SELECT 1 FROM json_each(p.recipients) r WHERE lower(r.value) = lower(?)))))")
+            params += [participant, participant]
+        row = self._db.execute(sql + " ORDER BY m.id DESC LIMIT 1", params).fetchone()
         return row[0] if row else None
+
+    def mail_sessions_started(self, sender: str, since: float) -> int:
+        """How many sessions mail from `sender` started since `since` (a Unix time): accepted mail first in its session."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM mail_messages m WHERE m.direction = 'in' AND m.status = 'accepted' AND m.at >= ? "
+            "AND lower(m.sender) = lower(?) AND m.session_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM mail_messages e WHERE e.session_id = m.session_id AND e.id < m.id)", (since, sender)).fetchone()
+        return int(row[0])
+
+    def prune_mail(self, older_than: float) -> int:
+        """Delete mail records made before `older_than` (a Unix time); returns how many."""
+        return self._db.execute("DELETE FROM mail_messages WHERE at < ?", (older_than,)).rowcount
 
     def recent_mail(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """Every message in and out (refused ones too), newest first: the operator's mail log."""

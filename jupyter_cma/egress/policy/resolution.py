@@ -87,8 +87,10 @@ class EffectivePolicy:
     def decide_recipient(self, address: str) -> Decision:
         """Whether this session may send mail to `address`: the deciding policy's `email.recipients` (none by default).
 
-        Never raises. Only the most specific policy's list counts, as for hosts; no policy, or a fail-closed error,
-        refuses. The address is read with `mail.parse_address` (send to that canonical form).
+        Never raises. As for hosts, the deny lists of every applicable policy hold first (a deny pattern without a port
+        covers the recipient's domain), then the most specific policy's list alone decides; no policy, or a fail-closed
+        error, refuses. Middleware decides requests, not recipients, so it is not consulted. The address is read with
+        `mail.parse_address` (send to that canonical form).
         """
         try:
             canonical = parse_address(address)
@@ -96,6 +98,14 @@ class EffectivePolicy:
             return Decision.deny("invalid:recipient", f"refused: {exc}", 400)
         if self.error is not None:
             return Decision.deny(self.error[0], self.error[1])
+        domain = canonical.rpartition("@")[2]
+        for each in self.chain:
+            for denied in each.policy.deny:
+                # A deny with a port is about one service on that host; one without covers the whole name, mail included.
+                if denied.port is None and denied.matches_host(domain):
+                    return Decision.deny(f"policy:{each.id}:deny:{denied}",
+                                         f"mail to {canonical} is refused: {domain} is denied by policy {each.policy.name!r} "
+                                         f"({each.id}), rule deny {denied}", policy_id=each.id)
         record = self.deciding
         if record is None:
             return Decision.deny("default:no-policy", f"no egress policy applies to this session, so mail to {canonical} is "
@@ -105,7 +115,7 @@ class EffectivePolicy:
         if pattern is None:
             return Decision.deny(f"policy:{record.id}:email:not-allowed",
                                  f"{canonical} is not among the email recipients of {label}; add it (or a pattern such as "
-                                 f'"*@{canonical.rpartition("@")[2]}") to "email": {{"recipients": [...]}} there', policy_id=record.id)
+                                 f'"*@{domain}") to "email": {{"recipients": [...]}} there', policy_id=record.id)
         return Decision.allow(f"policy:{record.id}:email:{pattern}", f"{canonical} is allowed by {label}, email recipient {pattern}",
                               policy_id=record.id)
 

@@ -13,6 +13,7 @@ the mail that started their sessions; `send_email` then says sending is not conf
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import time
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from .mail_listener import MAX_BODY_CHARS, MailListener, agent_slug, parse_sende
 
 MAX_SUBJECT_CHARS = 500
 MAX_REFERENCES = 20
-DEFAULT_PORTS = {"none": 25, "starttls": 587, "tls": 465}
+SMTP_PORTS = {"none": 25, "starttls": 587, "tls": 465}  # the usual port of each smtp_tls
 
 SEND = ToolSpec(
     name="send_email",
@@ -101,6 +102,16 @@ class EmailTools(BuiltinFamily):
                            help="Senders whose mail is accepted: address patterns such as \"*@example.org\" or "
                            "\"ada@example.com\" (both the envelope sender and the header From must match). Empty "
                            "refuses every sender.")
+    inbound_sessions_per_hour = Int(20, config=True, help="At most this many new sessions per sender (the header From) "
+                                    "in any hour; more mail is answered 451 (try later). Replies in a thread the sender "
+                                    "takes part in do not count. 0: no limit.")
+    inbound_username = Unicode("", config=True, help="When set, the inbound listener requires SMTP AUTH with this user "
+                               "and the password in inbound_password_secret (for the relay that hands it the mail).")
+    inbound_password_secret = Unicode("", config=True, help="The NAME of the egress secret holding the inbound SMTP "
+                                      "password (PUT cma/api/egress/secrets/{name}); required with inbound_username.")
+    inbound_tls_cert = Unicode("", config=True, help="A PEM certificate (chain) for the inbound listener: STARTTLS is "
+                               "then offered and required. Required for a login on an address other than loopback.")
+    inbound_tls_key = Unicode("", config=True, help="The PEM private key of inbound_tls_cert.")
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -119,12 +130,14 @@ class EmailTools(BuiltinFamily):
         try:
             senders = parse_senders(self.inbound_senders)
             domain = parse_address(f"postmaster@{self.inbound_domain}").rpartition("@")[2]
+            auth, tls = self._inbound_login()
         except (ValueError, PolicyError) as exc:
             self.inbound_error = f"c.EmailTools inbound settings are not valid: {exc}"
             self.log.error("jupyter-cma: %s", self.inbound_error)
             return
         listener = MailListener(parts=parts, host=self.inbound_host, port=self.inbound_port, domain=domain,
-                                max_bytes=self.inbound_max_bytes, senders=senders, log=self.log)
+                                max_bytes=self.inbound_max_bytes, senders=senders, log=self.log,
+                                sessions_per_hour=max(0, self.inbound_sessions_per_hour), auth=auth, tls_context=tls)
         try:
             await listener.start()
         except OSError as exc:
@@ -134,7 +147,40 @@ class EmailTools(BuiltinFamily):
             return
         if not senders:
             self.log.warning("jupyter-cma: c.EmailTools.inbound_senders is empty, so every inbound mail is refused")
+        if auth is None:
+            self.log.warning("jupyter-cma: the inbound mail listener on %s:%s asks for no login: any process that can "
+                             "connect to it can mail the agents as an allowed sender (see docs/email.md)", self.inbound_host,
+                             listener.port)
+        elif not self._secret_stored(auth[1]):
+            self.log.warning("jupyter-cma: the inbound SMTP password secret %r is not stored, so every login is refused "
+                             "until it is (PUT cma/api/egress/secrets/%s)", auth[1], auth[1])
         self.listener = listener
+
+    def _secret_stored(self, name: str) -> bool:
+        assert self.parts is not None
+        try:
+            return self.parts.secrets.get(name) is not None
+        except SecretStoreError:
+            return False
+
+    def _inbound_login(self) -> tuple[tuple[str, str] | None, ssl.SSLContext | None]:
+        """The listener's login (username, password secret name) and TLS context; ValueError says which setting is wrong."""
+        if bool(self.inbound_username) != bool(self.inbound_password_secret):
+            raise ValueError("set both inbound_username and inbound_password_secret (or neither)")
+        if bool(self.inbound_tls_cert) != bool(self.inbound_tls_key):
+            raise ValueError("set both inbound_tls_cert and inbound_tls_key (or neither)")
+        tls = None
+        if self.inbound_tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # a server context: no client certificates
+            try:
+                tls.load_cert_chain(self.inbound_tls_cert, self.inbound_tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"inbound_tls_cert/inbound_tls_key cannot be loaded ({exc})") from None
+        auth = (self.inbound_username, self.inbound_password_secret) if self.inbound_username else None
+        if auth is not None and tls is None and not _loopback(self.inbound_host):
+            raise ValueError(f"a login on {self.inbound_host} would cross the network in clear text; set inbound_tls_cert "
+                             "and inbound_tls_key, or listen on loopback")
+        return auth, tls
 
     async def close(self) -> None:
         listener, self.listener = self.listener, None
@@ -267,7 +313,7 @@ class EmailTools(BuiltinFamily):
         try:
             errors, _ = await aiosmtplib.send(
                 message, sender=parse_address(self.mail_from), recipients=to, hostname=self.smtp_host,
-                port=self.smtp_port or DEFAULT_PORTS[self.smtp_tls], username=self.smtp_username or None, password=password,
+                port=self.smtp_port or SMTP_PORTS[self.smtp_tls], username=self.smtp_username or None, password=password,
                 use_tls=self.smtp_tls == "tls", start_tls=True if self.smtp_tls == "starttls" else False,
                 tls_context=context, timeout=max(1.0, self.timeout - 1),
             )
@@ -370,6 +416,15 @@ def _recipients(value: object, most: int) -> list[str]:
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _when(at: float) -> str:

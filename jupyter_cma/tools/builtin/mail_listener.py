@@ -2,24 +2,33 @@
 
 `MailListener` serves SMTP on the Jupyter server's own event loop. Mail to `<alias>@<domain>` — the alias is an
 agent's id, or the slug of its stored name when exactly one agent has it, and the agent must have the `email`
-built-in enabled — starts a session of that agent with the mail as its first user message; a reply whose
+built-in enabled — starts a session of that agent with the mail as its first user message. A reply whose
 In-Reply-To or References names a Message-ID this server recorded for a session of the same agent is sent to that
-session as a user message instead. Everything is recorded in `mail_messages`: accepted mail with its session,
-refused mail (unknown address, sender outside the allow-list, too large) with the reason and its headers only.
+session as a user message instead, but only when its sender took part in that session's mail (sent mail the session
+accepted, or received mail it sent): Message-IDs travel in every quoted header, so knowing one must not let another
+allowed sender speak in someone else's session; such a reply starts a session of its own. Everything is recorded in
+`mail_messages`: accepted mail with its session, refused mail (unknown address, sender outside the allow-list, too
+large, a Message-ID delivered before, too many new sessions) with the reason and its headers only.
 
-SMTP answers: 550 at MAIL FROM for a sender outside `senders` (an empty list refuses every sender: fail closed),
-550 at RCPT TO for an address that names no agent, 552 for a message over `max_bytes` (at MAIL FROM when the client
-declares its SIZE, else at the end of DATA), 550 after DATA when the header From is outside the allow-list, and 451
-(try again later) when no session could be started or continued.
+SMTP answers: 530 at MAIL FROM without a login when `auth` is set, 550 at MAIL FROM for a sender outside `senders`
+(an empty list refuses every sender: fail closed), 550 at RCPT TO for an address that names no agent, 552 for a
+message over `max_bytes` (at MAIL FROM when the client declares its SIZE, else at the end of DATA), 550 after DATA
+when the header From is outside the allow-list, 250 for a message whose Message-ID was delivered to that agent
+before (recorded as refused, not delivered again: the sending server must not retry it), and 451 (try again later)
+when the sender started `sessions_per_hour` sessions in the last hour or no session could be started or continued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.policy
+import hmac
 import logging
 import re
+import ssl
+import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -28,15 +37,17 @@ from email.utils import getaddresses, make_msgid
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from ...egress.policy.errors import PolicyError
 from ...egress.policy.mail import AddressPattern, parse_address
+from ...egress.secrets import SecretStoreError
 
 if TYPE_CHECKING:
     from .base import ServerParts
 
 MAX_BODY_CHARS = 50_000  # of a mail's text, in its first message and in its stored row
+SESSIONS_WINDOW = 3600.0  # seconds: `sessions_per_hour` counts the sessions a sender started in this window
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,500}>")
 _SLUG_RUN = re.compile(r"[^a-z0-9]+")
 
@@ -191,7 +202,11 @@ class MailListener:
 
     def __init__(self, *, parts: ServerParts, host: str, port: int, domain: str, max_bytes: int,
                  senders: Sequence[AddressPattern], log: logging.Logger | logging.LoggerAdapter[Any],
-                 agent_filter: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 agent_filter: Callable[[dict[str, Any]], bool] | None = None, sessions_per_hour: int = 0,
+                 auth: tuple[str, str] | None = None, tls_context: ssl.SSLContext | None = None) -> None:
+        """`auth` is (username, the NAME of the egress secret holding the password): every client must log in.
+        `tls_context` (a server context) offers STARTTLS and requires it before anything else; without it, `auth`
+        is accepted in plain text (the caller allows that on loopback only). `sessions_per_hour` 0: no limit."""
         self.parts = parts
         self.host = host
         self.port = port
@@ -199,6 +214,10 @@ class MailListener:
         self.max_bytes = max_bytes
         self.senders = tuple(senders)
         self.log = log
+        self.sessions_per_hour = sessions_per_hour
+        self.auth = auth
+        self.tls_context = tls_context
+        self._starting: Counter[str] = Counter()  # new sessions under way per sender (not yet a row to count)
         # Which stored agents receive mail: by default those with the email built-in enabled.
         self.agent_filter = agent_filter or (lambda agent: "email" in (agent.get("builtins") or {}))
         self._server: asyncio.Server | None = None
@@ -212,16 +231,26 @@ class MailListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
+        login: dict[str, Any] = {}
+        if self.auth is not None:
+            # auth_required stays off: handle_MAIL answers 530 itself (and logs it), and aiosmtpd would warn on every
+            # connection about AUTH without TLS, which the family allows on loopback only. (Without `auth`, aiosmtpd's
+            # own AUTH refuses every login, and no login is asked for.)
+            login = {"authenticator": self._authenticate, "auth_require_tls": self.tls_context is not None}
+        if self.tls_context is not None:
+            login.update(tls_context=self.tls_context, require_starttls=True)
+
         def protocol() -> _ListenerSMTP:
             smtp = _ListenerSMTP(self, data_size_limit=self.max_bytes, enable_SMTPUTF8=True, hostname=self.domain,
-                                 ident="jupyter-cma", timeout=60, loop=loop)
+                                 ident="jupyter-cma", timeout=60, loop=loop, **login)
             self._connections.add(smtp)
             return smtp
 
         self._server = await loop.create_server(protocol, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        self.log.info("jupyter-cma: receiving mail for @%s on %s:%s (senders allowed: %s)", self.domain, self.host,
-                      self.port, ", ".join(map(str, self.senders)) or "none")
+        self.log.info("jupyter-cma: receiving mail for @%s on %s:%s (senders allowed: %s; login: %s; STARTTLS: %s)",
+                      self.domain, self.host, self.port, ", ".join(map(str, self.senders)) or "none",
+                      self.auth[0] if self.auth else "none", "required" if self.tls_context else "no")
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -244,6 +273,11 @@ class MailListener:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        if self.auth is not None and not session.authenticated:
+            # Not recorded as a row: a client that has not logged in could fill the store; the log line says who.
+            self.log.warning("jupyter-cma: inbound mail from %s refused: the client did not log in (peer %s)", address,
+                             session.peer)
+            return "530 5.7.0 Authentication required"
         sender = self._allowed_sender(address)
         if sender is None:
             return self._refuse("550 5.7.1 this sender may not mail the agents of this server",
@@ -287,6 +321,32 @@ class MailListener:
         self._refuse("552", f"the message is larger than c.EmailTools.inbound_max_bytes ({self.max_bytes} bytes)", session,
                      sender=sender, recipients=list(envelope.rcpt_tos) if envelope is not None else [])
 
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                      auth_data: Any) -> AuthResult:
+        """aiosmtpd's authenticator: the configured username and the password in the egress secret store (read at
+        each login, so a new password holds at once). Never logs the password."""
+        assert self.auth is not None
+        username, secret_name = self.auth
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        try:
+            secret = self.parts.secrets.get(secret_name)
+        except SecretStoreError:
+            secret = None
+        if secret is None:
+            self.log.error("jupyter-cma: an inbound SMTP login was refused: the password secret %r of "
+                           "c.EmailTools.inbound_password_secret is not stored (PUT cma/api/egress/secrets/%s)",
+                           secret_name, secret_name)
+            return AuthResult(success=False, handled=False)
+        # Both compared in constant time, so a failed login says nothing of which part was wrong.
+        user_ok = hmac.compare_digest(bytes(auth_data.login), username.encode())
+        password_ok = hmac.compare_digest(bytes(auth_data.password), secret.reveal().encode())
+        if user_ok and password_ok:
+            return AuthResult(success=True, auth_data=auth_data)
+        self.log.warning("jupyter-cma: an inbound SMTP login as %r failed (peer %s)",
+                         bytes(auth_data.login).decode("utf-8", "replace")[:100], session.peer)
+        return AuthResult(success=False, handled=False)
+
     # ------------------------------------------------------------------ decisions
 
     def agent_for(self, address: str) -> tuple[dict[str, Any] | None, str]:
@@ -319,7 +379,8 @@ class MailListener:
         return canonical if any(p.matches(canonical) for p in self.senders) else None
 
     def _refuse(self, answer: str, reason: str, session: Session | None, *, sender: str | None = None,
-                recipients: list[str] | None = None, mail: ReadMail | None = None, size: int | None = None) -> str:
+                recipients: list[str] | None = None, mail: ReadMail | None = None, size: int | None = None,
+                agent_id: str | None = None) -> str:
         """Record a refused message (headers only, never its text), log it, and give the SMTP answer."""
         self.refused += 1
         peer = getattr(session, "peer", None)
@@ -327,7 +388,7 @@ class MailListener:
                          ", ".join(recipients or []) or "-", peer)
         try:
             self.parts.store.add_mail(
-                direction="in", status="refused", reason=reason, sender=sender, recipients=recipients or [],
+                direction="in", status="refused", reason=reason, agent_id=agent_id, sender=sender, recipients=recipients or [],
                 subject=mail.subject if mail else None, message_id=mail.message_id if mail else None,
                 in_reply_to=mail.in_reply_to if mail else None, refs=mail.references if mail else None, size=size)
         except Exception:  # the answer must still go out
@@ -337,7 +398,7 @@ class MailListener:
     # ------------------------------------------------------------------ delivery
 
     async def _deliver_all(self, envelope_from: str, recipients: list[str], mail: ReadMail, size: int) -> str:
-        delivered, failures = 0, []
+        delivered, failures, later = 0, [], []
         for recipient in dict.fromkeys(recipients):
             agent, problem = self.agent_for(recipient)  # again: the agent may have gone since RCPT
             if agent is None:
@@ -346,25 +407,51 @@ class MailListener:
             try:
                 await self._deliver(recipient, agent, mail, size)
                 delivered += 1
+            except _TryLater as exc:
+                later.append(recipient)
+                self._refuse("451", str(exc), None, sender=mail.sender, recipients=[recipient], mail=mail, size=size,
+                             agent_id=agent["id"])
             except Exception as exc:
                 failures.append(recipient)
                 self._refuse("451", f"no session could be started or continued for {recipient}: {_describe(exc)}", None,
                              sender=envelope_from, recipients=[recipient], mail=mail, size=size)
         if delivered:
             return "250 OK"
-        if failures:
+        if later and not failures:
+            return "451 4.7.1 too many new sessions from this sender in the last hour; try again later"
+        if failures or later:
             return "451 4.3.0 the agent could not take the message now; try again later"
         return "550 5.1.1 no such agent here"
 
     async def _deliver(self, recipient: str, agent: dict[str, Any], mail: ReadMail, size: int) -> None:
+        """Continue the sender's thread with this agent, or start a session; a repeated Message-ID is recorded, not
+        delivered. `_TryLater` when the sender may start no more sessions now."""
         store = self.parts.store
         agent_id = agent["id"]
-        if mail.message_id and self._session_of_agent(store.mail_thread_session([mail.message_id]), agent_id):
-            self.log.info("jupyter-cma: inbound mail %s for %s was delivered before; not again", mail.message_id, agent_id)
-            return
+        if mail.message_id:
+            before = self._session_of_agent(store.mail_thread_session([mail.message_id], agent_id=agent_id), agent_id)
+            if before:
+                # Answered 250 all the same: a server that resends a message it got no answer for must not bounce it.
+                self.log.info("jupyter-cma: inbound mail %s for %s was delivered before (session %s); not again",
+                              mail.message_id, agent_id, before)
+                self._refuse("250", f"duplicate Message-ID: {mail.message_id} was delivered to this agent before; not "
+                             "delivered again", None, sender=mail.sender, recipients=[recipient], mail=mail, size=size,
+                             agent_id=agent_id)
+                return
         client = self.parts.client()
         event = {"type": "user.message", "content": [{"type": "text", "text": ""}]}
-        thread = self._session_of_agent(store.mail_thread_session(mail.thread()), agent_id) if mail.thread() else None
+        thread, note = None, None
+        if mail.thread():
+            thread = self._session_of_agent(store.mail_thread_session(mail.thread(), agent_id=agent_id,
+                                                                      participant=mail.sender), agent_id)
+            if thread is None:
+                elsewhere = self._session_of_agent(store.mail_thread_session(mail.thread(), agent_id=agent_id), agent_id)
+                if elsewhere:
+                    # Message-IDs are quoted in every reply and forward: naming one proves nothing about the sender.
+                    note = "a reply in a thread its sender took no part in: it started a session of its own"
+                    self.log.warning("jupyter-cma: inbound mail %s from %s answers the thread of session %s, which %s took "
+                                     "no part in; starting a new session instead", mail.message_id, mail.sender,
+                                     elsewhere, mail.sender)
         session_id = None
         if thread:
             event["content"][0]["text"] = mail.as_user_message(recipient, reply=True)
@@ -374,20 +461,43 @@ class MailListener:
             except Exception as exc:  # the session is gone upstream: the reply starts a new one
                 self.log.warning("jupyter-cma: a reply for session %s could not be sent to it (%s); starting a new session",
                                  thread, _describe(exc))
+        sender = (mail.sender or "").lower()  # the store compares addresses without regard to case, so does the count
         if session_id is None:
+            self._check_sessions_started(sender)
             environment_id = self.parts.environment_id()
             if not environment_id:
                 raise RuntimeError("the server has no environment_id configured")
             event["content"][0]["text"] = mail.as_user_message(recipient, reply=False)
-            created = await client.beta.sessions.create(agent=agent_id, environment_id=environment_id,
-                                                         initial_events=[event], title=f"Email: {mail.subject}"[:200])
-            session_id = created.id
-        mail_id = store.add_mail(direction="in", status="accepted", session_id=session_id, agent_id=agent_id,
-                                 message_id=mail.message_id, in_reply_to=mail.in_reply_to, refs=mail.references,
-                                 sender=mail.sender, recipients=[recipient], subject=mail.subject, body=mail.text, size=size)
+            self._starting[sender] += 1
+            try:
+                created = await client.beta.sessions.create(agent=agent_id, environment_id=environment_id,
+                                                             initial_events=[event], title=f"Email: {mail.subject}"[:200])
+                session_id = created.id
+                mail_id = self._record(session_id, agent_id, recipient, mail, size, note)
+            finally:
+                self._starting[sender] -= 1
+                if self._starting[sender] <= 0:
+                    del self._starting[sender]
+        else:
+            mail_id = self._record(session_id, agent_id, recipient, mail, size, note)
         self.accepted += 1
         self.log.info("jupyter-cma: inbound mail %s from %s to %s → session %s%s", mail_id, mail.sender, recipient,
                       session_id, " (thread)" if session_id == thread else "")
+
+    def _record(self, session_id: str, agent_id: str, recipient: str, mail: ReadMail, size: int, note: str | None) -> int:
+        return self.parts.store.add_mail(direction="in", status="accepted", reason=note, session_id=session_id,
+                                         agent_id=agent_id, message_id=mail.message_id, in_reply_to=mail.in_reply_to,
+                                         refs=mail.references, sender=mail.sender, recipients=[recipient],
+                                         subject=mail.subject, body=mail.text, size=size)
+
+    def _check_sessions_started(self, sender: str) -> None:
+        """`_TryLater` when `sender` started `sessions_per_hour` sessions in the last hour (those under way count)."""
+        if self.sessions_per_hour <= 0:
+            return
+        started = self.parts.store.mail_sessions_started(sender, time.time() - SESSIONS_WINDOW) + self._starting[sender]
+        if started >= self.sessions_per_hour:
+            raise _TryLater(f"{sender} started {started} sessions in the last hour, the most "
+                            f"c.EmailTools.inbound_sessions_per_hour ({self.sessions_per_hour}) allows; try again later")
 
     def _session_of_agent(self, session_id: str | None, agent_id: str) -> str | None:
         """`session_id` when it is a session of `agent_id` (mail to one agent never reaches another's session)."""
@@ -398,6 +508,10 @@ class MailListener:
             return session_id if row["agent_id"] == agent_id else None
         mails = self.parts.store.session_mail(session_id, limit=1)
         return session_id if mails and mails[0].get("agent_id") == agent_id else None
+
+
+class _TryLater(Exception):
+    """The message may be taken later (451), not now: the sender started too many sessions."""
 
 
 def _describe(exc: BaseException) -> str:
