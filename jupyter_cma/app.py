@@ -128,7 +128,8 @@ class CMAApp(ExtensionApp):
         return str(Path(jupyter_data_dir()) / "cma")
 
     egress_log_retention_days = Float(
-        30.0, help="Days to keep egress log records before pruning them (default 30). Export them (JSON lines) to keep them longer."
+        30.0, help="Days to keep egress log records, and the email built-ins' mail log, before pruning them (default 30). "
+        "Export the egress log (JSON lines) to keep it longer."
     ).tag(config=True)
     webhook_retention_days = Float(
         7.0, help="Days to keep received webhook deliveries before pruning them (default 7). Replays older than 5 minutes fail the signature check anyway."
