@@ -8,14 +8,17 @@ holds for a built-in exactly as for a sandbox, and the egress log names the sess
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
 import ssl
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -26,8 +29,9 @@ from jupyter_cma.egress.proxy import EgressProxy
 from jupyter_cma.egress.secrets import SecretStore
 from jupyter_cma.store import Store
 from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
-from jupyter_cma.tools.builtin.egress import ToolEgress
+from jupyter_cma.tools.builtin.egress import EgressRefused, ToolEgress
 from jupyter_cma.tools.builtin.web import ServiceTools, WebFetchTools
+from jupyter_cma.tools.registry import ToolRegistry
 from tests.helpers import wait_until
 from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-end tests)
     cma_emulator,
@@ -51,12 +55,26 @@ PAGE = """<!doctype html><html><head><title>Widget handbook</title><meta charset
 </main><footer>Copyright Widget Works</footer><script>var tracking = "do-not-show";</script></body></html>"""
 
 
+def reflect(header: str) -> str:
+    """A debug endpoint's answer: the header's value (less its prefix) JSON-escaped (Python's, PHP's, Go's), URL-encoded,
+    in base64, and the whole header in base64."""
+    value = header.removeprefix("Token ")
+    escaped = json.dumps(value)[1:-1]
+    fields = {"json": escaped, "php": escaped.replace("/", "\\/"),
+              "go": escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"),
+              "path": quote(value, safe=""), "query": quote_plus(value), "b64": base64.b64encode(value.encode()).decode(),
+              "header_b64": base64.urlsafe_b64encode(header.encode()).decode().rstrip("=")}
+    return "{" + ", ".join(f'"{k}": "{v}"' for k, v in fields.items()) + "}"
+
+
 class Site:
     """A loopback site that records what reached it (method, path, headers, body).
 
     `/page` is PAGE; `/hop?n=N` redirects N more times, then to /page; `/json` answers JSON; `/echo` answers
     the request's headers as JSON (as a debug endpoint would, credentials included); `/big` a long text page;
-    `/missing` 404; `/image` a PNG; `/away` redirects to a host the policy does not allow.
+    `/missing` 404; `/image` a PNG; `/away` redirects to a host the policy does not allow; `/reflect` answers the
+    request's X-Token header (less a "Token " prefix) in the encodings services echo values in; `/reason` answers
+    409 with the header in its reason phrase.
     """
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
@@ -84,13 +102,21 @@ class Site:
                     kind = "application/json"
                     reply = json.dumps({"seen": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode()}).encode()
                     extra = {"X-Request-Id": "req-1", "Set-Cookie": "session=abc"}
+                elif path == "/reflect":
+                    kind, reply = "application/json", reflect(self.headers.get("X-Token", "")).encode()
+                elif path == "/reason":
+                    status, kind, reply = 409, "text/plain", b"conflict"
+                    extra = {}
                 elif path == "/big":
                     kind, reply = "text/plain; charset=utf-8", ("line of text\n" * 5000).encode()
                 elif path == "/missing":
                     status, kind, reply = 404, "text/plain", b"no such page"
                 elif path == "/image":
                     kind, reply = "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64
-                self.send_response(status)
+                if path == "/reason":
+                    self.send_response(status, f"conflict over {self.headers.get('X-Token', '')}")
+                else:
+                    self.send_response(status)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(reply)))
                 for key, value in extra.items():
@@ -118,7 +144,7 @@ class Site:
 class WebRig:
     """Store, policies, secrets, the egress log, the engine, `SessionEgress` + `ToolEgress`, the two families, and sites."""
 
-    def __init__(self, tmp_path: Path, ca: dict[str, str], *, engine: bool = True) -> None:
+    def __init__(self, tmp_path: Path, ca: dict[str, str], *, engine: bool = True, internal_handler: Any = None) -> None:
         self.data = tmp_path / "cma"
         self.data.mkdir()
         self.store = Store(self.data / "cma.sqlite3")
@@ -130,7 +156,7 @@ class WebRig:
         self.site, self.api, self.secure = Site(), Site(), Site(tls)
         self.engine = engine
         self.proxy = EgressProxy(data_dir=self.data, api_base_url="https://api.anthropic.com", middleware=[], egress_log=self.log,
-                                 upstream_ca=ca["ca"])
+                                 upstream_ca=ca["ca"], internal_handler=internal_handler)
         if not engine:
             self.proxy.engine_python = str(tmp_path / "no-engine" / "python")
         self.egress = ToolEgress(hook=SessionEgress(store=self.store, proxy=self.proxy), proxy=self.proxy,
@@ -320,6 +346,97 @@ async def test_a_released_session_is_detached_and_attached_again_on_its_next_cal
         assert f"tools-{SESSION}" not in rig.proxy.attachments and not Path(first).exists()
         text = await rig.web.call(rig.ctx(), "web_fetch", {"url": "http://site.test/page"})
         assert isinstance(text, str) and "# Widgets" in text
+
+
+async def test_tool_sockets_never_reach_the_sessions_tools_while_a_sandboxs_socket_does(tmp_path, test_ca):
+    """A web page a tool (or the browser) loads can make it request http://cma.internal/: that must not run the
+    session's tools. The server refuses such calls on the tools' sockets, both kinds; a sandbox's still works."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    registry = ToolRegistry()
+    registry.register("send_note", lambda sid, tool_input: calls.append((sid, tool_input)) or "sent",
+                      description="Sends a note.", input_schema={"type": "object"})
+    short = Path(tempfile.mkdtemp(prefix="cma-web-"))  # a socket path must stay under ~100 bytes
+    async with WebRig(tmp_path, test_ca, internal_handler=registry.handle_internal) as rig:
+        rig.policy(allow_all=True)
+        refused = []
+        for injections in (True, False):
+            path = await rig.egress.socket_path(SESSION, injections=injections)
+            async with rig.egress.http_client(SESSION, path, timeout=30) as client:
+                refused.append(await client.get("http://cma.internal/v1/tools"))
+                # What a page's `fetch(url, {method: "POST", mode: "no-cors", body})` sends.
+                refused.append(await client.post("http://cma.internal/v1/tools/send_note", content=b'{"to": "a"}',
+                                                 headers={"Content-Type": "text/plain"}))
+        # A sandbox's socket, attached as the tiers attach theirs.
+        sandbox = str(short / "sbx.sock")
+        await rig.egress.hook.attach("sbx_web", sandbox, session_id=SESSION)
+        async with rig.egress.http_client(SESSION, sandbox, timeout=30) as client:
+            listed = await client.get("http://cma.internal/v1/tools")
+            called = await client.post("http://cma.internal/v1/tools/send_note", json={"to": "b"})
+        await rig.egress.hook.detach("sbx_web", sandbox, session_id=SESSION)
+    assert [r.status_code for r in refused] == [403] * 4
+    assert all("does not reach cma.internal" in r.json()["error"] for r in refused)
+    assert listed.status_code == 200 and [t["name"] for t in listed.json()["tools"]] == ["send_note"]
+    assert called.status_code == 200 and calls == [(SESSION, {"to": "b"})]  # the refused call never ran
+
+
+async def test_a_socket_without_injections_sends_no_credential_yet_is_decided_and_logged_as_the_session(tmp_path, test_ca):
+    async with WebRig(tmp_path, test_ca) as rig:
+        rig.secrets.set("API_TOKEN", SECRET)
+        rig.policy(inject=[{"host": "api.internal", "scheme": "http", "header": "Authorization", "secret": "API_TOKEN", "prefix": "Bearer "},
+                           {"host": "secure.test", "header": "X-Api-Key", "secret": "API_TOKEN"}])
+        bare = await rig.egress.socket_path(SESSION, injections=False)
+        full = await rig.egress.socket_path(SESSION)
+        assert bare != full and await rig.egress.socket_path(SESSION, injections=False) == bare
+        specs = {sid: a.spec for sid, a in rig.proxy.attachments.items()}
+        assert {(sid, spec["inject"], spec["internal_route"], spec["session_id"]) for sid, spec in specs.items()} == {
+            (f"browser-{SESSION}", False, False, SESSION), (f"tools-{SESSION}", True, False, SESSION)}
+        for path in (bare, full):
+            async with rig.egress.http_client(SESSION, path, timeout=30) as client:
+                assert (await client.get("http://api.internal/echo", headers={"Connection": "close"})).status_code == 200
+                assert (await client.get("https://secure.test/json", headers={"Connection": "close"})).status_code == 200
+        # Without injections a request is still decided by the policy: a host it does not allow is refused.
+        async with rig.egress.http_client(SESSION, bare, timeout=30) as client:
+            with pytest.raises(EgressRefused, match=r"denied\.example:80 is not in the allow list"):
+                await client.get("http://denied.example/")
+        rows = await rig.rows(5, session_id=SESSION)
+        await rig.egress.release(SESSION)
+        assert not rig.proxy.attachments and not Path(bare).exists() and not Path(full).exists()
+    (bare_api, full_api), (bare_tls, full_tls) = rig.api.requests, rig.secure.requests
+    assert "authorization" not in bare_api["headers"] and full_api["headers"]["authorization"] == f"Bearer {SECRET}"
+    assert "x-api-key" not in bare_tls["headers"] and full_tls["headers"]["x-api-key"] == SECRET
+    assert sorted((r["host"], r["decision"]) for r in rows) == [
+        ("api.internal", "allowed"), ("api.internal", "injected"), ("denied.example", "denied"), ("secure.test", "allowed"),
+        ("secure.test", "injected")]
+    assert {r["session_id"] for r in rows} == {SESSION}
+
+
+async def test_echoed_credentials_are_withheld_in_their_encoded_forms(tmp_path, test_ca):
+    value = f'tok/{secrets.token_hex(12)}+"q"=<&>'  # characters every encoding writes differently
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value)[1:-1].replace("/", "\\/"), quote(value, safe=""),
+             quote_plus(value), base64.b64encode(value.encode()).decode(),
+             base64.urlsafe_b64encode(f"Token {value}".encode()).decode().rstrip("=")}
+    async with WebRig(tmp_path, test_ca) as rig:
+        rig.secrets.set("PAGE_TOKEN", value)
+        rig.policy(inject=[{"host": "site.test", "scheme": "http", "header": "X-Token", "secret": "PAGE_TOKEN", "prefix": "Token "}])
+        page = await rig.web.call(rig.ctx(), "web_fetch", {"url": "http://site.test/reflect"})
+        answer = await rig.service.call(rig.ctx(), "call_service", {"name": "site.test", "method": "GET", "path": "/reflect"})
+        with pytest.raises(ToolError, match=r"answered HTTP 409 conflict over Token \[secret PAGE_TOKEN withheld\]") as fetch_error:
+            await rig.web.call(rig.ctx(), "web_fetch", {"url": "http://site.test/reason"})
+        reason = await rig.service.call(rig.ctx(), "call_service", {"name": "site.test", "method": "GET", "path": "/reason"})
+        direct = rig.egress.scrub(SESSION, f"a {value} b")
+        other = rig.egress.scrub("sesn_other", f"a {value} b")  # another session's policy injects nothing
+    assert all(r["headers"]["x-token"] == f"Token {value}" for r in rig.site.requests)
+    # What the site answered did hold every form (so the scrub had something to do)...
+    assert all(form in reflect(f"Token {value}") for form in forms if form != value)
+    assert isinstance(page, str) and isinstance(answer, str) and isinstance(reason, str)
+    fields = json.loads(answer)["body"]
+    assert set(fields) == {"json", "php", "go", "path", "query", "b64", "header_b64"}
+    assert all(v == "[secret PAGE_TOKEN withheld]" for v in fields.values()), fields
+    assert json.loads(reason)["reason"] == "conflict over Token [secret PAGE_TOKEN withheld]"
+    assert page.count("[secret PAGE_TOKEN withheld]") == 7
+    assert direct == "a [secret PAGE_TOKEN withheld] b" and other == f"a {value} b"
+    for text in (page, answer, reason, str(fetch_error.value)):
+        assert not [form for form in forms if form in text], text
 
 
 # ---------------------------------------------------------------------- through the real server (the harness of test_dispatch)

@@ -421,7 +421,7 @@ class EgressProxy(LoggingConfigurable):
         attachment = self.attachments.get(str(message.get("sandbox")))
         if attachment is None:
             return _json_answer(403, "this sandbox is not attached to the egress proxy")
-        if attachment.spec.get("internal_route") is not True:
+        if attachment.spec.get("internal_route", True) is not True:  # `attach` always sets it; anything but True refuses
             # A socket of the server's own built-ins (web pages a browser opens among them): whatever reaches the network
             # through it must not run the session's tools. Decided here, by the server, not by the engine that asked.
             return _json_answer(403, "this socket does not reach cma.internal: it carries built-in tools' web traffic, "

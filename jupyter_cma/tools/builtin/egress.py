@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import json
 import logging
 import os
@@ -291,7 +292,7 @@ class ToolEgress:
     def scrub(self, session_id: str, text: str) -> str:
         """`text` with the values of the secrets the session's policy injects withheld: `[secret NAME withheld]`.
 
-        Best effort: each value is replaced as it is, JSON-escaped, URL-encoded (`quote`, `quote_plus`, either case of
+        Best effort: each value is replaced as it is, HTML- and JSON-escaped, URL-encoded (`quote`, `quote_plus`, either case of
         hex) and base64-encoded (standard and URL-safe, with or without padding; the injected header value with its
         prefix too). A service can still transform a credential in ways no scrub recognises (a part of it, a
         hash, another encoding); the first defence is that tools which load arbitrary pages (the browser) get no
@@ -410,11 +411,13 @@ class ToolEgress:
 
 
 def _encodings(value: str) -> set[str]:
-    """The forms of `value` a service's answer may carry it in: as it is, JSON-escaped, URL-encoded, base64."""
-    forms = {value}
-    forms.add(json.dumps(value)[1:-1])  # \uXXXX for non-ASCII
+    """The forms of `value` a service's answer may carry it in: as it is, HTML- and JSON-escaped, URL-encoded, base64."""
+    forms = {value, html.escape(value), html.escape(value, quote=False)}
+    escaped = json.dumps(value)[1:-1]  # \uXXXX for non-ASCII
+    forms.add(escaped)
     forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
-    forms.add(json.dumps(value).replace("/", "\\/")[1:-1])  # PHP-style escaped slashes
+    forms.add(escaped.replace("/", "\\/"))  # PHP's escaped slashes
+    forms.add(escaped.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))  # Go's HTML-safe JSON
     for encoded in (quote(value, safe=""), quote(value), quote_plus(value), quote_plus(value, safe="/")):
         forms.add(encoded)
         forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded))

@@ -447,7 +447,8 @@ class ServiceTools(BuiltinFamily):
                                   "body": body}
         if notes:
             answer["notes"] = notes
-        return json.dumps(answer, indent=1, ensure_ascii=False)
+        # Again on the whole: parsing JSON undoes escapes the scrub above may not know (a value written as \u0022…).
+        return scrub(json.dumps(answer, indent=1, ensure_ascii=False))
 
 
 def _path_of(url: str) -> str:
