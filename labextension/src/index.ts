@@ -12,6 +12,8 @@ import { Signal } from '@lumino/signaling';
 
 import { createContext, DEFAULT_MAX_ROWS, ViewContext } from './core/view.js';
 import { addCommands } from './lab/commands.js';
+import { NotebookEditWatcher } from './lab/notebook-watch.js';
+import { OpenState } from './lab/notebook-watch-model.js';
 import { CmaPanel, PANEL_ID } from './lab/panel.js';
 import { CmaStatusItem } from './lab/status.js';
 import { LabTransport } from './lab/transport.js';
@@ -51,19 +53,49 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await app.commands.execute('docmanager:open', { path });
       },
       reloadNotebook: async (path: string) => {
-        // A document widget of the main area showing that file (duck-typed: its context names the path).
-        for (const widget of app.shell.widgets('main')) {
-          const context = (widget as any).context;
-          if (context && context.path === path && typeof context.revert === 'function') {
-            if (context.model?.dirty) {
-              return 'unsaved';
-            }
-            await context.revert();
-            return 'reloaded';
-          }
+        const contexts = notebookContexts(path);
+        if (!contexts.length) {
+          return 'not open';
         }
-        return 'not open';
+        if (contexts.some(context => context.model?.dirty)) {
+          return 'unsaved';
+        }
+        await revertNotebook(path);
+        return 'reloaded';
       }
+    });
+
+    // The document contexts of the main area's tabs showing that file (duck-typed: a context names its path and can
+    // revert; several views of one notebook share one context).
+    const notebookContexts = (path: string): any[] => {
+      const found: any[] = [];
+      for (const widget of app.shell.widgets('main')) {
+        const context = (widget as any).context;
+        if (context && context.path === path && typeof context.revert === 'function' && !found.includes(context)) {
+          found.push(context);
+        }
+      }
+      return found;
+    };
+    const revertNotebook = async (path: string): Promise<void> => {
+      for (const context of notebookContexts(path)) {
+        await context.ready;
+        await context.revert();
+      }
+    };
+    // Agents' notebook edits shown in the open notebooks (reloaded, or the user asked first when a tab has unsaved changes).
+    new NotebookEditWatcher(ctx, {
+      state: (path: string): OpenState => {
+        const contexts = notebookContexts(path);
+        if (!contexts.length) {
+          return 'not open';
+        }
+        if (contexts.some(context => context.model?.collaborative === true)) {
+          return 'collaborative';
+        }
+        return contexts.some(context => context.model?.dirty) ? 'unsaved' : 'clean';
+      },
+      revert: revertNotebook
     });
 
     const panel = new CmaPanel(ctx);
