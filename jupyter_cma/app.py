@@ -247,7 +247,8 @@ class CMAApp(ExtensionApp):
                                         internal_handler=self.tools.handle_internal)
         egress = SessionEgress(store=self.store, proxy=self.egress_proxy)
         # A built-in reaches the network only as its session: a proxy socket attached like a sandbox's.
-        self.builtins.egress = ToolEgress(hook=egress, proxy=self.egress_proxy, socket_dir=data / "tool-sockets")
+        self.builtins.egress = ToolEgress(hook=egress, proxy=self.egress_proxy, socket_dir=data / "tool-sockets",
+                                           policies=self.egress_resolver, secrets=self.egress_secrets)
         self._chain_session_released()
         self.sandbox_tiers: dict[str, Tier] = {
             "kernel": self.kernel_tier_class(
