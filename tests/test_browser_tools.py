@@ -5,6 +5,10 @@ host's loopback only, reached as the policy's private services; the engine (mitm
 process) decides each request and logs it under the session's id. The browser runs in bubblewrap with a
 network namespace of its own, so a site refused by the policy (or named by a loopback address) is never
 reached. Processes are found by the browser's profile directory on their command lines.
+
+The rig's proxy answers calls to cma.internal with a tool registry holding one tool, `probe`, which records
+its calls: a page must never reach it. The policy may inject `SECRET` toward secure.test: the browser must
+never spend it, and no page's text may show it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import asyncio
 import base64
 import json
 import os
+import secrets
+import shutil
 import ssl
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,8 +37,9 @@ from jupyter_cma.egress.proxy import EgressProxy
 from jupyter_cma.egress.secrets import SecretStore
 from jupyter_cma.store import Store
 from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
-from jupyter_cma.tools.builtin.browser import BrowserTools, last_certificate, spki_sha256
+from jupyter_cma.tools.builtin.browser import PROBING, BrowserTools, last_certificate, spki_sha256
 from jupyter_cma.tools.builtin.egress import ToolEgress
+from jupyter_cma.tools.registry import ToolRegistry
 from tests.helpers import wait_until
 from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-end tests)
     cma_emulator,
@@ -42,6 +50,11 @@ from tests.test_dispatch import (  # noqa: F401  (fixtures of the server end-to-
 )
 from tests.test_egress_proxy import test_ca  # noqa: F401  (the fixture: a CA and a certificate for secure.test)
 from tests.test_kernel_tier import require_bwrap
+
+SECRET = f"sk-browser-{secrets.token_hex(16)}"  # made per run
+INTERNAL_TARGETS = ("http://cma.internal/v1/tools/probe", "http://cma.internal./v1/tools/probe",
+                    "http://CMA.Internal:80/v1/tools/probe", "https://cma.internal/v1/tools/probe",
+                    "http://cma.internal:3128/v1/tools/probe", "ws://cma.internal/v1/tools/probe")
 
 PAGES: dict[str, tuple[str, str]] = {
     "/page": ("text/html", "<html><head><title>Plain page</title></head><body><h1>Hello from the site</h1>"
@@ -59,6 +72,17 @@ PAGES: dict[str, tuple[str, str]] = {
                            "<img src='/hang.png'></body></html>"),
     "/tall": ("text/html", "<html><head><title>Tall</title></head><body style='margin:0'>"
                            "<div style='height:3000px;background:linear-gradient(red,blue)'>top</div></body></html>"),
+    # A page that tries the session's tools: fetch (no-cors: a reached route would answer, opaquely), a WebSocket.
+    "/internal": ("text/html", "<html><head><title>Internal</title></head><body><pre id=out></pre><script>"
+                               f"const targets = {json.dumps(INTERNAL_TARGETS)};"
+                               "const one = u => u.startsWith('ws') ? new Promise(done => { const ws = new WebSocket(u);"
+                               "  ws.onopen = () => done(u + ' answered'); ws.onerror = () => done(u + ' failed'); })"
+                               "  : fetch(u, {method: 'POST', mode: 'no-cors', body: '{}'}).then(() => u + ' answered', () => u + ' failed');"
+                               "Promise.all(targets.map(one)).then(lines => { document.getElementById('out').textContent = lines.join('\\n');"
+                               "  document.body.insertAdjacentHTML('beforeend', '<p id=done>done</p>'); });"
+                               "</script></body></html>"),
+    # A page that shows the session's secret (as a service answering with the credential it was sent would).
+    "/leak": ("text/html", f"<html><head><title>Key {SECRET}</title></head><body><p id=key>The key is {SECRET}.</p></body></html>"),
 }
 
 
@@ -117,13 +141,22 @@ class BrowserRig:
         self.data.mkdir()
         self.store = Store(self.data / "cma.sqlite3")
         self.policy_store = PolicyStore(self.store)
+        self.policies = PolicyResolver(self.policy_store, api_base_url="https://api.anthropic.com")
+        self.secrets = SecretStore(self.data / "secrets")
+        self.secrets.set("API_TOKEN", SECRET)
         self.log = EgressLog(self.store)
+        # The session's tools, as a sandbox would reach them at cma.internal: `probe` records every call.
+        self.tool_calls: list[tuple[str, dict[str, Any]]] = []
+        self.registry = ToolRegistry()
+        self.registry.register("probe", lambda session_id, input: self.tool_calls.append((session_id, input)) or "called",
+                               description="Records its calls.", input_schema={"type": "object"})
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(ca["cert"], ca["key"])
         self.site, self.denied, self.secure = Site("site"), Site("denied"), Site("secure", tls)
         self.proxy = EgressProxy(data_dir=self.data, api_base_url="https://api.anthropic.com", middleware=[],
-                                 egress_log=self.log, upstream_ca=ca["ca"])
-        self.egress = ToolEgress(hook=SessionEgress(store=self.store, proxy=self.proxy), proxy=self.proxy, socket_dir=self.data / "tools")
+                                 egress_log=self.log, upstream_ca=ca["ca"], internal_handler=self.registry.handle_internal)
+        self.egress = ToolEgress(hook=SessionEgress(store=self.store, proxy=self.proxy), proxy=self.proxy, socket_dir=self.data / "tools",
+                                 policies=self.policies, secrets=self.secrets)
         self.family = BrowserTools(**traits)
 
     def policy(self, **extra: Any) -> str:
@@ -140,9 +173,10 @@ class BrowserRig:
         require_bwrap()
         assert await self.proxy.start(), self.proxy.error
         parts = ServerParts(store=self.store, client=_no_client, environment_id=lambda: "", contents_manager=None,
-                            root_dir=str(self.data), policies=PolicyResolver(self.policy_store, api_base_url="https://api.anthropic.com"),
-                            secrets=SecretStore(self.data / "secrets"), data_dir=self.data, egress=self.egress)
+                            root_dir=str(self.data), policies=self.policies, secrets=self.secrets, data_dir=self.data, egress=self.egress)
         await self.family.start(parts)
+        # The sandbox is probed in the background: until its answer, the family says it is checking.
+        await wait_until(lambda: self.family.unavailable() != PROBING, 30, what="the browser's sandbox probe")
         assert self.family.unavailable() is None, self.family.unavailable()
         return self
 
@@ -352,9 +386,11 @@ async def test_a_page_whose_images_hang_is_read_when_its_time_is_up(tmp_path, te
 async def test_only_web_urls_are_opened(tmp_path, test_ca):
     async with BrowserRig(tmp_path, test_ca) as rig:
         rig.policy()
-        for url in ("file:///etc/passwd", "chrome://version", "javascript:alert(1)", "data:text/html,hi", "site.test/page"):
-            with pytest.raises(ToolError, match="not an http:// or https:// URL"):
+        for url in ("file:///etc/passwd", "chrome://version", "javascript:alert(1)", "data:text/html,hi", "site.test/page", 42):
+            with pytest.raises(ToolError, match="send an http:// or https:// URL"):
                 await rig.call("browse", url=url)
+        with pytest.raises(ToolError, match="without a user name or password"):
+            await rig.call("screenshot", url="http://user:pw@site.test/page")
         assert rig.family._browsers == {}  # nothing was started for them
 
 
@@ -411,8 +447,12 @@ async def test_an_idle_browser_is_closed(tmp_path, test_ca):
 async def test_unavailable_says_what_is_missing_and_the_fix(tmp_path, test_ca):
     assert "apt-get install chromium" in (BrowserTools(chromium_path="/nonexistent/chromium").unavailable() or "")
     assert "apt-get install bubblewrap" in (BrowserTools(bwrap="no-such-bwrap").unavailable() or "")
-    # A bubblewrap that cannot make the sandbox (here: a command that fails) is found by the probe.
-    assert "does not start inside the browser's bubblewrap sandbox" in (BrowserTools(bwrap="false").unavailable() or "")
+    # A bubblewrap that cannot make the sandbox (here: a command that fails) is found by the probe, in the background.
+    failing = BrowserTools(bwrap="false")
+    assert failing.unavailable() == PROBING
+    reason = await wait_until(lambda: (r := failing.unavailable()) != PROBING and r, 30, what="the probe's answer")
+    assert "does not start inside the browser's bubblewrap sandbox" in reason
+    await failing.close()
     # Without an egress engine the browser has no network, so it is unavailable (never a direct connection).
     data = tmp_path / "cma"
     data.mkdir()
@@ -432,6 +472,152 @@ async def test_unavailable_says_what_is_missing_and_the_fix(tmp_path, test_ca):
     store.close()
 
 
+async def test_the_sandbox_is_probed_in_the_background(tmp_path):
+    """Asking whether the family is available never waits for the probe (which starts bubblewrap and Chromium): while
+    it runs, the family says it is checking. Here a bubblewrap stand-in waits for a gate file before it fails."""
+    gate = tmp_path / "gate"
+    fake = tmp_path / "bwrap-gated"
+    fake.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\necho 'no sandbox here' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    family = BrowserTools(bwrap=str(fake))
+    try:
+        # Each answer comes at once (an inline probe would hang on the gate); one probe runs for them all.
+        assert [family.unavailable() for _ in range(3)] == [PROBING] * 3
+        assert len(family._background) == 1
+        gate.touch()
+        reason = await wait_until(lambda: (r := family.unavailable()) != PROBING and r, 30, what="the probe's answer")
+        assert "does not start inside the browser's bubblewrap sandbox here: no sandbox here" in reason
+        # Another configuration is another probe; meanwhile, checking again.
+        family.bwrap = "false"
+        assert family.unavailable() == PROBING
+        assert "does not start inside" in await wait_until(lambda: (r := family.unavailable()) != PROBING and r, 30,
+                                                           what="the new probe's answer")
+    finally:
+        gate.touch()
+        await family.close()
+
+
+# --------------------------------------------------------------------------- what a page may not do
+
+
+async def test_a_page_cannot_reach_the_sessions_tools(tmp_path, test_ca):
+    """cma.internal (the sandboxes' route to the session's tools) is never sent to the proxy: in any spelling, over
+    fetch or a WebSocket, a page's request fails for want of a network, and the registry's tool is never called."""
+    async with BrowserRig(tmp_path, test_ca) as rig:
+        rig.policy()
+        text = await rig.call("browser_steps", url="http://site.test/internal", steps=[
+            {"action": "wait", "selector": "#done"}, {"action": "extract", "selector": "#out"}])
+        await rig.call("browse", url="http://site.test/page")  # a later request's row: the log has caught up
+        rows = await rig.rows(lambda rows: any(r["path"] == "/page" for r in rows), "the page's row")
+    for target in INTERNAL_TARGETS:
+        assert f"{target} failed" in text, text
+    assert "answered" not in text
+    assert rig.tool_calls == []
+    assert [r for r in rows if "internal" in r["host"].lower()] == []  # never asked of the proxy
+    # The tool is there to be called: the registry answers a session's call (as a sandbox's would reach it).
+    status, _, _ = await rig.registry.handle_internal("sesn_browser", None, "POST", "/v1/tools/probe", b"{}")
+    assert status == 200 and rig.tool_calls == [("sesn_browser", {})]
+
+
+async def test_the_browser_does_not_spend_the_sessions_injections(tmp_path, test_ca):
+    """The policy injects a key toward secure.test: a tool's own request carries it, the browser's never does (its
+    requests are still decided and logged as the session)."""
+    async with BrowserRig(tmp_path, test_ca) as rig:
+        rig.policy(inject=[{"host": "secure.test", "header": "X-Api-Key", "secret": "API_TOKEN"}],
+                   allow=[{"host": "secure.test", "paths": ["/"]}])  # the proxy opens the tunnels: it could inject in them
+        async with rig.egress.http_client("sesn_browser", await rig.egress.socket_path("sesn_browser"), timeout=15) as client:
+            control = await client.get("https://secure.test/control")
+        text = await rig.call("browse", url="https://secure.test/page")
+        rows = await rig.rows(lambda rows: any(r["path"] == "/page" for r in rows), "the browser's row")
+    assert control.status_code == 200
+    seen = {r["path"]: {k.lower(): v for k, v in r["headers"].items()} for r in rig.secure.requests}
+    assert seen["/control"]["x-api-key"] == SECRET  # the policy injects toward secure.test
+    assert "x-api-key" not in seen["/page"]  # but not for the browser
+    assert "Hello from the site" in text
+    page = next(r for r in rows if r["path"] == "/page")
+    assert page["session_id"] == "sesn_browser" and page["decision"] == "allowed"
+
+
+async def test_what_a_page_shows_of_an_injected_secret_is_withheld(tmp_path, test_ca):
+    async with BrowserRig(tmp_path, test_ca) as rig:
+        rig.policy(inject=[{"host": "secure.test", "header": "X-Api-Key", "secret": "API_TOKEN"}])
+        text = await rig.call("browse", url="http://site.test/leak")
+        shot = await rig.call("screenshot", url="http://site.test/leak")
+        steps = await rig.call("browser_steps", url="http://site.test/leak", steps=[{"action": "extract", "selector": "#key"}])
+        with pytest.raises(ToolError) as failed:
+            await rig.call("browser_steps", url=f"http://site.test/leak?{SECRET}", steps=[{"action": "click", "selector": "#nothing"}])
+    for result in (text, shot[0]["text"], steps, str(failed.value)):
+        assert SECRET not in result and "[secret API_TOKEN withheld]" in result, result
+    assert "The key is [secret API_TOKEN withheld]." in text
+
+
+# --------------------------------------------------------------------------- starts and ends
+
+
+async def test_a_launch_cut_off_leaves_nothing_running(tmp_path, test_ca, monkeypatch):
+    """A call cancelled while its browser starts (the family's timeout): what the launch starts is closed, its
+    sandbox ended and its directory removed. A bubblewrap stand-in holds the start until the call is cancelled."""
+    hold = tmp_path / "hold"
+    fake = tmp_path / "bwrap-held"
+    fake.write_text(f"#!/bin/sh\nwhile [ -e {hold} ]; do sleep 0.05; done\nexec {shutil.which('bwrap')} \"$@\"\n")
+    fake.chmod(0o755)
+    workdirs = tmp_path / "workdirs"
+    workdirs.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(workdirs))
+    async with BrowserRig(tmp_path, test_ca, bwrap=str(fake)) as rig:
+        rig.policy()
+        hold.touch()
+        call = asyncio.create_task(rig.call("browse", url="http://site.test/page"))
+        pid_file = await wait_until(lambda: next(workdirs.glob("jupyter-cma-browser-*/bwrap.pid"), None), 30, what="the launch")
+        profile = str(pid_file.parent / "profile")
+        await wait_until(lambda: processes(profile), 10, what="the held sandbox")
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        hold.unlink()  # the launch goes on, and is discarded
+        await wait_until(lambda: not processes(profile) and not pid_file.parent.exists(), 30, what="the cut-off launch cleaned up")
+        assert rig.family._browsers == {}
+        # The session's next call starts a browser as usual.
+        assert "Hello from the site" in await rig.call("browse", url="http://site.test/page")
+
+
+async def test_no_browser_starts_while_the_session_is_being_released(tmp_path, test_ca):
+    """end_session closes the browser; until the session's socket is released (ToolEgress.release, after every
+    family's end_session), a call starts no browser bound to it; after, it starts one on a new socket."""
+    async with BrowserRig(tmp_path, test_ca) as rig:
+        rig.policy()
+        await rig.call("browse", url="http://site.test/page")
+        profile = profile_of(rig.family, "sesn_browser")
+        await rig.family.end_session("sesn_browser")
+        assert processes(profile) == [] and "sesn_browser" not in rig.family._browsers
+        with pytest.raises(ToolError, match="its sandbox is being released; call again in a moment"):
+            await rig.call("browse", url="http://site.test/page")
+        assert "sesn_browser" not in rig.family._browsers
+        await rig.egress.release("sesn_browser")
+        assert "written by a script" in await rig.call("browse", url="http://site.test/script")
+        assert profile_of(rig.family, "sesn_browser") != profile
+        rows = await rig.rows(lambda rows: any(r["path"] == "/script" for r in rows), "the new browser's rows")
+    assert all(r["session_id"] == "sesn_browser" for r in rows)
+    assert rig.family._launching == {}  # no session's lock outlives its users
+
+
+async def test_a_browser_whose_socket_was_released_is_replaced(tmp_path, test_ca):
+    """However it came about (a release the browser did not see coming), a browser whose socket is gone is closed,
+    at its session's next call or by its watch, and the next call starts one on a served socket."""
+    async with BrowserRig(tmp_path, test_ca) as rig:
+        rig.policy()
+        await rig.call("browse", url="http://site.test/page")
+        first = profile_of(rig.family, "sesn_browser")
+        await rig.egress.release("sesn_browser")
+        assert "written by a script" in await rig.call("browse", url="http://site.test/script")
+        second = profile_of(rig.family, "sesn_browser")
+        assert second != first
+        await wait_until(lambda: not processes(first), 30, what="the released browser closed")
+        await rig.egress.release("sesn_browser")  # and without a call: its watch closes it
+        await wait_until(lambda: "sesn_browser" not in rig.family._browsers and not processes(second), 30,
+                         what="the watch closed the released browser")
+
+
 # --------------------------------------------------------------------------- through the real server (the harness of test_dispatch)
 
 
@@ -443,11 +629,12 @@ async def test_an_agent_with_the_browser_screenshots_a_page_through_its_sessions
     site = Site("site")
     try:
         h = await harness.start()
+        family = h.ext.builtins.families["browser"]
+        await wait_until(lambda: family.unavailable() != PROBING, 30, what="the browser's sandbox probe")
         await h.api("POST", "egress/policies", {"name": "web", "scope": {"environment": True},
                                                 "private_services": [{"name": "site.test", "target": f"127.0.0.1:{site.port}"}]})
         agent = await h.api("POST", "agents", {"name": "looker", "tier": "kernel", "builtins": {"browser": {}}})
         assert agent["builtins"] == {"browser": {}}
-        family = h.ext.builtins.families["browser"]
         sid = await h.session(agent["id"], script({"tool": "screenshot", "input": {"url": "http://site.test/page"}},
                                                   {"tool": "browse", "input": {"url": "http://site.test/script"}}, {"say": "seen"}))
         events = await h.turn_ends(sid)

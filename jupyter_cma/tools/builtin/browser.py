@@ -15,12 +15,16 @@ How the browser is confined:
 
 - **No network of its own.** Chromium runs in a network namespace holding only `lo`. Its one way out is
   the egress bridge listening on 127.0.0.1:3128 inside, which relays each connection to the session's
-  `ToolEgress` socket (bound into the sandbox at /run/cma/egress.sock, nothing else of the host's socket
-  directory): the session's egress policy decides every request the browser makes (pages, sub-resources,
-  WebSockets), its egress log gets the rows under the session's id, its injections apply. Chromium is told
-  to send everything to the proxy, loopback included (`<-loopback>`); a few hosts its own background
-  services call are told to go direct instead, which fails at once for want of a network, so they never
-  show up in the session's log (`BACKGROUND_HOSTS`). DNS, QUIC and WebRTC have no network to use.
+  browser socket of `ToolEgress` (`socket_path(session_id, injections=False)`, bound into the sandbox at
+  /run/cma/egress.sock, nothing else of the host's socket directory): the session's egress policy decides
+  every request the browser makes (pages, sub-resources, WebSockets) and its egress log gets the rows under
+  the session's id, but the policy's injections are not added (a page's JavaScript would spend the
+  session's credentials, toward whatever the page chooses). Chromium is told to send everything to the
+  proxy, loopback included (`<-loopback>`); a few hosts are told to go direct instead, which fails at once
+  for want of a network: those its own background services call (`BACKGROUND_HOSTS`), so they never show
+  up in the session's log, and `cma.internal` (`NEVER_PROXIED`), the sandboxes' route to the session's
+  tools, which a page must never reach (the proxy refuses it on a built-in's socket as well). DNS, QUIC
+  and WebRTC have no network to use.
 - **Files: an allowlist.** The system's runtime read-only (`/usr`, the loader's cache, CA certificates,
   fonts), a generated `/etc/passwd`, `/etc/group` and `/etc/hosts`, the Python installation the bridge runs
   from (read-only; the server's data directory masked if it lies inside), private size-bounded tmpfs at
@@ -34,6 +38,13 @@ How the browser is confined:
   Tunnels the proxy opens (a policy rule must see inside, or injects a secret) are signed by the proxy's CA:
   Chromium accepts that CA's key only (`--ignore-certificate-errors-spki-list` with the SHA-256 of its
   public key, taken from the last certificate of `ToolEgress.ca_bundle`, where the proxy appends its own).
+
+What the tools return as text goes through `ToolEgress.scrub` (the values of the secrets the session's
+policy injects are withheld), and a URL is checked by `public_url`, as for every built-in.
+
+Starting a browser is serialised per session with `end_session`: a call that comes while the session's
+sandbox is being released does not start a browser bound to the socket `ToolEgress.release` is about to
+take away (it fails, saying to call again), and a browser whose socket was released anyway is closed.
 
 A refused main request is a tool error naming the policy's rule and reason: from the proxy's answer
 (`X-CMA-Egress-Rule`) for plain http; for https, Chromium gets only a refused CONNECT, so the reason is the
@@ -58,6 +69,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -67,11 +79,12 @@ from urllib.parse import urlsplit
 
 from traitlets import Bool, Float, Int, Unicode
 
+from ...egress.policy import INTERNAL_HOST
 from ...sandboxes.isolation import SANDBOX_HOME, SANDBOX_UID, python_mounts, system_mounts, write_generated_etc
 from ...sandboxes.runtime import BRIDGE_SCRIPT
 from ...tasks import BackgroundTasks
 from .base import BuiltinFamily, CallContext, Content, ServerParts, ToolError, ToolSpec
-from .egress import RULE_HEADER, EgressRefused, refusal
+from .egress import BROWSER_PREFIX, RULE_HEADER, EgressRefused, ToolEgress, public_url, refusal
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page, Playwright, Request, Response
@@ -83,6 +96,10 @@ SOCKET_INSIDE = "/run/cma/egress.sock"
 # Chromium's own background services that ignore --disable-component-update (the on-device model manifest's
 # update check goes out at every start, marked "updatedisabled"): sent "direct", where there is no network.
 BACKGROUND_HOSTS = ("update.googleapis.com",)
+# Never sent to the proxy (so, for want of a network, never reached): the sandboxes' route to the session's tools.
+# Chromium keeps a trailing dot in a host and matches its bypass rules as written, so both spellings are listed;
+# other spellings (case, IDNA, escapes) are canonicalised by Chromium before the rules are matched.
+NEVER_PROXIED = (INTERNAL_HOST, f"{INTERNAL_HOST}.")
 MAX_IMAGE_SIDE = 8000  # the API refuses images with a side over 8000 px: a taller full page is cut
 MAX_STEP_TEXT = 10_000  # one extract step's text (all steps' together are capped by max_text_chars)
 SETTLE_SECONDS = 2.0  # after `load`, how long a page may keep fetching (scripts rendering content) before it is read
@@ -90,6 +107,9 @@ MAX_REFUSED_LISTED = 10
 TUNNEL_ERRORS = ("ERR_TUNNEL_CONNECTION_FAILED", "ERR_PROXY_CONNECTION_FAILED")
 PROBE_TIMEOUT = 20.0
 PROBE_RETRY = 60.0  # seconds before a failed sandbox probe is run again
+PROBING = "checking that Chromium starts in its sandbox; try again in a few seconds"
+RELEASE_HOLD = 60.0  # seconds end_session's hold on launches waits for the session's socket to be released at most
+STALE_CHECK = 5.0  # how often an idle browser checks that its socket is still served
 
 
 @dataclass
@@ -100,6 +120,7 @@ class _Browser:
     workdir: Path
     context: BrowserContext
     pid: int | None  # bubblewrap's (the wrapper script execs it): killed if the browser does not close
+    attachment: Any  # the proxy's attachment of the socket it was started with (released: the browser has no way out)
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0  # calls using it now
     closed: bool = False
@@ -147,14 +168,12 @@ def _short(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:500]
 
 
-def _check_url(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ToolError("`url` must be an http:// or https:// URL")
-    url = value.strip()
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ToolError(f"{url[:200]!r} is not an http:// or https:// URL; the browser opens web pages only")
-    return url
+@dataclass
+class _SessionLock:
+    """A session's lock for starting and ending its browser, and how many hold or wait for it (dropped at none)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class BrowserTools(BuiltinFamily):
@@ -191,27 +210,34 @@ class BrowserTools(BuiltinFamily):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._browsers: dict[str, _Browser] = {}
-        self._launching: dict[str, asyncio.Lock] = {}
+        self._launching: dict[str, _SessionLock] = {}
+        # session id → (its browser socket's attachment when end_session ran, when): no browser starts for the session
+        # until that socket is released (or RELEASE_HOLD has passed), so none is bound to a socket about to go
+        self._ended: dict[str, tuple[Any, float]] = {}
+        self._closing = False
         self._driver: Playwright | None = None
+        self._driver_start: asyncio.Future[Playwright] | None = None
         self._driver_lock = asyncio.Lock()
         self._background = BackgroundTasks("browser built-ins")
         self._probe: tuple[tuple[str, ...], str | None, float] | None = None  # (what was probed, its problem, when to retry)
+        self._probing: tuple[str, ...] | None = None  # the configuration a probe runs for now (in a thread)
 
     # ------------------------------------------------------------------ the family's contract
 
     async def start(self, parts: ServerParts) -> None:
         await super().start(parts)
         if self._static_problem() is None:  # probed beside the server's start, not in its way
-            self._background.spawn(asyncio.to_thread(self._probe_sandbox))
+            self._start_probe(self._probe_key())
 
     def unavailable(self) -> str | None:
+        # What is known at once first; the sandbox probe's answer (or PROBING while it runs) last.
         problem = self._static_problem()
-        if problem is None:
-            problem = self._sandbox_problem()
         if problem is None and self.parts is not None:
             reason = self.parts.egress.unavailable()
             if reason:
                 problem = f"the browser reaches the network only through the egress proxy: {reason}"
+        if problem is None:
+            problem = self._sandbox_problem()
         return problem
 
     def tools(self, settings: Mapping[str, Any]) -> list[ToolSpec]:
@@ -250,33 +276,64 @@ class BrowserTools(BuiltinFamily):
     async def call(self, ctx: CallContext, tool: str, input: dict[str, Any]) -> Content:
         if tool not in ("browse", "screenshot", "browser_steps"):
             raise ToolError(f"the browser family has no tool {tool!r}; it has browse, screenshot and browser_steps")
-        url = _check_url(input.get("url"))
+        url = public_url(input.get("url"))  # type: ignore[arg-type]  (it refuses what is not a string)
         steps = self._check_steps(input.get("steps")) if tool == "browser_steps" else []
         full_page = input.get("full_page", False)
         if not isinstance(full_page, bool):
             raise ToolError("`full_page` must be true or false")
-        async with self._page(ctx) as (page, refused):
-            response = await self._open(ctx, page, url)
-            if tool == "browse":
-                return await self._browse(page, response, refused)
-            if tool == "screenshot":
-                return await self._screenshot(page, full_page, refused)
-            return await self._steps(page, steps, refused)
+        try:
+            async with self._page(ctx) as (page, refused):
+                response = await self._open(ctx, page, url)
+                if tool == "browse":
+                    result: Content = await self._browse(page, response, refused)
+                elif tool == "screenshot":
+                    result = await self._screenshot(page, full_page, refused)
+                else:
+                    result = await self._steps(page, steps, refused)
+        except ToolError as exc:
+            # A step's error quotes the page (its URL, the steps' extracted texts): scrubbed like a result.
+            text = str(exc)
+            scrubbed = ctx.egress.scrub(ctx.session_id, text)
+            if scrubbed != text:
+                exc.args = (scrubbed,)
+            raise
+        return self._scrubbed(ctx, result)
+
+    @staticmethod
+    def _scrubbed(ctx: CallContext, result: Content) -> Content:
+        """The result with the session's injected secrets withheld from its text (an image is what the page showed)."""
+        if isinstance(result, str):
+            return ctx.egress.scrub(ctx.session_id, result)
+        return [{**block, "text": ctx.egress.scrub(ctx.session_id, block["text"])} if block.get("type") == "text" else block
+                for block in result]
 
     async def end_session(self, session_id: str) -> None:
-        async with self._launching.setdefault(session_id, asyncio.Lock()):  # after a launch under way, not during it
+        # Under the session's lock: after a launch under way (its browser is then closed here), never during one; and
+        # no launch starts after this until the session's socket is released (see `_check_not_ending`).
+        async with self._session_lock(session_id):
             browser = self._browsers.pop(session_id, None)
             if browser is not None:
                 await self._close_browser(browser)
-        self._launching.pop(session_id, None)
+            now = time.monotonic()
+            for ended, (_, since) in list(self._ended.items()):
+                if now - since >= RELEASE_HOLD:
+                    del self._ended[ended]
+            attachment = self._attachment(self.parts.egress, session_id) if self.parts is not None else None
+            if attachment is not None:  # the socket `ToolEgress.release` takes away next
+                self._ended[session_id] = (attachment, now)
 
     async def close(self) -> None:
+        self._closing = True
         await self._background.close(5.0)
         browsers, self._browsers = list(self._browsers.values()), {}
         await asyncio.gather(*(self._close_browser(b) for b in browsers), return_exceptions=True)
         async with self._driver_lock:
-            if self._driver is not None:
-                driver, self._driver = self._driver, None
+            driver, self._driver = self._driver, None
+            start, self._driver_start = self._driver_start, None
+            if driver is None and start is not None:  # a start a cut-off call left running
+                with contextlib.suppress(Exception):
+                    driver = await asyncio.wait_for(start, 30.0)
+            if driver is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(driver.stop(), 10.0)
 
@@ -311,30 +368,59 @@ class BrowserTools(BuiltinFamily):
         return (self.chromium() or "", shutil.which(self.bwrap) or "", str(self.chromium_sandbox))
 
     def _sandbox_problem(self) -> str | None:
-        """The last probe's answer for this configuration. A failure older than PROBE_RETRY is probed again in the
-        background (the answer comes with a later call); without any answer yet, the probe runs now."""
+        """The last probe's answer for this configuration, never waited for: the probe starts bubblewrap and Chromium
+        (seconds), so it runs in the background. Without an answer for this configuration yet, `PROBING`; a failure
+        older than PROBE_RETRY is probed again (the old answer stands until the new one comes)."""
+        key = self._probe_key()
         probe = self._probe
-        if probe is None or probe[0] != self._probe_key():
-            return self._probe_sandbox()
+        if probe is None or probe[0] != key:
+            self._start_probe(key)
+            return PROBING
         if probe[1] is not None and time.monotonic() >= probe[2]:
-            self._probe = (probe[0], probe[1], time.monotonic() + PROBE_RETRY)  # one re-probe at a time
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # no event loop here: probe now
-                return self._probe_sandbox()
-            self._background.spawn(asyncio.to_thread(self._probe_sandbox))
+            self._start_probe(key)
         return probe[1]
 
-    def _probe_sandbox(self) -> str | None:
-        """Probe whether Chromium starts inside the browser's bubblewrap sandbox here; the answer is kept (`_probe`)."""
-        chromium, bwrap = self.chromium(), shutil.which(self.bwrap)
-        assert chromium is not None and bwrap is not None
-        key = self._probe_key()
+    def _start_probe(self, key: tuple[str, ...]) -> None:
+        """Probe `key`'s configuration in a thread, unless a probe of it runs already."""
+        if self._probing == key:
+            return
+        self._probing = key
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called outside the server's loop (a script): a thread of its own
+            threading.Thread(target=self._run_probe, args=(key,), name="browser sandbox probe", daemon=True).start()
+            return
+        self._background.spawn(asyncio.to_thread(self._run_probe, key))
+
+    def _run_probe(self, key: tuple[str, ...]) -> None:
+        try:
+            self._probe_sandbox(key)
+        except Exception as exc:  # an answer all the same, or every check would start another probe
+            self.log.warning("jupyter-cma: the browser's sandbox could not be probed: %r", exc)
+            self._probe = (key, f"the browser's sandbox could not be probed ({type(exc).__name__}: {exc}); see the server log",
+                           time.monotonic() + PROBE_RETRY)
+        finally:
+            if self._probing == key:
+                self._probing = None
+
+    async def _await_probe(self) -> None:
+        """Wait (bounded) for the probe of this configuration, when its answer is not in yet."""
+        deadline = time.monotonic() + PROBE_TIMEOUT + 5.0
+        while self._sandbox_problem() == PROBING and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _probe_sandbox(self, key: tuple[str, ...]) -> str | None:
+        """Probe whether Chromium starts inside the browser's bubblewrap sandbox here (blocks for up to PROBE_TIMEOUT s:
+        run it in a thread); the answer is kept for `key` (`_probe`)."""
+        chromium, bwrap = key[0], key[1]
+        if not chromium or not bwrap:
+            self._probe = (key, "Chromium or bubblewrap is not installed", time.monotonic() + PROBE_RETRY)
+            return self._probe[1]
         with tempfile.TemporaryDirectory(prefix="cma-browser-probe-") as tmp:
             workdir = Path(tmp)
             # Chromium's sandbox needs user namespaces inside the sandbox: `unshare` shows whether the kernel allows them.
             check = f"{shlex.quote(chromium)} --version"
-            if self.chromium_sandbox and shutil.which("unshare"):
+            if key[2] == "True" and shutil.which("unshare"):
                 check += " && unshare --user true"
             argv = self._bwrap_argv(bwrap, workdir, socket_path=None, command=["/bin/sh", "-c", check])
             try:
@@ -395,8 +481,9 @@ class BrowserTools(BuiltinFamily):
                             "the egress engine writes it when it starts (see the server log)") from None
         return [
             f"--proxy-server=http://{PROXY_LISTEN}",
-            # `<-loopback>`: loopback goes to the proxy too (which refuses it), never to the namespace's own lo.
-            "--proxy-bypass-list=" + ";".join(["<-loopback>", *BACKGROUND_HOSTS]),
+            # `<-loopback>`: loopback goes to the proxy too (which refuses it), never to the namespace's own lo. The hosts
+            # listed go direct, which fails at once: there is no network to go to.
+            "--proxy-bypass-list=" + ";".join(["<-loopback>", *BACKGROUND_HOSTS, *NEVER_PROXIED]),
             f"--ignore-certificate-errors-spki-list={spki}",
             "--disable-gpu",
             "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
@@ -407,9 +494,13 @@ class BrowserTools(BuiltinFamily):
     async def _playwright(self) -> Playwright:
         async with self._driver_lock:
             if self._driver is None:
-                from playwright.async_api import async_playwright
+                start = self._driver_start
+                if start is None or (start.done() and (start.cancelled() or start.exception() is not None)):
+                    from playwright.async_api import async_playwright
 
-                self._driver = await async_playwright().start()
+                    start = self._driver_start = asyncio.ensure_future(async_playwright().start())
+                # Shielded: a call cut off here leaves the driver starting, for the next call to use (or close to stop).
+                self._driver = await asyncio.shield(start)
             return self._driver
 
     @contextlib.asynccontextmanager
@@ -449,14 +540,22 @@ class BrowserTools(BuiltinFamily):
     async def _browser(self, ctx: CallContext) -> _Browser:
         session_id = ctx.session_id
         browser = self._browsers.get(session_id)
-        if browser is not None and not browser.closed:
+        if browser is not None and not browser.closed and not self._stale(browser):
             browser.last_used = time.monotonic()
             return browser
-        lock = self._launching.setdefault(session_id, asyncio.Lock())
-        async with lock:
+        async with self._session_lock(session_id):
+            if self._closing:
+                raise ToolError("the server is stopping; the browser is not available")
             browser = self._browsers.get(session_id)
             if browser is not None and not browser.closed:
-                return browser
+                if not self._stale(browser):
+                    return browser
+                # Its socket was released (the session's sandbox went): it has no way out; a new one gets a new socket.
+                self._browsers.pop(session_id, None)
+                await self._close_browser(browser)
+            self._check_not_ending(ctx)
+            if self._static_problem() is None and self._sandbox_problem() == PROBING:  # a call waits for the answer
+                await self._await_probe()
             problem = self.unavailable()
             if problem:
                 raise ToolError(f"the browser is not available on this server: {problem}")
@@ -465,6 +564,44 @@ class BrowserTools(BuiltinFamily):
             self._browsers[session_id] = browser
             self._background.spawn(self._idle_watch(browser))
             return browser
+
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
+        """The session's lock for starting or ending its browser (one lock per session while anyone holds or awaits it)."""
+        entry = self._launching.get(session_id)
+        if entry is None:
+            entry = self._launching[session_id] = _SessionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0 and self._launching.get(session_id) is entry:
+                del self._launching[session_id]
+
+    @staticmethod
+    def _attachment(egress: ToolEgress, session_id: str) -> Any:
+        """The proxy's attachment of the session's browser socket now (None: not attached)."""
+        return egress.proxy.attachments.get(f"{BROWSER_PREFIX}{session_id}")
+
+    def _stale(self, browser: _Browser) -> bool:
+        """Whether the socket the browser was started with is no longer the session's (released since)."""
+        if self.parts is None:
+            return False
+        return self._attachment(self.parts.egress, browser.session_id) is not browser.attachment
+
+    def _check_not_ending(self, ctx: CallContext) -> None:
+        """ToolError while the session's sandbox is being released: `end_session` closed its browser, and the socket
+        a new one would use is about to be taken away (`ToolEgress.release` runs after every family's end_session)."""
+        ended = self._ended.get(ctx.session_id)
+        if ended is None:
+            return
+        attachment, since = ended
+        if self._attachment(ctx.egress, ctx.session_id) is attachment and time.monotonic() - since < RELEASE_HOLD:
+            raise ToolError("the session's browser was closed because its sandbox is being released; call again in a "
+                            "moment (a new browser then starts)")
+        del self._ended[ctx.session_id]  # released (or it never will be): the next browser attaches a new socket
 
     async def _make_room(self) -> None:
         """Close the browser idle the longest when `max_browsers` are open; fail if every one is in use."""
@@ -478,11 +615,16 @@ class BrowserTools(BuiltinFamily):
             await self._close_browser(oldest)
 
     async def _launch(self, ctx: CallContext) -> _Browser:
-        socket_path = await ctx.egress.socket_path(ctx.session_id)  # ToolError when there is no egress engine
+        # A socket of the browser's own: decided and logged as the session, without the policy's injections (a page's
+        # scripts would spend them). ToolError when there is no egress engine.
+        socket_path = await ctx.egress.socket_path(ctx.session_id, injections=False)
+        attachment = self._attachment(ctx.egress, ctx.session_id)
         args = self._chromium_args(ctx.egress.ca_bundle)
         chromium, bwrap = self.chromium(), shutil.which(self.bwrap)
         assert chromium is not None and bwrap is not None
         workdir = Path(tempfile.mkdtemp(prefix="jupyter-cma-browser-"))
+        pid_file = workdir / "bwrap.pid"
+        launched = False  # the launch was handed to `_discard_launch`, or it succeeded: the workdir is not removed here
         try:
             (workdir / "profile").mkdir(mode=0o700)
             pid_file = workdir / "bwrap.pid"
@@ -495,26 +637,37 @@ class BrowserTools(BuiltinFamily):
             script.write_text(f"#!/bin/sh\necho $$ > {shlex.quote(str(pid_file))}\nexec {env} -i {shlex.join(argv)} \"$@\"\n")
             script.chmod(0o700)
             driver = await self._playwright()
-            context = await driver.chromium.launch_persistent_context(
+            launch = asyncio.ensure_future(driver.chromium.launch_persistent_context(
                 str(workdir / "profile"), executable_path=str(script), args=args, headless=True,
                 chromium_sandbox=self.chromium_sandbox, accept_downloads=False, ignore_https_errors=False,
                 viewport={"width": self.viewport_width, "height": self.viewport_height},
                 timeout=self.page_timeout * 1000, handle_sigint=False, handle_sigterm=False, handle_sighup=False,
-            )
+            ))
+            try:
+                # Shielded: a call cut off here (the family's timeout) leaves the driver launching all the same, and
+                # what it launches must then be closed, its sandbox reaped and its profile removed.
+                context = await asyncio.shield(launch)
+            except asyncio.CancelledError:
+                launched = True
+                self._background.spawn(self._discard_launch(launch, workdir, ctx.session_id))
+                raise
+            launched = True
         except ToolError:
-            shutil.rmtree(workdir, ignore_errors=True)
             raise
         except Exception as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
             self.log.warning("jupyter-cma: the browser of session %s did not start: %s", ctx.session_id, exc)
             raise ToolError(f"the browser did not start ({_short(exc)}); see the server log") from None
+        finally:
+            if not launched:  # failed or cut off before the launch began (a CancelledError too): nothing runs from it
+                self._kill_leftover(pid_file, workdir)
+                shutil.rmtree(workdir, ignore_errors=True)
         try:
             pid: int | None = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             pid = None
         context.set_default_timeout(self.page_timeout * 1000)
         context.set_default_navigation_timeout(self.page_timeout * 1000)
-        browser = _Browser(ctx.session_id, workdir, context, pid)
+        browser = _Browser(ctx.session_id, workdir, context, pid, attachment)
 
         def gone(_: Any) -> None:  # crashed, or closed by us
             browser.closed = True
@@ -526,16 +679,42 @@ class BrowserTools(BuiltinFamily):
         self.log.info("jupyter-cma: started a browser for session %s (pid %s, profile %s)", ctx.session_id, pid, browser.profile)
         return browser
 
+    async def _discard_launch(self, launch: asyncio.Future[BrowserContext], workdir: Path, session_id: str) -> None:
+        """A launch whose call was cut off: wait for it, close what it started, reap its sandbox, remove its files."""
+        try:
+            with contextlib.suppress(Exception):
+                context = await asyncio.wait_for(asyncio.shield(launch), self.page_timeout + 10.0)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(context.close(), 10.0)
+        finally:
+            if not launch.done():
+                launch.cancel()
+            self._kill_leftover(workdir / "bwrap.pid", workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
+            self.log.info("jupyter-cma: discarded the browser started for session %s by a call that was cut off", session_id)
+
+    @staticmethod
+    def _kill_leftover(pid_file: Path, workdir: Path) -> None:
+        """SIGKILL the sandbox a failed or discarded launch may have left (its processes die with it)."""
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(OSError):
+            if str(workdir / "profile").encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+
     async def _idle_watch(self, browser: _Browser) -> None:
         while not browser.closed:
             left = browser.last_used + self.idle_close - time.monotonic()
-            if left <= 0 and browser.active == 0:
+            stale = self._stale(browser)
+            if (left <= 0 or stale) and browser.active == 0:
                 if self._browsers.get(browser.session_id) is browser:
                     self._browsers.pop(browser.session_id, None)
-                self.log.info("jupyter-cma: closing the idle browser of session %s", browser.session_id)
+                self.log.info("jupyter-cma: closing the %s browser of session %s", "released" if stale else "idle", browser.session_id)
                 await self._close_browser(browser)
                 return
-            await asyncio.sleep(max(left, 1.0))
+            await asyncio.sleep(min(max(left, 1.0), STALE_CHECK))
 
     async def _close_browser(self, browser: _Browser) -> None:
         """Close the browser; kill its sandbox if it does not go; remove its profile."""
