@@ -47,7 +47,7 @@ from jupyter_cma.egress.proxy import EgressProxy
 from jupyter_cma.egress.secrets import SecretStore
 from jupyter_cma.store import Store
 from jupyter_cma.tools.builtin.base import CallContext, ServerParts
-from jupyter_cma.tools.builtin.browser import SETTLE_SECONDS, BrowserTools
+from jupyter_cma.tools.builtin.browser import PROBING, SETTLE_SECONDS, BrowserTools
 from jupyter_cma.tools.builtin.egress import ToolEgress
 
 
@@ -127,12 +127,17 @@ async def measure_tool(base: Path, site: Site, warm_n: int, cold_n: int) -> dict
     proxy = EgressProxy(data_dir=data, api_base_url="https://api.anthropic.com", middleware=[], egress_log=log)
     if not await proxy.start():
         sys.exit(f"bench_browser needs the egress engine: {proxy.error}")
-    egress = ToolEgress(hook=SessionEgress(store=store, proxy=proxy), proxy=proxy, socket_dir=data / "tools")
+    resolver = PolicyResolver(policies, api_base_url="https://api.anthropic.com")
+    secrets = SecretStore(data / "secrets")
+    egress = ToolEgress(hook=SessionEgress(store=store, proxy=proxy), proxy=proxy, socket_dir=data / "tools",
+                        policies=resolver, secrets=secrets)
     family = BrowserTools()
     await family.start(ServerParts(store=store, client=_no_client, environment_id=lambda: "", contents_manager=None,
-                                   root_dir=str(base), policies=PolicyResolver(policies, api_base_url="https://api.anthropic.com"),
-                                   secrets=SecretStore(data / "secrets"), data_dir=data, egress=egress))
+                                   root_dir=str(base), policies=resolver, secrets=secrets, data_dir=data, egress=egress))
     problem = family.unavailable()
+    while problem == PROBING:  # the sandbox probe runs in the background after start
+        await asyncio.sleep(0.1)
+        problem = family.unavailable()
     if problem:
         sys.exit(f"bench_browser: the browser family is unavailable here: {problem}")
     ctx = CallContext(session_id="sesn_bench", agent_id=None, settings={}, egress=egress)
@@ -149,7 +154,9 @@ async def measure_tool(base: Path, site: Site, warm_n: int, cold_n: int) -> dict
         warm = [await call() for _ in range(warm_n)]
         cold = []
         for _ in range(cold_n):
+            # What the server does when a session's sandbox goes: its browser closes, then its egress socket.
             await family.end_session("sesn_bench")
+            await egress.release("sesn_bench")
             cold.append(await call())
         rows = log.query(session_id="sesn_bench", limit=10_000)
         return {"first": first, "warm": warm, "cold": cold, "rows": len(rows),
