@@ -15,12 +15,13 @@ from typing import Any
 import nbformat
 import pytest
 from jupyter_server.services.contents.filemanager import FileContentsManager
+from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
 from tornado.httpclient import HTTPClientError
 
 from jupyter_cma.emulator.scenarios import Values, build_input
 from jupyter_cma.store import Store
 from jupyter_cma.tools.builtin.base import CallContext, ServerParts, ToolError
-from jupyter_cma.tools.builtin.notebooks import NotebookFileTools, path_matches, undo_edit
+from jupyter_cma.tools.builtin.notebooks import EditUndoError, NotebookFileTools, path_matches, undo_edit
 from tests.test_dispatch import cma_emulator, cma_mode, harness, jp_server_config, results, script  # noqa: F401
 
 SESSION = "sesn_notebooks"
@@ -304,17 +305,125 @@ async def test_read_caps_outputs_and_names_what_it_leaves_out(served, jp_root_di
 
 
 async def test_a_sync_contents_manager_serves_the_same_tools(tmp_path):
-    """Jupyter servers configured with the synchronous FileContentsManager: every call is awaited the same way."""
+    """Jupyter servers configured with the synchronous FileContentsManager: every call is awaited the same way, on
+    the server's thread (the contents manager's notebook-trust database, opened there, refuses other threads)."""
     root = tmp_path / "root"
     original = sample(root / "n.ipynb")
     store = Store(tmp_path / "cma" / "cma.sqlite3")
-    family = await family_for(store, FileContentsManager(root_dir=str(root)), root, tmp_path / "cma")
+    cm = FileContentsManager(root_dir=str(root))
+    cm.get("n.ipynb")  # JupyterLab opened it first, on the server's thread
+    family = await family_for(store, cm, root, tmp_path / "cma")
+    assert "## cell 1 · code · [1]" in str(await family.call(context(family), "notebook_read", {"path": "n.ipynb"}))
     await family.call(context(family, mode="edit"), "notebook_edit",
                       {"path": "n.ipynb", "operations": [{"op": "insert", "index": 0, "source": "import math"}]})
     assert "".join(on_disk(root / "n.ipynb")["cells"][0]["source"]) == "import math"
     (edit,) = store.notebook_edits()
     assert (await undo_edit(store, family.parts.contents_manager, edit["id"]))["restored_from"] == "checkpoint"
     assert on_disk(root / "n.ipynb")["cells"] == original["cells"]
+
+
+class SwappingContents(AsyncLargeFileManager):
+    """The server's default contents manager, while another process (a kernel, say) replaces a notebook with a link
+    at the worst moment: at the start of the contents manager's `during` call of that path, once."""
+
+    swap: tuple[str, str, Path] | None = None  # (during, API path, the link's target)
+
+    def _swap_now(self, during: str, path: str) -> None:
+        if self.swap is not None and self.swap[:2] == (during, path):
+            link = Path(self.root_dir) / path
+            link.unlink()
+            link.symlink_to(self.swap[2])
+            self.swap = None
+
+    async def get(self, path, content=True, type=None, format=None, require_hash=False):  # type: ignore[no-untyped-def]
+        self._swap_now("get", path)
+        return await super().get(path, content=content, type=type, format=format, require_hash=require_hash)
+
+    async def create_checkpoint(self, path):  # type: ignore[no-untyped-def]
+        self._swap_now("create_checkpoint", path)
+        return await super().create_checkpoint(path)
+
+
+async def swapping(tmp_path: Path) -> tuple[NotebookFileTools, SwappingContents, Path, Path]:
+    """A root with reports/q.ipynb, a notebook outside it, the family on a SwappingContents; (family, cm, root, outside)."""
+    root = tmp_path / "root"
+    sample(root / "reports" / "q.ipynb")
+    outside = tmp_path / "outside" / "secret.ipynb"
+    write_notebook(outside, nbformat.v4.new_markdown_cell("the secret"))
+    cm = SwappingContents(root_dir=str(root))
+    family = await family_for(Store(tmp_path / "cma" / "cma.sqlite3"), cm, root, tmp_path / "cma")
+    return family, cm, root, outside
+
+
+async def test_a_link_swapped_in_during_a_read_is_refused(tmp_path):
+    family, cm, root, outside = await swapping(tmp_path)
+    cm.swap = ("get", "reports/q.ipynb", outside)
+    with pytest.raises(ToolError, match="is a link to a place outside the Jupyter server's root; it cannot be used; "
+                                        "what was read there is not used") as refused:
+        await family.call(context(family), "notebook_read", {"path": "reports/q.ipynb"})
+    assert str(outside) not in str(refused.value)
+    # A link to another notebook the agent may read: refused too, the call read something else than it checked.
+    (root / "reports" / "q.ipynb").unlink()
+    sample(root / "reports" / "q.ipynb")
+    write_notebook(root / "reports" / "other.ipynb", nbformat.v4.new_markdown_cell("another notebook"))
+    cm.swap = ("get", "reports/q.ipynb", root / "reports" / "other.ipynb")
+    with pytest.raises(ToolError, match="reports/q.ipynb was moved or replaced by a link while this call used it; "
+                                        "what was read there is not used; call again"):
+        await family.call(context(family), "notebook_read", {"path": "reports/q.ipynb"})
+    # Called again, the path is checked afresh: it is a link to a notebook within the agent's paths.
+    assert "another notebook" in str(await family.call(context(family), "notebook_read", {"path": "reports/q.ipynb"}))
+
+
+async def test_a_link_swapped_in_before_an_edits_save_is_refused_and_nothing_is_written(tmp_path):
+    family, cm, root, outside = await swapping(tmp_path)
+    store = family.parts.store
+    secret = outside.read_bytes()
+    other = root / "reports" / "other.ipynb"
+    write_notebook(other, nbformat.v4.new_markdown_cell("another notebook"))
+    another = other.read_bytes()
+    edit = {"path": "reports/q.ipynb", "operations": [{"op": "insert", "index": 0, "source": "import os"}]}
+    for to, message in [(outside, "is a link to a place outside the Jupyter server's root; it cannot be used; "
+                                  "nothing was changed"),
+                        (other, "was moved or replaced by a link while this call used it; nothing was changed")]:
+        (root / "reports" / "q.ipynb").unlink(missing_ok=True)
+        sample(root / "reports" / "q.ipynb")
+        cm.swap = ("create_checkpoint", "reports/q.ipynb", to)
+        with pytest.raises(ToolError, match=message):
+            await family.call(context(family, mode="edit"), "notebook_edit", edit)
+    assert outside.read_bytes() == secret and other.read_bytes() == another, "the save never went through the link"
+    assert store.notebook_edits() == []
+    assert list((Path(store.path).parent / "notebook-edits").iterdir()) == [], "the copies kept for undo are dropped"
+
+
+async def test_undo_refuses_a_path_that_now_leads_elsewhere(tmp_path):
+    family, cm, root, outside = await swapping(tmp_path)
+    target = root / "reports" / "q.ipynb"
+    original = on_disk(target)
+    other = root / "reports" / "other.ipynb"
+    write_notebook(other, nbformat.v4.new_markdown_cell("another notebook"))
+    await family.call(context(family, mode="edit"), "notebook_edit", {
+        "path": "reports/q.ipynb", "operations": [{"op": "delete", "index": 0}]})
+    edited = target.read_bytes()
+    store = family.parts.store
+    (edit,) = store.notebook_edits()
+    secret, another = outside.read_bytes(), other.read_bytes()
+
+    target.unlink()
+    target.symlink_to(outside)
+    with pytest.raises(EditUndoError, match="now a link to a place outside the Jupyter server's root") as refused:
+        await undo_edit(store, cm, edit["id"])
+    assert refused.value.status == 409 and str(outside) not in str(refused.value)
+    target.unlink()
+    target.symlink_to(other)
+    with pytest.raises(EditUndoError, match="now leads to reports/other.ipynb, not to reports/q.ipynb"):
+        await undo_edit(store, cm, edit["id"])
+    assert outside.read_bytes() == secret and other.read_bytes() == another
+    assert store.notebook_edit(edit["id"])["undone_at"] is None
+
+    target.unlink()
+    target.write_bytes(edited)  # the notebook back at its path: the undo goes through
+    assert (await undo_edit(store, cm, edit["id"]))["restored_from"] == "checkpoint"
+    assert on_disk(target)["cells"] == original["cells"]
 
 
 def test_the_demo_brain_passes_a_json_list_to_a_list_of_objects_parameter():

@@ -9,6 +9,18 @@ relative to the server's root, and it is confined twice over:
   neither hidden nor outside the agent's globs once resolved);
 - to the agent's `paths` (glob patterns relative to the root: `*` and `?` within a name, `**` across folders).
 
+The contents manager follows links, and another process (a kernel, a shell) may swap one in at any moment, so
+where a path leads is checked again inside the notebook's lock right before each contents-manager call that
+opens the file (the read, the checkpoint, the save; the undo's restore or save) and after the read: a path that
+leads elsewhere than when it was first checked is refused, and nothing is written.
+
+The event loop: the tools' own work on a notebook (copying it, applying the operations, the copy kept for undo
+and reading it back, rendering a read) runs in worker threads, since for a notebook near `max_notebook_bytes`
+it takes seconds that would stall every request the server serves. The contents manager itself is called on
+the loop, as JupyterLab's own requests call it: the default (async) one reads and writes its files in threads;
+a synchronous one (FileContentsManager) cannot be moved off the loop's thread, since its notebook-trust
+database (an SQLite connection) and the event listeners it notifies belong to that thread.
+
 An edit is a list of operations applied in order to the notebook as it is on disk, all checked before anything
 is written. Then, in this order: the contents manager's `create_checkpoint` (what JupyterLab's "Revert Notebook
 to Checkpoint" goes back to), a copy of the notebook as it was kept beside the server's database, the save, and a
@@ -31,10 +43,10 @@ import os
 import re
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 import nbformat
 from jupyter_core.utils import ensure_async
@@ -57,6 +69,7 @@ MAX_SOURCE_CHARS = 100_000  # one cell's source, as an edit may set it
 SNAPSHOTS_KEPT = 50  # copies kept per notebook for undo (the newest edits'); older edits can still be undone by checkpoint
 SNAPSHOT_DIR = "notebook-edits"  # beside the server's database, in its data directory (never under the server's root)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+T = TypeVar("T")
 
 READ_DESCRIPTION = (
     "Read one of the user's Jupyter notebooks (.ipynb) on the Jupyter server: each cell with its index, type and "
@@ -80,6 +93,15 @@ class EditUndoError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _Target(NamedTuple):
+    """A notebook a call may use: its clean API path, the agent's globs, and where it led on this machine when it
+    was checked ((real path, that path relative to the real root); None when the root is not a local folder)."""
+
+    path: str
+    patterns: list[str]
+    where: tuple[str, str] | None
 
 
 class NotebookFileTools(BuiltinFamily):
@@ -189,12 +211,13 @@ class NotebookFileTools(BuiltinFamily):
 
     async def _read(self, settings: Mapping[str, Any], input: dict[str, Any]) -> str:
         _only(input, ("path", "first_cell"), "notebook_read")
-        path = self._confine(input.get("path"), settings)
+        target = self._confine(input.get("path"), settings)
         first = input.get("first_cell", 0)
         if isinstance(first, bool) or not isinstance(first, int) or first < 0:
             raise ToolError("first_cell must be a cell index (a whole number, 0 or more)")
-        nb = await self._load(path)
-        return self._render(path, nb, first)
+        async with _lock(target.path):  # not read halfway through an edit's steps
+            nb = await self._load(target)
+        return await _off_loop(self._render, target.path, nb, first)
 
     def _render(self, path: str, nb: Any, first: int) -> str:
         cells = nb.get("cells") or []
@@ -251,42 +274,50 @@ class NotebookFileTools(BuiltinFamily):
 
     async def _edit(self, ctx: CallContext, settings: Mapping[str, Any], input: dict[str, Any]) -> str:
         _only(input, ("path", "operations"), "notebook_edit")
-        path = self._confine(input.get("path"), settings)
+        target = self._confine(input.get("path"), settings)
         operations = _check_operations(input.get("operations"))
         # Shielded: a call that times out while it writes still finishes its checkpoint, save and row (a save
         # without its row could not be undone), and the model hears of the timeout.
-        task = asyncio.ensure_future(self._write_edit(ctx, path, operations))
+        task = asyncio.ensure_future(self._write_edit(ctx, target, operations))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure is the caller's, or nobody's
         return await asyncio.shield(task)
 
-    async def _write_edit(self, ctx: CallContext, path: str, operations: list[dict[str, Any]]) -> str:
+    async def _write_edit(self, ctx: CallContext, target: _Target, operations: list[dict[str, Any]]) -> str:
         parts = self._parts()
+        path = target.path
         async with _lock(path):
-            nb = await self._load(path)
-            before = copy.deepcopy(nb)
-            changed, done = _apply(nb, operations)
+            nb = await self._load(target)
+            # `_apply` works on a copy, so `nb` stays the notebook as it was: the copy kept for undo.
+            changed, done = await _off_loop(_apply, nb, operations)
             cm = parts.contents_manager
+            self._recheck(target, "nothing was changed")
             try:
                 checkpoint = await ensure_async(cm.create_checkpoint(path))
             except HTTPError as exc:
                 raise ToolError(f"could not checkpoint {path} before editing it ({_reason(exc)}); nothing was changed") from None
-            snapshot = _snapshots(parts.store).keep(before)
+            snapshots = _snapshots(parts.store)
+            snapshot = await _off_loop(snapshots.keep, nb)
             try:
+                self._recheck(target, "nothing was changed")  # the last moment before the contents manager writes
                 await ensure_async(cm.save({"type": "notebook", "format": "json", "content": changed}, path))
-            except HTTPError as exc:
-                _snapshots(parts.store).drop(snapshot)
+            except (HTTPError, ToolError) as exc:
+                snapshots.drop(snapshot)
+                if isinstance(exc, ToolError):
+                    raise
                 raise ToolError(f"could not save {path} ({_reason(exc)}); nothing was changed") from None
             summary = {
                 "text": "; ".join(done),
                 "operations": [{k: v for k, v in op.items() if k != "source"} for op in operations],
-                "cells_before": len(before.get("cells") or []),
+                "cells_before": len(nb.get("cells") or []),
                 "cells_after": len(changed.cells),
                 "snapshot": snapshot,
                 "checkpoint_modified": _iso(checkpoint.get("last_modified")),
+                # What the path led to (relative to the root): undo refuses to write if it leads elsewhere then.
+                "resolved": target.where[1] if target.where else None,
             }
             edit_id = parts.store.add_notebook_edit(session_id=ctx.session_id, agent_id=ctx.agent_id, path=path,
                                                     checkpoint_id=str(checkpoint.get("id", "")), summary=summary)
-            _snapshots(parts.store).prune(path)
+            snapshots.prune(path)
         return (f"Edited {path}: {summary['text']}. It now has {len(changed.cells)} cells. "
                 f"(Edit {edit_id}: the user can undo it.)")
 
@@ -297,45 +328,76 @@ class NotebookFileTools(BuiltinFamily):
             raise ToolError(self.unavailable() or "the notebook tools are not started")
         return self.parts
 
-    def _confine(self, raw: Any, settings: Mapping[str, Any]) -> str:
-        """`raw` as a clean API path this agent may use: inside the root, not hidden, matching its globs."""
+    def _confine(self, raw: Any, settings: Mapping[str, Any]) -> _Target:
+        """`raw` as a notebook this agent may use: a clean API path inside the root, not hidden, matching its globs
+        (and, when it is a link, leading to such a notebook)."""
         path = _clean(raw)
-        patterns = settings.get("paths") or ["**"]
+        patterns = list(settings.get("paths") or ["**"])
         if not path_matches(path, patterns):
             raise ToolError(f"{path} is not among the notebooks this agent may use ({', '.join(patterns)}); "
                             "ask the user to add it to the agent's notebook paths")
-        root = self._parts().root_dir
-        if root and os.path.isdir(root):
-            real_root = os.path.realpath(root)
-            real = os.path.realpath(os.path.join(real_root, *path.split("/")))
-            if os.path.commonpath([real_root, real]) != real_root:
-                raise ToolError(f"{path} is a link to a place outside the Jupyter server's root; it cannot be used")
-            resolved = Path(os.path.relpath(real, real_root)).as_posix()
-            if resolved != path:
-                if any(part.startswith(".") for part in resolved.split("/")):
-                    raise ToolError(f"{path} is a link to a hidden file or folder; hidden files cannot be used")
-                if not path_matches(resolved, patterns):
-                    raise ToolError(f"{path} is a link to {resolved}, which is not among the notebooks this agent may "
-                                    f"use ({', '.join(patterns)})")
-            if os.path.isfile(real) and os.path.getsize(real) > self.max_notebook_bytes:
-                raise ToolError(f"{path} is larger than {self.max_notebook_bytes} bytes, more than the notebook tools open")
-        return path
+        return _Target(path, patterns, self._where(path, patterns))
 
-    async def _load(self, path: str) -> Any:
+    def _where(self, path: str, patterns: list[str]) -> tuple[str, str] | None:
+        """Where `path` leads, every link followed, once it is checked to lead to a notebook the agent may use:
+        (real path, that path relative to the real root); None when the root is not a folder on this machine."""
+        found = _resolve(self._parts().root_dir, path)
+        if found is None:
+            return None
+        real, resolved = found
+        if resolved != path:
+            if any(part.startswith(".") for part in resolved.split("/")):
+                raise ToolError(f"{path} is a link to a hidden file or folder; hidden files cannot be used")
+            if not path_matches(resolved, patterns):
+                raise ToolError(f"{path} is a link to {resolved}, which is not among the notebooks this agent may "
+                                f"use ({', '.join(patterns)})")
+        if os.path.isfile(real) and os.path.getsize(real) > self.max_notebook_bytes:
+            raise ToolError(f"{path} is larger than {self.max_notebook_bytes} bytes, more than the notebook tools open")
+        return found
+
+    def _recheck(self, target: _Target, outcome: str) -> None:
+        """Refuse when `target` no longer leads where it did when it was checked (a link made, removed or changed
+        there since): the contents manager follows links, so this runs inside the notebook's lock right before
+        each call that opens the file, and after the read."""
+        try:
+            where = self._where(target.path, target.patterns)
+        except ToolError as exc:
+            raise ToolError(f"{exc}; {outcome}") from None
+        if where != target.where:
+            raise ToolError(f"{target.path} was moved or replaced by a link while this call used it; {outcome}; "
+                            "call again to use what is there now")
+
+    async def _load(self, target: _Target) -> Any:
         cm = self._parts().contents_manager
+        path = target.path
+        self._recheck(target, "it was not read")
         try:
             model = await ensure_async(cm.get(path, content=True, type="notebook"))
         except HTTPError as exc:
             if exc.status_code == 404:
                 raise ToolError(f"there is no notebook at {path} (paths are relative to the Jupyter server's root)") from None
             raise ToolError(f"could not open {path} as a notebook ({_reason(exc)})") from None
+        self._recheck(target, "what was read there is not used")  # a link swapped in during the read
         content = model.get("content")
         if not isinstance(content, Mapping) or not isinstance(content.get("cells"), list):
             raise ToolError(f"{path} is not a notebook this tool can read")
-        return nbformat.from_dict(content)
+        return await _off_loop(nbformat.from_dict, content)
 
 
 # ---------------------------------------------------------------------- paths
+
+
+def _resolve(root: str, path: str) -> tuple[str, str] | None:
+    """Where a clean API path leads on this machine, every link followed: (its real path, that path relative to
+    the real root); None when the root is not a folder here (a contents manager keeping notebooks elsewhere).
+    ToolError when it leads out of the root, without naming where (that is outside what the agent may know)."""
+    if not root or not os.path.isdir(root):
+        return None
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, *path.split("/")))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ToolError(f"{path} is a link to a place outside the Jupyter server's root; it cannot be used")
+    return real, Path(os.path.relpath(real, real_root)).as_posix()
 
 
 def _pattern_problem(pattern: Any) -> str | None:
@@ -483,8 +545,9 @@ def _check_operations(raw: Any) -> list[dict[str, Any]]:
 
 
 def _apply(nb: Any, operations: list[dict[str, Any]]) -> tuple[Any, list[str]]:
-    """The notebook with the operations applied (a new object) and a phrase per operation; ToolError on the first
-    operation that does not fit the notebook as the earlier ones left it (then nothing is written)."""
+    """The notebook with the operations applied (a new object: `nb` is left as it is) and a phrase per operation;
+    ToolError on the first operation that does not fit the notebook as the earlier ones left it (then nothing is
+    written). Run in a worker thread: copying a big notebook takes seconds."""
     nb = copy.deepcopy(nb)
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
         if nb.get("nbformat") != 4:
@@ -562,13 +625,31 @@ def _iso(value: Any) -> str | None:
     return str(value) if value is not None else None
 
 
+# ---------------------------------------------------------------------- off the event loop
+
+
+async def _off_loop(fn: Callable[..., T], /, *args: Any) -> T:
+    """`fn(*args)` in a worker thread, so a big notebook's copying, serializing and file writes do not stall the
+    server. A thread cannot be stopped: if the caller is cancelled meanwhile, the work still ends before the
+    cancellation goes on, so a notebook's lock is never released while its work runs."""
+    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what the caller hears of
+        raise
+
+
 # ---------------------------------------------------------------------- one edit at a time per notebook
 
 _LOCKS: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def _lock(path: str) -> asyncio.Lock:
-    """The lock of one notebook: its edits and undos run one at a time (read, change, checkpoint, save)."""
+    """The lock of one notebook: its edits and undos run one at a time (read, change, checkpoint, save), and a
+    read waits for them."""
     lock = _LOCKS.get(path)
     if lock is None:
         lock = _LOCKS[path] = asyncio.Lock()
@@ -579,7 +660,8 @@ def _lock(path: str) -> asyncio.Lock:
 
 
 class _Snapshots:
-    """Notebooks as they were before an edit, one file each (0600) in the server's data directory."""
+    """Notebooks as they were before an edit, one file each (0600) in the server's data directory. `keep` and
+    `read` serialize and parse a whole notebook: they are called in a worker thread (`_off_loop`)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -651,14 +733,16 @@ async def undo_edit(store: Store, contents_manager: Any, edit_id: int) -> dict[s
         later = [r for r in store.notebook_edits(path=path, limit=10_000) if r["id"] > edit_id]
         restored_from = None
         if not later and await _checkpoint_is_before(contents_manager, edit):
+            _check_undo_target(contents_manager, edit)
             await ensure_async(contents_manager.restore_checkpoint(edit["checkpoint_id"], path))
             restored_from = "checkpoint"
         else:
-            before = _snapshots(store).read(edit["summary"].get("snapshot"))
+            before = await _off_loop(_snapshots(store).read, edit["summary"].get("snapshot"))
             if before is None:
                 raise EditUndoError(409, f"notebook edit {edit_id} of {path} can no longer be undone: its notebook's "
                                     "checkpoint has been replaced since and the copy kept of it is gone; use "
                                     "JupyterLab's File > Revert Notebook to Checkpoint, or undo a later edit")
+            _check_undo_target(contents_manager, edit)
             await ensure_async(contents_manager.save({"type": "notebook", "format": "json", "content": before}, path))
             restored_from = "copy"
         undone = [r["id"] for r in sorted(later, key=lambda r: r["id"]) if r.get("undone_at") is None]
@@ -678,3 +762,28 @@ async def _checkpoint_is_before(contents_manager: Any, edit: Mapping[str, Any]) 
     except HTTPError:
         return False
     return any(str(c.get("id")) == edit["checkpoint_id"] and _iso(c.get("last_modified")) == recorded for c in checkpoints)
+
+
+def _check_undo_target(contents_manager: Any, edit: Mapping[str, Any]) -> None:
+    """EditUndoError 409 when the edited path no longer leads to the notebook that was edited: out of the root, to a
+    hidden file, or (a link made or changed since) to another file. Checked right before the undo writes, since
+    the contents manager follows links."""
+    path = edit["path"]
+    root = getattr(contents_manager, "root_dir", "")
+    try:
+        found = _resolve(root if isinstance(root, str) else "", path)
+    except ToolError:
+        problem = "it is now a link to a place outside the Jupyter server's root"
+    else:
+        if found is None:
+            return
+        resolved = found[1]
+        recorded = (edit.get("summary") or {}).get("resolved")
+        if any(part.startswith(".") for part in resolved.split("/")):
+            problem = "it is now a link to a hidden file or folder"
+        elif recorded and resolved != recorded:
+            problem = f"it now leads to {resolved}, not to {recorded} as when it was edited"
+        else:
+            return
+    raise EditUndoError(409, f"notebook edit {edit['id']} of {path} was not undone: {problem}; put the notebook back "
+                        "at its path, then undo again")
