@@ -41,7 +41,7 @@ class _Stream:
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self.watched = True
-        self.connected = False  # the API answered the stream: every event from here on is relayed
+        self.connected = False  # the stream is open and its newest event announced: every later event is relayed in order
         self.task: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
         # The ids relayed last: the newest event announced when the stream opens may come on the stream too.
@@ -120,9 +120,12 @@ class SessionEventRelay:
             try:
                 self.opened += 1
                 events = await self.client.beta.sessions.events.stream(sid)
-                stream.connected = True
                 async with events:
                     await self._announce_latest(stream)
+                    # Only now: an event emitted while the newest was being listed is queued on the stream, and
+                    # would be announced after that newest one (views fetch by time, so nothing is lost, but a
+                    # caller waiting on `connected` to send the first message expects its events in order).
+                    stream.connected = True
                     async for event in events:
                         pause = BACKOFF_FIRST  # it answered: a later failure starts the backoff over
                         self._publish(stream, event)
