@@ -47,6 +47,23 @@ async def test_agents_are_created_fitted_to_their_tier_and_can_move(harness):
     assert {t["name"] for t in moved["tools"] if t["type"] == "custom"} == {"python", "lookup"}
 
 
+async def test_agents_are_listed_page_by_page(harness):
+    h = await harness.start()
+    created = [(await h.api("POST", "agents", {"name": f"paged-{i}", "tier": "kernel"}))["id"] for i in range(5)]
+
+    async def page(**params: str) -> dict:
+        return json.loads((await h.fetch("cma", "api", "agents", params=params)).body)
+
+    first = await page(limit="3")
+    assert len(first["data"]) == 3 and first["next_page"], first
+    rest = await page(limit="3", page=first["next_page"])
+    assert len(rest["data"]) == 2 and rest["next_page"] is None, rest
+    listed = [a["id"] for a in first["data"] + rest["data"]]
+    assert sorted(listed) == sorted(created), "every agent once, across the pages"
+    assert all("tier" in a for a in rest["data"]), "a later page carries what is stored here too"
+    assert "page" in await expect_error(h, 400, "GET", "agents", params={"page": "not a cursor!"})
+
+
 async def test_bad_input_gets_a_clear_4xx(harness):
     h = await harness.start()
     assert "name is required" in await expect_error(h, 400, "POST", "agents", {"tier": "kernel"})

@@ -113,6 +113,21 @@ async def test_an_agent_with_a_notebook_tool_answers_and_the_tool_runs_in_this_k
             assert "cma.Agent" in newer._repr_html_() and "<code>add</code>" in newer._repr_html_()
         ''')
 
+        # Past the API's page of 100: agents are found and listed however many the account has.
+        await notebook.run('''
+            from jupyter_cma.client.connection import connection
+            for i in range(100):
+                connection().request("POST", "agents", {"name": f"filler-{i}", "tier": "kernel"})
+            late = cma.Agent.create("late", tier="kernel")
+            assert cma.Agent.get("late") == late and cma.Agent.get("analyst") == newer
+            listed = [a.id for a in cma.Agent.list()]
+            assert len(listed) == len(set(listed)) >= 103 and late.id in listed, len(listed)
+            try:
+                cma.Agent.get("nobody")
+            except cma.CMAError as exc:
+                assert "and 82 more" in str(exc) and len(str(exc)) < 600, str(exc)  # 102 names: 20 shown
+        ''')
+
 
 async def test_one_cell_defines_the_tool_creates_the_agent_starts_and_waits(harness):
     async with notebook_of(harness) as notebook:

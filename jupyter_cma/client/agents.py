@@ -39,6 +39,8 @@ STANDARD_TOOLS: dict[str, tuple[str, ...]] = {
 }
 _TOOLSET_NAMES = ("bash", "edit", "read", "write", "glob", "grep", "web_fetch", "web_search")
 _AGENT_ID = re.compile(r"^agent_[A-Za-z0-9]+$")
+# How many names a "no such agent" error lists (cma.Agent.list() has them all).
+KNOWN_NAMES_SHOWN = 20
 
 # The agent this kernel used last (created, fetched by %%cma, or started): `%%cma` without a name talks to it.
 _last_used: Agent | None = None
@@ -123,7 +125,7 @@ class Agent:
 
     @classmethod
     def get(cls, id_or_name: str) -> Agent:
-        """The agent with this id, or the most recent agent of this name (among the latest 100)."""
+        """The agent with this id, or the most recent agent of this name."""
         if not isinstance(id_or_name, str) or not id_or_name:
             raise TypeError(f"Agent.get takes an agent id ('agent_…') or name, not {id_or_name!r}")
         if _AGENT_ID.match(id_or_name):
@@ -132,22 +134,33 @@ class Agent:
             except CMAError as exc:
                 if exc.status != 404:
                     raise
-        named = [a for a in cls._list_data() if a.get("name") == id_or_name]
+        agents = cls._list_data()
+        named = [a for a in agents if a.get("name") == id_or_name]
         if not named:
-            known = sorted({str(a.get("name")) for a in cls._list_data()})
-            listing = f" (the server's agents: {', '.join(known)})" if known else " (the server has no agents yet)"
+            known = sorted({str(a.get("name")) for a in agents})
+            shown = ", ".join(known[:KNOWN_NAMES_SHOWN]) + (f" and {len(known) - KNOWN_NAMES_SHOWN} more" if len(known) > KNOWN_NAMES_SHOWN else "")
+            listing = f" (the server's agents: {shown})" if known else " (the server has no agents yet)"
             raise CMAError(f"no agent has the id or name {id_or_name!r}{listing}: create it with "
                            f"cma.Agent.create({id_or_name!r}, ...)", 404)
         return cls(max(named, key=lambda a: str(a.get("created_at") or "")))
 
     @classmethod
     def list(cls) -> list[Agent]:
-        """The server account's agents (the latest 100), newest first."""
+        """The server account's agents, newest first."""
         return [cls(a) for a in sorted(cls._list_data(), key=lambda a: str(a.get("created_at") or ""), reverse=True)]
 
     @staticmethod
     def _list_data() -> list[dict[str, Any]]:
-        return list((connection().request("GET", "agents", params={"limit": 100}) or {}).get("data") or [])
+        """Every agent of the account, page after page (the API gives at most 100 at a time)."""
+        agents: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 100}
+        while True:
+            answer = connection().request("GET", "agents", params=params) or {}
+            agents.extend(answer.get("data") or [])
+            next_page = answer.get("next_page")
+            if not next_page or next_page == params.get("page"):
+                return agents
+            params["page"] = next_page
 
     def refresh(self) -> Agent:
         """Read the agent again from the server."""

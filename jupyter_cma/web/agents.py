@@ -119,9 +119,12 @@ class AgentsHandler(_AgentHandler):
     @authorized
     async def get(self) -> None:
         query = self.query(AgentsQuery)
-        page = await self.upstream(self._client.beta.agents.list(limit=query.limit))
+        params: dict[str, Any] = {"limit": query.limit}
+        if query.page is not None:
+            params["page"] = query.page
+        page = await self.upstream(self._client.beta.agents.list(**params))
         agents = [self._with_tier(a.model_dump(mode="json")) for a in page.data]
-        self.finish({"data": agents})
+        self.finish({"data": agents, "next_page": page.next_page})
 
     @tornado.web.authenticated
     @authorized

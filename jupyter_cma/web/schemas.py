@@ -208,6 +208,7 @@ class AgentsQuery(Query):
     """`GET cma/api/agents`."""
 
     limit: int = Field(20, ge=1, le=100, description="an integer from 1 to 100")
+    page: Cursor | None = Field(None, description="the previous page's next_page, unchanged")
 
 
 # ---------------------------------------------------------------------- sessions
