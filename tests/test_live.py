@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import secrets
@@ -200,7 +201,7 @@ async def test_an_unauthenticated_subscriber_gets_nothing(harness, jp_ws_fetch, 
         assert [r["host"] for r in egress_rows(live)] == ["after.example"]
 
 
-async def test_bad_client_messages_close_the_socket_and_subscribers_are_capped(harness, jp_ws_fetch):
+async def test_bad_client_messages_close_the_socket_and_subscribers_are_capped(harness, jp_ws_fetch, caplog):
     h = await harness.start()
     for bad, says in [("not json", "not JSON"), ('{"op": "watch"}', "op"), ('{"op": "subscribe", "kinds": ["secrets"]}', "kinds[0]"),
                       (json.dumps({"op": "subscribe", "sessions": [f"sesn_{i}" for i in range(21)]}), "sessions"),
@@ -211,6 +212,14 @@ async def test_bad_client_messages_close_the_socket_and_subscribers_are_capped(h
             (error,) = live.control("error")
             assert says in error["message"], (bad, error)
             assert live.ws.close_code == 1008
+    # A good message right behind a bad one reaches a socket already closing: it is dropped, and nothing fails.
+    caplog.clear()
+    async with live_socket(jp_ws_fetch) as live:
+        live.ws.write_message("not json")
+        live.ws.write_message('{"op": "subscribe", "kinds": null}')
+        await live.until(lambda s: s.closed.is_set(), "the close")
+        assert live.ws.close_code == 1008 and not live.control("subscribed")
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     # A message larger than 16 KB closes the socket too (tornado's own limit, set by the handler).
     async with live_socket(jp_ws_fetch) as live:
         await live.ws.write_message(json.dumps({"op": "subscribe", "kinds": None, "pad": "x" * 17000}))

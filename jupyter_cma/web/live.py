@@ -61,6 +61,8 @@ class LiveSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
             # Before the upgrade, so the client sees a status it can back off on rather than a socket that closes.
             raise tornado.web.HTTPError(503, f"the live channel has {self._hub.max_subscribers} subscribers already "
                                         "(c.CMAApp.live_max_subscribers); try again later")
+        # No await between this check and open()'s subscribe (tornado upgrades and opens in one step), so sockets
+        # upgrading at the same moment cannot pass the cap together.
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
@@ -72,8 +74,8 @@ class LiveSocket(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
 
     def on_message(self, message: str | bytes) -> None:
         sub = self._sub
-        if sub is None:
-            return
+        if sub is None or self.ws_connection is None or self.ws_connection.is_closing():
+            return  # closing (say, a bad message was refused): a message still in flight is dropped
         try:
             wanted = LiveSubscribe.model_validate(read_json(message, max_bytes=MAX_CLIENT_MESSAGE))
         except JSONBodyError as exc:
