@@ -315,6 +315,7 @@ class CMAApp(ExtensionApp):
             setup=self.setup_status,
             start_emulator=self.use_local_emulator,
             live=self.live,
+            notebook_undone=self.live_sources.notebook_undone,
         )))
 
     def _make_builtins(self) -> BuiltinTools:

@@ -39,7 +39,7 @@ __all__ = ["EGRESS_ROW_FIELDS", "KINDS", "SESSION_STATE_FIELDS", "LiveFilter", "
 log = logging.getLogger(__name__)
 
 # Every kind the channel carries (docs/rest-api.md, "Live updates").
-KINDS = ("session.state", "session.event", "session.tool", "egress.row", "tools.changed", "status.changed")
+KINDS = ("session.state", "session.event", "session.tool", "egress.row", "tools.changed", "status.changed", "notebook.undone")
 # session.event costs an upstream stream per session, so a subscriber names the sessions it wants.
 WATCHED_KINDS = ("session.event",)
 
@@ -305,6 +305,10 @@ class LiveSources:
     def tools_changed(self, kernel_id: str) -> None:
         """A kernel registered or dropped notebook tools: views refetch `GET tools`."""
         self.hub.publish("tools.changed", {"kernel_id": kernel_id})
+
+    def notebook_undone(self, path: str, edit_ids: list[int]) -> None:
+        """Agents' edits of a notebook were undone (`POST notebook-edits/{id}/undo`): pages reload tabs showing it."""
+        self.hub.publish("notebook.undone", {"path": path, "edit_ids": [int(i) for i in edit_ids], "at": time.time()})
 
     def status_changed(self) -> None:
         """Setup or configuration changed (e.g. the local emulator started): views refetch `GET status`/`GET setup`."""

@@ -7,12 +7,15 @@ are; `scripts/setup.sh` installed the Node dependencies. Any failing node test f
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from jupyter_cma.live import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "labextension"
@@ -41,3 +44,11 @@ def test_node_unit_tests_pass() -> None:
     report = run.stdout + run.stderr
     assert run.returncode == 0, f"node --test failed:\n{report}"
     assert "fail 0" in report.replace("ℹ ", "")
+
+
+def test_the_live_client_knows_every_kind_the_server_sends() -> None:
+    """The client leaves kinds it does not know out of its filter, so a kind missing there never reaches a view."""
+    source = (LAB / "src" / "core" / "live.ts").read_text()
+    listed = re.search(r"export const KINDS = \[(.*?)\];", source, re.S)
+    assert listed, "core/live.ts no longer declares KINDS"
+    assert re.findall(r"'([a-z.]+)'", listed.group(1)) == list(KINDS)

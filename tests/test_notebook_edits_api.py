@@ -105,6 +105,8 @@ async def test_undoing_an_older_edit_undoes_the_later_ones_and_an_unknown_edit_s
         ''')
         assert cells(target) == [("markdown", "First."), original[0]]
 
+        hub = harness.ext.live
+        watching = hub.subscribe()  # what a JupyterLab page hears of the undo (it reloads the notebook's tabs)
         said = await notebook.run('''
             newest, oldest = session.notebook_edits()
             assert newest.id > oldest.id and newest.summary == "deleted cell 2", (newest, oldest)
@@ -118,5 +120,10 @@ async def test_undoing_an_older_edit_undoes_the_later_ones_and_an_unknown_edit_s
         ''')
         same, states, unknown = said.strip().splitlines()
         assert same == "True" and states == "[True, True]"
+        heard = [json.loads(m) for m in watching.queue]
+        hub.unsubscribe(watching)
+        (undone,) = [m for m in heard if m["kind"] == "notebook.undone"]
+        assert undone["data"]["path"] == "reports/q4.ipynb" and len(undone["data"]["edit_ids"]) == 2, undone
+        assert set(undone["data"]) == {"path", "edit_ids", "at"}, "only what a page needs to find the notebook's tabs"
         assert unknown.startswith("404 ") and "no notebook edit 999999" in unknown and "cma.notebook_edits(" in unknown
         assert cells(target) == original

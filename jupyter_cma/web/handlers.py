@@ -96,6 +96,7 @@ class ApiContext:
     setup: Callable[[], dict[str, Any]]
     start_emulator: Callable[[], Awaitable[dict[str, Any]]]
     live: LiveHub
+    notebook_undone: Callable[[str, list[int]], None]  # told of each undo (the live channel's notebook.undone)
 
 
 def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
@@ -129,7 +130,8 @@ def handlers(ctx: ApiContext) -> list[tuple[str, type[RequestHandler], dict[str,
         (rf"{api}/kernels/{kid}/tools/(?P<tool_name>[A-Za-z0-9_-]{{1,64}})", KernelToolHandler, {"notebook_tools": ctx.notebook_tools}),
         (rf"{api}/webhooks", WebhookDeliveriesHandler, {"store": ctx.store}),
         (rf"{api}/notebook-edits", NotebookEditsHandler, {"store": ctx.store}),
-        (rf"{api}/notebook-edits/(?P<edit_id>[0-9]{{1,18}})/undo", NotebookEditUndoHandler, {"store": ctx.store}),
+        (rf"{api}/notebook-edits/(?P<edit_id>[0-9]{{1,18}})/undo", NotebookEditUndoHandler,
+         {"store": ctx.store, "on_undone": ctx.notebook_undone}),
         (rf"{api}/mail", MailHandler, {"store": ctx.store}),
         (rf"{api}/egress/log", EgressLogHandler, {"egress_log": ctx.egress_log}),
         (rf"{api}/egress/policies", EgressPoliciesHandler, policies),

@@ -21,6 +21,8 @@ from .base import CMAHandler
 from .schemas import EmptyBody, NotebookEditsQuery
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..store import Store
 
 
@@ -44,6 +46,10 @@ class NotebookEditsHandler(_EditsHandler):
 class NotebookEditUndoHandler(_EditsHandler):
     """`POST cma/api/notebook-edits/{id}/undo`: the notebook back as it was before the edit."""
 
+    def initialize(self, name: str, *, store: Store, on_undone: Callable[[str, list[int]], None]) -> None:  # type: ignore[override]
+        super().initialize(name, store=store)
+        self._on_undone = on_undone
+
     @tornado.web.authenticated
     @authorized
     async def post(self, edit_id: str) -> None:
@@ -52,4 +58,5 @@ class NotebookEditUndoHandler(_EditsHandler):
             result = await undo_edit(self._store, self.contents_manager, int(edit_id))
         except EditUndoError as exc:
             raise tornado.web.HTTPError(exc.status, str(exc)) from None
+        self._on_undone(result["edit"]["path"], result["undone"])  # open tabs of the notebook reload it
         self.finish(result)

@@ -51,17 +51,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
       },
       openNotebook: async (path: string) => {
         await app.commands.execute('docmanager:open', { path });
-      },
-      reloadNotebook: async (path: string) => {
-        const contexts = notebookContexts(path);
-        if (!contexts.length) {
-          return 'not open';
-        }
-        if (contexts.some(context => context.model?.dirty)) {
-          return 'unsaved';
-        }
-        await revertNotebook(path);
-        return 'reloaded';
       }
     });
 
@@ -83,7 +72,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await context.revert();
       }
     };
-    // Agents' notebook edits shown in the open notebooks (reloaded, or the user asked first when a tab has unsaved changes).
+    // Agents' notebook edits and their undoing shown in the open notebooks (reloaded, or the user asked first when a tab
+    // has unsaved changes).
     new NotebookEditWatcher(ctx, {
       state: (path: string): OpenState => {
         const contexts = notebookContexts(path);

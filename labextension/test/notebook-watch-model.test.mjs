@@ -2,7 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  INITIAL_WATCH, KEEP_CAPTION, NOTICE_MAX, RELOAD_CAPTION, editAction, reloadedNotice, shortPath, takeNewEdits, unsavedNotice
+  INITIAL_WATCH, KEEP_CAPTION, NOTICE_MAX, RELOAD_CAPTION, UNDO_RELOAD_CAPTION, editAction, reloadedNotice, shortPath, takeNewEdits,
+  undoNews, undoneNotice, unsavedNotice, unsavedUndoNotice
 } from '../lib/lab/notebook-watch-model.js';
 
 const edit = (id, path, extra = {}) => ({
@@ -90,4 +91,27 @@ test('the notices name the notebook and what changed, within what JupyterLab sho
     assert.ok(text.length <= NOTICE_MAX, `${text.length} > ${NOTICE_MAX}: ${text}`);
   }
   assert.ok(!reloadedNotice(wordy).includes('sss'), 'a summary too long for the notice is left out');
+});
+
+test('a notebook.undone message names the notebook and the edits undone; anything else is ignored', () => {
+  assert.deepEqual(undoNews({ path: 'reports/sales.ipynb', edit_ids: [4, 5], at: 1 }), { path: 'reports/sales.ipynb', editIds: [4, 5] });
+  assert.deepEqual(undoNews({ path: 'a.ipynb', edit_ids: [1, 'x', 2.5, null] }), { path: 'a.ipynb', editIds: [1] });
+  assert.deepEqual(undoNews({ path: 'a.ipynb' }), { path: 'a.ipynb', editIds: [] });
+  for (const data of [null, undefined, 'a.ipynb', {}, { path: '' }, { path: 3, edit_ids: [1] }]) {
+    assert.equal(undoNews(data), null);
+  }
+});
+
+test('the undo notices say the edit was undone, within what JupyterLab shows of a notification', () => {
+  assert.equal(undoneNotice({ path: 'reports/sales.ipynb', editIds: [4] }), "Reloaded reports/sales.ipynb: an agent's edit of it was undone.");
+  assert.equal(undoneNotice({ path: 'a.ipynb', editIds: [4, 5, 6] }), 'Reloaded a.ipynb: 3 agent edits of it were undone.');
+  const ask = unsavedUndoNotice({ path: 'reports/sales.ipynb', editIds: [4] });
+  assert.match(ask, /^An agent's edit of reports\/sales\.ipynb was undone\. /);
+  assert.match(ask, /Reload from disk discards them/);
+  assert.match(UNDO_RELOAD_CAPTION, /undone/);
+  assert.match(UNDO_RELOAD_CAPTION, /unsaved changes are discarded/);
+  const deep = `${'folder/'.repeat(20)}${'x'.repeat(80)}.ipynb`;
+  for (const text of [undoneNotice({ path: deep, editIds: Array.from({ length: 500 }, (_, i) => i) }), unsavedUndoNotice({ path: deep, editIds: [1] })]) {
+    assert.ok(text.length <= NOTICE_MAX, `${text.length} > ${NOTICE_MAX}: ${text}`);
+  }
 });

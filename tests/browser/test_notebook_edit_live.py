@@ -1,6 +1,7 @@
 """A notebook open in JupyterLab shows an agent's edit without jupyter-collaboration and without any user action:
 a tab without unsaved changes is reloaded from disk as soon as the edit is made; a tab with unsaved changes keeps
-them, and a notification offers "Reload from disk", which loads the edit and discards them.
+them, and a notification offers "Reload from disk", which loads the edit and discards them. An undo made elsewhere
+(REST, a notebook) reloads the tab too.
 
 Screenshots: the notebook reloaded with the agent's edit (docs/screenshots/notebook-edit-reloaded.png), and the
 notice over a tab with unsaved changes (the test's own)."""
@@ -108,3 +109,10 @@ def test_an_open_notebook_shows_the_agents_edit_and_unsaved_changes_are_never_ov
     assert _tab(page, "c.model.dirty") is False
     assert_not_reloaded(page)
     assert second["id"] > first["id"]
+
+    # An undo made anywhere (here over REST, as a notebook's NotebookEdit.undo() does) shows in the open tab too.
+    lab.api("POST", f"notebook-edits/{second['id']}/undo", {})
+    expect(page.locator(CELLS)).to_have_count(2, timeout=30_000)
+    expect(page.locator(".Toastify__toast", has_text="of it was undone")).to_contain_text(f"Reloaded {path}: an agent's edit of it was undone.")
+    assert _tab(page, "c.model.dirty") is False
+    assert_not_reloaded(page)

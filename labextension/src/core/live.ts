@@ -69,7 +69,15 @@ export interface SubscribeMessage {
 export const MAX_SESSIONS = 20;
 
 /** The kinds the server sends; others in a view's interest are left out of the filter (the server would refuse it). */
-export const KINDS = ['session.state', 'session.event', 'session.tool', 'egress.row', 'tools.changed', 'status.changed'];
+export const KINDS = [
+  'session.state',
+  'session.event',
+  'session.tool',
+  'egress.row',
+  'tools.changed',
+  'status.changed',
+  'notebook.undone'
+];
 
 /** Reconnect delay after `attempt` failed tries (0-based): 1 s, 2 s, 4 s, … at most 30 s. */
 export function backoffDelay(attempt: number): number {

@@ -18,8 +18,6 @@ export interface ViewContext {
   /** host actions the view may offer when present (the sidebar opens things in Lab; a widget may not) */
   openTerminal?(sessionId: string): Promise<void>; // POST sessions/{id}/terminal then open it
   openNotebook?(path: string): Promise<void>;
-  /** reloads a notebook open in the host from its file (after an undo), unless it has unsaved changes there */
-  reloadNotebook?(path: string): Promise<'reloaded' | 'unsaved' | 'not open'>;
   /** rows a live table keeps in the DOM (the sidebar's setting "Rows kept in tables"); 500 when absent */
   maxRows?: number;
 }
@@ -28,7 +26,7 @@ export interface ViewContext {
 export const DEFAULT_MAX_ROWS = 500;
 
 /** A context over a transport: its CmaApi and the page's shared LiveClient. */
-export function createContext(transport: Transport, host: Pick<ViewContext, 'openTerminal' | 'openNotebook' | 'reloadNotebook' | 'maxRows'> = {}): ViewContext {
+export function createContext(transport: Transport, host: Pick<ViewContext, 'openTerminal' | 'openNotebook' | 'maxRows'> = {}): ViewContext {
   return { api: new CmaApi(transport), live: LiveClient.shared(transport), transport, ...host };
 }
 

@@ -1,8 +1,9 @@
 /**
- * What the page does when an agent edits a notebook (the `notebook` built-in's `notebook_edit`), as pure functions
- * (unit-tested without a browser): which edits of `GET notebook-edits` are new to this page, and, for each notebook
- * they touched, what to do with a tab that shows it — reload a tab without unsaved changes from disk, ask before
- * discarding a tab's unsaved changes, leave a collaborative document to the server (it loads changes on disk itself).
+ * What the page does when an agent edits a notebook (the `notebook` built-in's `notebook_edit`) or an edit is undone,
+ * as pure functions (unit-tested without a browser): which edits of `GET notebook-edits` are new to this page, what
+ * a `notebook.undone` message names, and, for each notebook, what to do with a tab that shows it — reload a tab
+ * without unsaved changes from disk, ask before discarding a tab's unsaved changes, leave a collaborative document
+ * to the server (it loads changes on disk itself).
  */
 import { EditRow, editRows } from '../views/tools-model.js';
 
@@ -51,6 +52,22 @@ export function takeNewEdits(state: EditWatchState, answer: unknown): { state: E
     state: { newest: Math.max(seen, top) },
     news: [...byPath.entries()].map(([path, edits]) => ({ path, edits }))
   };
+}
+
+/** A `notebook.undone` message's data: which notebook is back as it was, and the edits undone. */
+export interface UndoNews {
+  path: string;
+  editIds: number[];
+}
+
+/** The data of a `notebook.undone` live message, or null when it is not one (never trusted blindly). */
+export function undoNews(data: unknown): UndoNews | null {
+  const d = data as { path?: unknown; edit_ids?: unknown } | null;
+  if (!d || typeof d !== 'object' || typeof d.path !== 'string' || !d.path) {
+    return null;
+  }
+  const ids = Array.isArray(d.edit_ids) ? d.edit_ids.filter((id): id is number => Number.isInteger(id)) : [];
+  return { path: d.path, editIds: ids };
 }
 
 /** How a notebook is shown in JupyterLab now. */
@@ -108,9 +125,22 @@ export function unsavedNotice(news: NotebookNews): string {
   return `An agent edited ${shortPath(news.path, 30)}${times(news.edits)}. Your unsaved changes here kept it from reloading; Reload from disk discards them.`;
 }
 
+/** What the page says after it reloaded a tab because an agent's edit of it was undone (from any page or notebook). */
+export function undoneNotice(news: UndoNews): string {
+  const what = news.editIds.length > 1 ? `${news.editIds.length} agent edits of it were undone` : "an agent's edit of it was undone";
+  return `Reloaded ${shortPath(news.path)}: ${what}.`;
+}
+
+/** What the page says when a tab with unsaved changes shows a notebook whose agent edits were undone on disk. */
+export function unsavedUndoNotice(news: UndoNews): string {
+  return `An agent's edit of ${shortPath(news.path, 30)} was undone. Your unsaved changes kept it from reloading; Reload from disk discards them.`;
+}
+
 /** The tooltip of the notice's "Reload from disk". */
 export const RELOAD_CAPTION = "Load the agent's edit from disk into this tab; the tab's unsaved changes are discarded";
 
+/** The tooltip of "Reload from disk" after an undo. */
+export const UNDO_RELOAD_CAPTION = "Load the notebook as it is on disk (the agent's edit undone) into this tab; the tab's unsaved changes are discarded";
+
 /** The tooltip of the notice's "Keep my changes". */
-export const KEEP_CAPTION =
-  "Keep this tab as it is; saving it then asks whether to overwrite the file (dropping the agent's edit from it) or revert to it";
+export const KEEP_CAPTION = 'Keep this tab as it is; saving it then asks whether to overwrite the file on disk or revert to it';

@@ -1,10 +1,12 @@
 /**
- * Shows agents' notebook edits in the notebooks open in JupyterLab, without jupyter-collaboration (JupyterLab does
- * not watch files on its own). One watcher per page reads `GET notebook-edits` again on the live channel's
- * `session.tool` (a tool call finished; an edit is stored before its call's result) and on every resync, and for
- * each notebook an agent edited since: a tab without unsaved changes is reloaded from disk (with a short notice); a
- * tab with unsaved changes is left as it is, and a notification offers "Reload from disk" (which discards them).
- * The first read after the page loads only notes where the log stands. The decisions are in notebook-watch-model.ts.
+ * Shows agents' notebook edits, and their undoing, in the notebooks open in JupyterLab, without jupyter-collaboration
+ * (JupyterLab does not watch files on its own). One watcher per page reads `GET notebook-edits` again on the live
+ * channel's `session.tool` (a tool call finished; an edit is stored before its call's result) and on every resync,
+ * and for each notebook an agent edited since: a tab without unsaved changes is reloaded from disk (with a short
+ * notice); a tab with unsaved changes is left as it is, and a notification offers "Reload from disk" (which discards
+ * them). A `notebook.undone` message (an undo from the sidebar, a notebook or REST) is handled the same way for the
+ * notebook it names. The first read after the page loads only notes where the log stands. The decisions are in
+ * notebook-watch-model.ts.
  */
 import { Notification } from '@jupyterlab/apputils';
 
@@ -20,11 +22,16 @@ import {
   NotebookNews,
   OpenState,
   RELOAD_CAPTION,
+  UNDO_RELOAD_CAPTION,
+  UndoNews,
   editAction,
   reloadedNotice,
   shortPath,
   takeNewEdits,
-  unsavedNotice
+  undoNews,
+  undoneNotice,
+  unsavedNotice,
+  unsavedUndoNotice
 } from './notebook-watch-model.js';
 
 /** What the watcher needs of JupyterLab's tabs. */
@@ -58,8 +65,11 @@ export class NotebookEditWatcher {
       e => console.warn(`jupyter-cma: agents' notebook edits could not be read (${errorMessage(e)}); open notebooks are not reloaded until the next tool call.`)
     );
     this.subscription = ctx.live.listen(
-      { kinds: ['session.tool'] },
-      { message: () => void this.check(), resync: () => void this.check() }
+      { kinds: ['session.tool', 'notebook.undone'] },
+      {
+        message: m => (m.kind === 'notebook.undone' ? void this.undone(m.data) : void this.check()),
+        resync: () => void this.check()
+      }
     );
   }
 
@@ -99,35 +109,57 @@ export class NotebookEditWatcher {
   private async show(news: NotebookNews): Promise<void> {
     const action = editAction(this.tabs.state(news.path));
     if (action === 'reload') {
-      // state() and revert() run in the same task: nothing typed in between can be lost
-      try {
-        await this.tabs.revert(news.path);
-        Notification.info(reloadedNotice(news), { autoClose: RELOADED_NOTICE_MS });
-      } catch (error) {
-        this.failed(news.path, error);
-      }
+      await this.reload(news.path, reloadedNotice(news));
     } else if (action === 'ask') {
-      this.ask(news);
+      const shown = this.asking.get(news.path);
+      const edits = shown ? [...shown.edits, ...news.edits] : news.edits;
+      this.ask(news.path, edits, unsavedNotice({ path: news.path, edits }), RELOAD_CAPTION);
     }
   }
 
-  /** A notice for a tab with unsaved changes: never overwritten without the user's word. */
-  private ask(news: NotebookNews): void {
-    const path = news.path;
+  /** Agents' edits of a notebook were undone (here or anywhere else): its tabs show the notebook as it is now. */
+  private async undone(data: unknown): Promise<void> {
+    const news: UndoNews | null = undoNews(data);
+    if (!news || this.disposed) {
+      return;
+    }
+    const action = editAction(this.tabs.state(news.path));
+    if (action === 'reload') {
+      await this.reload(news.path, undoneNotice(news));
+    } else if (action === 'ask') {
+      // replaces a notice about the edits themselves: what is on disk now is the notebook before them
+      this.ask(news.path, [], unsavedUndoNotice(news), UNDO_RELOAD_CAPTION);
+    }
+  }
+
+  /** Reloads a tab without unsaved changes from disk, then says so. */
+  private async reload(path: string, notice: string): Promise<void> {
+    // state() and revert() run in the same task: nothing typed in between can be lost
+    try {
+      await this.tabs.revert(path);
+      Notification.info(notice, { autoClose: RELOADED_NOTICE_MS });
+    } catch (error) {
+      this.failed(path, error);
+    }
+  }
+
+  /**
+   * A notice for a tab with unsaved changes: never overwritten without the user's word. One notice per notebook,
+   * updated rather than stacked; `edits` are the agent edits it tells of (more are added to them).
+   */
+  private ask(path: string, edits: EditRow[], message: string, reloadCaption: string): void {
     const shown = this.asking.get(path);
-    const edits = shown ? [...shown.edits, ...news.edits] : news.edits;
-    const message = unsavedNotice({ path, edits });
     const options = {
       autoClose: false as const,
       actions: [
         {
           label: 'Reload from disk',
-          caption: RELOAD_CAPTION,
+          caption: reloadCaption,
           displayType: 'warn' as const,
           callback: () => {
             this.asking.delete(path);
             void this.tabs.revert(path).then(
-              () => Notification.info(`Reloaded ${shortPath(path)} from disk: it shows the agent's edit; your unsaved changes were discarded.`, { autoClose: RELOADED_NOTICE_MS }),
+              () => Notification.info(`Reloaded ${shortPath(path)} from disk; your unsaved changes were discarded.`, { autoClose: RELOADED_NOTICE_MS }),
               error => this.failed(path, error)
             );
           }
@@ -143,7 +175,7 @@ export class NotebookEditWatcher {
   }
 
   private failed(path: string, error: unknown): void {
-    Notification.error(`${shortPath(path)} could not be reloaded (${errorMessage(error)}); File → Reload Notebook from Disk shows the agent's edit.`, {
+    Notification.error(`${shortPath(path)} could not be reloaded (${errorMessage(error)}); File → Reload Notebook from Disk shows it as it is on disk.`, {
       autoClose: false
     });
   }

@@ -2,7 +2,8 @@
  * Agents' notebook edits (the `notebook` built-in's `notebook_edit`), from GET notebook-edits, newest first: each
  * with its notebook (opened in JupyterLab by the sidebar; a link in a widget), what it did, when, and Undo (POST
  * notebook-edits/{id}/undo restores the checkpoint taken before it; later edits of that notebook are undone with
- * it). Shown in a session's detail (its own edits) and in the Tools tab (the most recent ones). The logic is in
+ * it). Shown in a session's detail (its own edits) and in the Tools tab (the most recent ones); every list reads the
+ * edits again on the live channel's `notebook.undone`, so an undo made anywhere shows everywhere. The logic is in
  * tools-model.ts.
  */
 import { button, h, message, replaceChildren } from '../core/dom.js';
@@ -23,9 +24,6 @@ export interface NotebookEditsOptions {
   hideWhenEmpty?: boolean;
 }
 
-/** The lists shown on this page: an undo in one is shown by every other (the live channel says nothing of undos). */
-const SHOWN = new Set<NotebookEditsView>();
-
 /** A list of notebook edits with Undo. Call `refresh()` when edits may have been made; it is coalesced. */
 export class NotebookEditsView implements View {
   readonly node: HTMLElement;
@@ -36,6 +34,7 @@ export class NotebookEditsView implements View {
   private disposed = false;
   private readonly list: HTMLElement;
   private readonly notice: HTMLElement;
+  private readonly subscription: { dispose(): void };
   readonly refresh: () => Promise<void>;
 
   constructor(readonly ctx: ViewContext, readonly options: NotebookEditsOptions = {}) {
@@ -49,14 +48,17 @@ export class NotebookEditsView implements View {
       this.list
     );
     this.node.hidden = !!options.hideWhenEmpty;
-    SHOWN.add(this);
     this.refresh = coalesce(() => this.fetch(), e => this.say(`The notebook edits could not be read: ${errorMessage(e)}`, 'error'));
     void this.refresh();
+    this.subscription = ctx.live.listen(
+      { kinds: ['notebook.undone'] },
+      { message: () => void this.refresh(), resync: () => void this.refresh() }
+    );
   }
 
   dispose(): void {
     this.disposed = true;
-    SHOWN.delete(this);
+    this.subscription.dispose();
     this.node.remove();
   }
 
@@ -168,14 +170,9 @@ export class NotebookEditsView implements View {
       }
       this.rows = markUndone(this.rows, edit.id, nowSeconds());
       this.draw();
-      const reload = this.ctx.reloadNotebook ? await this.ctx.reloadNotebook(edit.path).catch(() => 'unsaved' as const) : 'not open';
-      const tail =
-        reload === 'reloaded'
-          ? ', and reloaded here'
-          : reload === 'unsaved'
-            ? ' on disk; it is open here with unsaved changes (File → Reload Notebook from Disk shows it)'
-            : '';
-      this.say(`Undone: ${edit.path} is back as it was before this edit${tail}.`, 'info');
+      // Open tabs of the notebook are JupyterLab's page's business: it reloads them on the live channel's
+      // notebook.undone, for an undo made here or anywhere else.
+      this.say(`Undone: ${edit.path} is back as it was before this edit.`, 'info');
     } catch (error) {
       if (error instanceof ApiError && error.status === 409) {
         // already undone, or its checkpoint is gone: the server says which, and what to do instead
@@ -186,8 +183,8 @@ export class NotebookEditsView implements View {
       if (control) {
         control.disabled = false;
       }
+      void this.refresh(); // what the server has now (an undo made elsewhere, say)
     }
-    SHOWN.forEach(view => void view.refresh());
   }
 
   private say(text: string, kind: 'error' | 'warn' | 'info'): void {
